@@ -1,0 +1,5 @@
+import sys
+
+from kafkaloop.cli import main
+
+sys.exit(main())

@@ -1,0 +1,51 @@
+"""`kafkaloop smoke`: produce a batch of messages and read every one of them back."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from confluent_kafka import Consumer, KafkaError, Message, Producer
+
+from kafkaloop._exceptions import KafkaloopError
+
+
+def run_smoke(bootstrap: str, topic: str, count: int, timeout: float = 60.0) -> int:
+    """Produce `count` messages tagged with a fresh run id, consume them back, print timings."""
+    run_id = uuid.uuid4().hex
+    failures: list[KafkaError] = []
+
+    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            failures.append(err)
+
+    started = time.monotonic()
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for i in range(count):
+        producer.produce(topic, f"{run_id}:{i}".encode(), on_delivery=on_delivery)
+        producer.poll(0)
+    if producer.flush(timeout) or failures:
+        raise KafkaloopError(
+            f"{len(failures)} of {count} messages to {topic!r} on {bootstrap} were not delivered"
+            + (f": {failures[0]}" if failures else "")
+        )
+    produced = time.monotonic() - started
+    print(f"produced {count} messages to {topic!r} on {bootstrap} in {produced:.2f}s")
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"kafkaloop-smoke-{run_id}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    try:
+        consumer.subscribe([topic])
+        while len(seen) < count and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, timeout=0.5):
+                value = msg.value()
+                if msg.error() is None and value is not None and value.startswith(run_id.encode()):
+                    seen.add(int(value.split(b":")[1]))
+    finally:
+        consumer.close()
+    if len(seen) < count:
+        raise KafkaloopError(f"consumed only {len(seen)} of {count} messages within {timeout}s")
+    print(f"consumed all {count} back in {time.monotonic() - started - produced:.2f}s")
+    return 0

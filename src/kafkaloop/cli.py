@@ -1,0 +1,181 @@
+"""The ``kafkaloop`` command line: ``kafkaloop broker up | down | status | logs`` and friends."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from kafkaloop._exceptions import KafkaloopError
+from kafkaloop.broker import LocalKafka, cache_dir, print_progress
+
+DEFAULT_PORT = 9092
+
+
+def _cluster(args: argparse.Namespace, *, nodes: int | None = None) -> LocalKafka:
+    port = (
+        args.port
+        if getattr(args, "port", None)
+        else int(os.environ.get("KAFKALOOP_BROKER_PORT", DEFAULT_PORT))
+    )
+    return LocalKafka(
+        nodes,
+        state_dir=cache_dir() / "clusters" / args.name,
+        port=port,
+        heap=getattr(args, "heap", None),
+        progress=print_progress,
+    )
+
+
+def _broker_up(args: argparse.Namespace) -> int:
+    kafka = _cluster(args, nodes=args.nodes)
+    if not kafka.is_running():
+        print_progress(f"Starting a {kafka.nodes}-node Kafka cluster in {kafka.state_dir} ...")
+    started = time.monotonic()
+    address = kafka.start(timeout=args.timeout)
+    if time.monotonic() - started > 1:
+        print_progress(f"Kafka is up after {time.monotonic() - started:.1f}s.")
+    print(address)
+    return 0
+
+
+def _broker_down(args: argparse.Namespace) -> int:
+    kafka = _cluster(args)
+    running = kafka.is_running()
+    if args.purge:
+        kafka.purge()
+        print_progress(f"Stopped and deleted {kafka.state_dir}.")
+    else:
+        kafka.stop(timeout=args.timeout)
+        print_progress("Stopped." if running else "Not running.")
+    return 0
+
+
+def _broker_status(args: argparse.Namespace) -> int:
+    kafka = _cluster(args)
+    if kafka.is_running():
+        print(f"running {kafka.bootstrap_servers} (pids {' '.join(map(str, kafka.pids()))})")
+        return 0
+    if kafka.pids():
+        print(
+            f"degraded: {len(kafka.pids())} of {kafka.nodes} nodes running "
+            f"({kafka.bootstrap_servers})"
+        )
+        return 1
+    print("stopped")
+    return 3
+
+
+def _broker_logs(args: argparse.Namespace) -> int:
+    kafka = _cluster(args)
+    files = kafka.log_files()
+    if args.node is not None:
+        files = [files[args.node]]
+    if not files or not any(path.exists() for path in files):
+        print_progress(f"No logs in {kafka.state_dir}: the broker has never been started.")
+        return 1
+    for path in files:
+        if len(files) > 1:
+            print(f"==> {path} <==")
+        lines = path.read_text(errors="replace").splitlines()
+        print("\n".join(lines[-args.lines :]))
+    if args.follow:
+        _follow(files[-1])
+    return 0
+
+
+def _follow(path: Path) -> None:
+    with open(path, errors="replace") as fh:
+        fh.seek(0, os.SEEK_END)
+        try:
+            while True:
+                line = fh.readline()
+                if line:
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+                else:
+                    time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
+
+
+def _smoke(args: argparse.Namespace) -> int:
+    from kafkaloop._smoke import run_smoke  # noqa: PLC0415 (keeps `broker` start-up light)
+
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        bootstrap = _cluster(args).start()
+    return run_smoke(bootstrap, args.topic, args.count)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``kafkaloop`` command."""
+    parser = argparse.ArgumentParser(prog="kafkaloop", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    broker = commands.add_parser("broker", help="run a local Apache Kafka (KRaft) on loopback")
+    actions = broker.add_subparsers(dest="action", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--name", default="default", help="which local cluster (each has its own state directory)"
+    )
+    common.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="first broker port (default $KAFKALOOP_BROKER_PORT or 9092)",
+    )
+
+    up = actions.add_parser("up", parents=[common], help="start (or reuse) the local cluster")
+    up.add_argument(
+        "--nodes", type=int, default=None, help="number of nodes (default: as last started, else 1)"
+    )
+    up.add_argument(
+        "--heap", default=None, help="JVM heap per node (default $KAFKALOOP_BROKER_HEAP or 512m)"
+    )
+    up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
+    up.set_defaults(handler=_broker_up)
+
+    down = actions.add_parser("down", parents=[common], help="stop the local cluster")
+    down.add_argument("--purge", action="store_true", help="also delete its data and logs")
+    down.add_argument(
+        "--timeout", type=float, default=20.0, help="seconds to wait after SIGTERM before SIGKILL"
+    )
+    down.set_defaults(handler=_broker_down)
+
+    status = actions.add_parser("status", parents=[common], help="running or stopped")
+    status.set_defaults(handler=_broker_status)
+
+    logs = actions.add_parser("logs", parents=[common], help="show the broker logs")
+    logs.add_argument("--lines", "-n", type=int, default=50)
+    logs.add_argument("--node", type=int, default=None)
+    logs.add_argument("--follow", "-f", action="store_true")
+    logs.set_defaults(handler=_broker_logs)
+
+    smoke = commands.add_parser(
+        "smoke", help="produce messages and consume them back ($KAFKA_BOOTSTRAP_SERVERS or local)"
+    )
+    smoke.add_argument("--topic", default="kafkaloop-smoke")
+    smoke.add_argument("--count", type=int, default=1000)
+    smoke.add_argument("--name", default="default", help=argparse.SUPPRESS)
+    smoke.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
+    smoke.set_defaults(handler=_smoke)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``kafkaloop`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except KafkaloopError as exc:
+        print(f"kafkaloop: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Fixtures: a real local Kafka for the whole session, and unique topic names per test.
+
+Set KAFKA_BOOTSTRAP_SERVERS to run the suite against an existing cluster instead; tests that
+must stop and start brokers (the three-node cluster) are skipped then.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from kafkaloop.broker import LocalKafka, print_progress
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap address of a single-node broker shared by the session."""
+    existing = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if existing:
+        yield existing
+        return
+    kafka = LocalKafka(
+        1, state_dir=tmp_path_factory.mktemp("kafka-single"), progress=print_progress
+    )
+    with kafka:
+        yield kafka.bootstrap_servers
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
+    """A three-node cluster this session controls (nodes can be killed and restarted)."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        pytest.skip("needs a local three-node cluster; KAFKA_BOOTSTRAP_SERVERS is set")
+    kafka = LocalKafka(
+        3, state_dir=tmp_path_factory.mktemp("kafka-cluster"), progress=print_progress
+    )
+    with kafka:
+        yield kafka
+
+
+@pytest.fixture
+def topic_name(request: pytest.FixtureRequest) -> str:
+    """A topic name no other test (or earlier run) uses."""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "-", request.node.name)[:80]
+    return f"t-{stem}-{uuid.uuid4().hex[:8]}"

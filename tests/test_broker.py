@@ -1,0 +1,264 @@
+"""The local Kafka launcher, against real brokers, with plain confluent-kafka clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from kafkaloop.broker import LocalKafka, cache_dir, find_java, resolve_kafka
+
+
+def _our_jvms(marker: str) -> list[int]:
+    """Pids of live processes whose command line mentions `marker`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            state = (proc / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in cmdline and state != "Z":
+            found.append(int(proc.name))
+    return found
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kafkaloop", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        check=False,
+    )
+
+
+def _create_topic(admin: AdminClient, topic: NewTopic) -> None:
+    """Create `topic` and wait until every partition has a leader in metadata."""
+    for future in admin.create_topics([topic], operation_timeout=30).values():
+        future.result(timeout=60)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        partitions = admin.list_topics(topic.topic, timeout=10).topics[topic.topic].partitions
+        if len(partitions) == topic.num_partitions and all(
+            p.leader >= 0 for p in partitions.values()
+        ):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{topic.topic} has no leader for every partition after 30s")
+
+
+def _produce_all(bootstrap: str, topic: str, count: int, **config: str | int) -> list[Message]:
+    delivered: list[Message] = []
+    errors: list[KafkaError] = []
+
+    def on_delivery(err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            errors.append(err)
+        else:
+            delivered.append(msg)
+
+    producer = Producer({"bootstrap.servers": bootstrap, **config})
+    for i in range(count):
+        producer.produce(
+            topic, f"value-{i}".encode(), key=f"key-{i}".encode(), on_delivery=on_delivery
+        )
+    assert producer.flush(60) == 0
+    assert errors == []
+    return delivered
+
+
+def _consume(bootstrap: str, topic: str, count: int, timeout: float = 60) -> list[Message]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"g-{topic}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    records: list[Message] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(records) < count and time.monotonic() < deadline:
+            for msg in consumer.consume(500, timeout=1.0):
+                assert msg.error() is None, msg.error()
+                records.append(msg)
+    finally:
+        consumer.close()
+    return records
+
+
+def test_single_node_broker_produces_and_consumes(kafka_bootstrap: str, topic_name: str) -> None:
+    delivered = _produce_all(kafka_bootstrap, topic_name, 100)
+    assert len(delivered) == 100
+
+    records = _consume(kafka_bootstrap, topic_name, 100)
+
+    assert sorted(r.value() or b"" for r in records) == sorted(
+        f"value-{i}".encode() for i in range(100)
+    )
+    assert {r.key() for r in records} == {f"key-{i}".encode() for i in range(100)}
+
+
+@pytest.mark.cluster
+def test_three_node_cluster_replicates_a_topic_three_ways(
+    kafka_cluster: LocalKafka, topic_name: str
+) -> None:
+    admin = AdminClient({"bootstrap.servers": kafka_cluster.bootstrap_servers})
+    _create_topic(admin, NewTopic(topic_name, num_partitions=3, replication_factor=3))
+
+    metadata = admin.list_topics(topic_name, timeout=10)
+
+    assert sorted(metadata.brokers) == [1, 2, 3]
+    partitions = metadata.topics[topic_name].partitions
+    assert len(partitions) == 3
+    assert all(sorted(p.replicas) == [1, 2, 3] for p in partitions.values())
+
+
+@pytest.mark.cluster
+def test_acks_all_writes_survive_a_hard_killed_leader(
+    kafka_cluster: LocalKafka, topic_name: str
+) -> None:
+    bootstrap = kafka_cluster.bootstrap_servers
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    _create_topic(
+        admin,
+        NewTopic(
+            topic_name, num_partitions=1, replication_factor=3, config={"min.insync.replicas": "2"}
+        ),
+    )
+    leader_id = admin.list_topics(topic_name, timeout=10).topics[topic_name].partitions[0].leader
+    victim = leader_id - 1  # node ids are index + 1
+    survivors = ",".join(kafka_cluster.node_address(i) for i in range(3) if i != victim)
+
+    kafka_cluster.stop_node(victim, hard=True)
+    try:
+        assert not kafka_cluster.is_running(victim)
+        assert _our_jvms(f"-Dkafkaloop.node={kafka_cluster.node_dir(victim)}") == []
+        idempotent: dict[str, str | int] = {
+            "enable.idempotence": "true",
+            "message.timeout.ms": 60000,
+        }
+        delivered = _produce_all(survivors, topic_name, 200, acks="all", **idempotent)
+        new_leader = admin.list_topics(topic_name, timeout=10).topics[topic_name].partitions[0]
+    finally:
+        kafka_cluster.start_node(victim)
+
+    assert len(delivered) == 200
+    assert new_leader.leader != leader_id
+    assert len(_consume(bootstrap, topic_name, 200)) == 200
+
+
+def test_up_twice_prints_the_same_address_and_down_leaves_no_jvm(tmp_path: Path) -> None:
+    name = f"test-{os.getpid()}-{tmp_path.name}"
+    port = str(_unused_port())
+    marker = str(cache_dir() / "clusters" / name)
+    try:
+        first = _cli("broker", "up", "--name", name, "--port", port)
+        assert first.returncode == 0, first.stderr
+        second = _cli("broker", "up", "--name", name, "--port", port)
+        status = _cli("broker", "status", "--name", name)
+        assert _our_jvms(marker) != []
+    finally:
+        down = _cli("broker", "down", "--name", name, "--purge")
+
+    assert first.stdout.strip() == f"127.0.0.1:{port}"
+    assert second.returncode == 0
+    assert second.stdout == first.stdout
+    assert status.stdout.startswith(f"running 127.0.0.1:{port}")
+    assert down.returncode == 0, down.stderr
+    assert _our_jvms(marker) == []
+    assert _cli("broker", "status", "--name", name).stdout.strip() == "stopped"
+
+
+def test_missing_java_names_what_to_install(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
+    env["PATH"] = str(tmp_path)  # an empty directory: no java, no mvn
+
+    result = _cli("broker", "up", "--name", "no-java", env=env)
+
+    assert result.returncode == 2
+    assert "Java was not found" in result.stderr
+    assert "KAFKA_BOOTSTRAP_SERVERS" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_maven_on_first_start_names_what_to_install(tmp_path: Path) -> None:
+    env = _env_with_only_java(tmp_path)
+    env["KAFKALOOP_CACHE_DIR"] = str(tmp_path / "empty-cache")
+
+    result = _cli("broker", "up", "--name", "no-mvn", env=env)
+
+    assert result.returncode == 2
+    assert "Maven was not found" in result.stderr
+    assert "KAFKA_BOOTSTRAP_SERVERS" in result.stderr
+
+
+def test_warm_start_needs_neither_maven_nor_network(tmp_path: Path) -> None:
+    resolve_kafka()  # the jars are in the cache (the session broker put them there)
+    env = _env_with_only_java(tmp_path)
+    env["KAFKALOOP_CACHE_DIR"] = str(cache_dir())
+    name = f"warm-{os.getpid()}"
+    try:
+        result = _cli("broker", "up", "--name", name, "--port", str(_unused_port()), env=env)
+    finally:
+        _cli("broker", "down", "--name", name, "--purge")
+
+    assert result.returncode == 0, result.stderr
+    assert "Resolving" not in result.stderr
+
+
+def test_stale_pid_in_state_file_reads_as_stopped(tmp_path: Path) -> None:
+    state_dir = tmp_path / "cluster"
+    state_dir.mkdir()
+    # Our own pid: alive, but not a Kafka node of this cluster.
+    (state_dir / "cluster.json").write_text(
+        json.dumps(
+            {
+                "version": LocalKafka(1, state_dir=tmp_path / "probe").version,
+                "cluster_id": "x",
+                "nodes": [{"index": 0, "broker_port": 1, "controller_port": 2, "pid": os.getpid()}],
+            }
+        )
+    )
+
+    kafka = LocalKafka(state_dir=state_dir)
+
+    assert kafka.nodes == 1
+    assert not kafka.is_running()
+    assert kafka.pids() == []
+    kafka.stop()  # signals nothing: the pid is not ours
+
+
+def test_find_java_returns_an_executable() -> None:
+    assert os.access(find_java(), os.X_OK)
+
+
+def _env_with_only_java(tmp_path: Path) -> dict[str, str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "java").symlink_to(find_java())
+    env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
+    env["PATH"] = str(bin_dir)
+    return env
+
+
+def _unused_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
