@@ -103,7 +103,7 @@ def _follow(path: Path) -> None:
 
 
 def _smoke(args: argparse.Namespace) -> int:
-    from kafkaloop._smoke import run_smoke  # noqa: PLC0415 (keeps `broker` start-up light)
+    from kafkaloop._smoke import run_smoke  # imported late: keeps `broker` start-up light
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if not bootstrap:
