@@ -32,8 +32,14 @@ def run_smoke(bootstrap: str, topic: str, count: int, timeout: float = 60.0) -> 
     produced = time.monotonic() - started
     print(f"produced {count} messages to {topic!r} on {bootstrap} in {produced:.2f}s")
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"kafkaloop-smoke-{run_id}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"kafkaloop-smoke-{run_id}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     seen: set[int] = set()
     deadline = time.monotonic() + timeout
     try:
