@@ -559,6 +559,9 @@ class LocalKafka:
             "kafka.Kafka",
             str(node_dir / "server.properties"),
         ]
+        previous = self._procs.pop(node.index, None)
+        if previous is not None:
+            previous.wait()  # it is dead (is_running said so): only reap it
         with open(node_dir / "kafka.log", "ab") as log:
             proc = subprocess.Popen(
                 cmd,
@@ -631,7 +634,6 @@ class LocalKafka:
                 os.kill(pid, signum)
         deadline = time.monotonic() + timeout
         while running:
-            self._reap()
             running = {i: p for i, p in running.items() if _pid_is_ours(p, self.node_dir(i))}
             if not running:
                 break
@@ -644,12 +646,9 @@ class LocalKafka:
             time.sleep(0.1)
         for index in indexes:
             self._nodes[index].pid = None
-        self._reap()
-
-    def _reap(self) -> None:
-        for index, proc in list(self._procs.items()):
-            if proc.poll() is not None:
-                del self._procs[index]
+            proc = self._procs.pop(index, None)
+            if proc is not None:
+                proc.wait()  # signalled and gone: collect its exit status
 
 
 def print_progress(message: str, stream: TextIO = sys.stderr) -> None:
