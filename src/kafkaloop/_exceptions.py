@@ -3,6 +3,7 @@
 The tree::
 
     KafkaloopError
+    ├── ConfigurationError            librdkafka refused a configuration property (also ValueError)
     ├── LocalKafkaError               the local broker launcher could not do its job
     │   └── ToolNotFoundError         Java or Maven is missing
     ├── ClientClosedError             the client was used after close()
@@ -17,9 +18,17 @@ Each message says what happened and what to do next.
 
 from __future__ import annotations
 
+import enum
+
+from confluent_kafka import KafkaError, KafkaException
+
 
 class KafkaloopError(Exception):
     """Base class of every error kafkaloop raises."""
+
+
+class ConfigurationError(KafkaloopError, ValueError):
+    """librdkafka refused the client configuration (unknown property or invalid value)."""
 
 
 class LocalKafkaError(KafkaloopError):
@@ -36,3 +45,107 @@ class ClientClosedError(KafkaloopError):
 
 class NoRunningLoopError(KafkaloopError, RuntimeError):
     """A client that needs the running event loop was created outside one."""
+
+
+class ProducerClosedError(ClientClosedError):
+    """A message was produced after the producer was closed."""
+
+
+class ProduceError(KafkaloopError):
+    """A message could not be handed to Kafka or was not delivered."""
+
+
+class Persistence(enum.Enum):
+    """Whether a failed message may nonetheless have been written to the topic."""
+
+    NOT_PERSISTED = "not persisted"
+    """The broker never got it (or refused it): retrying cannot duplicate it."""
+    POSSIBLY_PERSISTED = "possibly persisted"
+    """It was sent but not acknowledged: a retry may duplicate it unless idempotence is on."""
+
+
+# librdkafka errors after which the broker may have appended the message anyway.
+_POSSIBLY_PERSISTED = frozenset(
+    {
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError._TIMED_OUT,
+        KafkaError._PURGE_INFLIGHT,
+        KafkaError._TRANSPORT,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+    }
+)
+
+
+_UNREACHABLE = frozenset(
+    {
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+    }
+)
+
+
+class DeliveryError(ProduceError, KafkaException):
+    """Kafka reported that a message was not delivered.
+
+    Also a ``confluent_kafka.KafkaException``: ``args[0]`` is the librdkafka ``KafkaError``,
+    so code written for a plain confluent-kafka producer keeps working.
+    """
+
+    def __init__(
+        self, error: KafkaError, topic: str | None = None, partition: int | None = None
+    ) -> None:
+        super().__init__(error)
+        self.error = error
+        self.topic = topic
+        self.partition = partition
+
+    @property
+    def code(self) -> int:
+        """librdkafka's error code (``KafkaError.<NAME>``)."""
+        return int(self.error.code())
+
+    @property
+    def retriable(self) -> bool:
+        """Whether producing the message again may succeed."""
+        return bool(self.error.retriable())
+
+    @property
+    def fatal(self) -> bool:
+        """Whether the producer itself is unusable (e.g. an idempotence violation)."""
+        return bool(self.error.fatal())
+
+    @property
+    def persistence(self) -> Persistence:
+        """Whether the message may have been written despite the error."""
+        if self.error.code() in _POSSIBLY_PERSISTED:
+            return Persistence.POSSIBLY_PERSISTED
+        return Persistence.NOT_PERSISTED
+
+    def __str__(self) -> str:
+        where = self.topic or "?"
+        if self.partition is not None and self.partition >= 0:
+            where += f"[{self.partition}]"
+        if self.fatal:
+            advice = "the producer cannot continue; close it and create a new one"
+        elif self.error.code() in _UNREACHABLE:
+            advice = "Kafka did not acknowledge it in time; check the brokers are reachable"
+        elif self.retriable:
+            advice = "the error is transient; producing again may succeed"
+            if self.persistence is Persistence.POSSIBLY_PERSISTED:
+                advice += " (enable idempotence so a retry cannot duplicate it)"
+        else:
+            advice = "producing it again will fail the same way; fix the cause first"
+        return (
+            f"Delivery to {where} failed: {self.error.str()} ({self.error.name()}); "
+            f"{self.persistence.value}; {advice}."
+        )
+
+    def __reduce__(self) -> tuple[type[DeliveryError], tuple[object, ...]]:
+        return type(self), (self.error, self.topic, self.partition)
+
+
+class QueueFullError(ProduceError, BufferError):
+    """librdkafka's local queue stayed full (the broker is slow, down, or being outpaced)."""

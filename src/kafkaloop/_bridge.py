@@ -1,0 +1,99 @@
+"""The one place where work crosses between librdkafka's threads and the event loop.
+
+librdkafka reports everything (deliveries, errors, rebalances, logs) through callbacks that run
+on whichever thread calls ``poll()``, ``flush()`` or ``consume()``: never the event loop's.
+Futures and most of asyncio are not thread-safe, so those callbacks hand their work to the loop
+through a :class:`LoopBridge`.
+
+The handoff is batched. ``call_soon_threadsafe`` writes to the loop's self-pipe on every call,
+which is a system call and a loop wake-up per message when done once per delivery. The bridge
+keeps a queue of pending calls and at most one scheduled wake-up: the first call after a drain
+schedules it, later calls only append, and one drain on the loop runs everything that arrived
+since. Under load that is one wake-up per batch of deliveries instead of one per message.
+
+Blocking librdkafka calls (``flush``, ``consume``, transactions) go the other way, through
+:meth:`LoopBridge.run_blocking`, onto a thread of the bridge's own so they never hold up the loop
+and never queue behind the application's use of the default executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+from collections.abc import Callable
+from typing import TypeVar, TypeVarTuple, Unpack
+
+logger = logging.getLogger("kafkaloop")
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+
+class LoopBridge:
+    """Runs calls from any thread on one event loop, in order, batching the wake-ups."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, name: str = "kafkaloop") -> None:
+        self.loop = loop
+        self._name = name
+        # deque.append and popleft are atomic, so producers on other threads need no lock.
+        self._pending: collections.deque[tuple[Callable[..., object], tuple[object, ...]]] = (
+            collections.deque()
+        )
+        self._wakeup_scheduled = False
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._closed = False
+
+    def call_soon(self, callback: Callable[..., object], *args: object) -> None:
+        """Run ``callback(*args)`` on the loop soon. Safe from any thread, cheap on every thread.
+
+        Calls run in the order they were made. An exception from a callback is logged and does
+        not stop the calls queued after it.
+        """
+        self._pending.append((callback, args))
+        if not self._wakeup_scheduled:
+            self._wakeup_scheduled = True
+            try:
+                self.loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:
+                # The loop is closed: nothing will ever run there again.
+                self._wakeup_scheduled = False
+                self._pending.clear()
+
+    def drain(self) -> None:
+        """Run every queued call now. Only on the loop's thread (e.g. after a flush)."""
+        self._drain()
+
+    def _drain(self) -> None:
+        # Clear the flag first: a call queued while draining either is run by this drain or
+        # schedules the next one, so none is left behind.
+        self._wakeup_scheduled = False
+        pending = self._pending
+        while pending:
+            callback, args = pending.popleft()
+            try:
+                callback(*args)
+            except Exception:
+                logger.exception(
+                    "%s: a callback raised; the callbacks after it still run", self._name
+                )
+
+    async def run_blocking(self, func: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
+        """Run a blocking call on the bridge's own thread and await its result."""
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"{self._name}-blocking"
+            )
+        return await self.loop.run_in_executor(self._executor, func, *args)
+
+    def wrap_future(self, future: concurrent.futures.Future[T]) -> asyncio.Future[T]:
+        """An asyncio future for a ``concurrent.futures`` one (AdminClient results)."""
+        return asyncio.wrap_future(future, loop=self.loop)
+
+    def close(self) -> None:
+        """Release the blocking-call thread. Queued calls still run at the next drain."""
+        self._closed = True
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None

@@ -1,0 +1,40 @@
+"""librdkafka configuration as kafkaloop takes it: validated early, secrets never shown."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import KafkaException
+
+from kafkaloop._exceptions import ConfigurationError
+
+_SECRET = re.compile(
+    r"password|secret|token|credentials|oauthbearer\.config|\.pem$|key$", re.IGNORECASE
+)
+REDACTED = "***"
+
+
+def is_secret(key: str) -> bool:
+    """Whether a configuration property holds a credential (never logged or shown)."""
+    return bool(_SECRET.search(key)) and key not in ("ssl.key.location", "partition.key")
+
+
+def redact(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of `config` with every credential replaced by ``***``."""
+    return {key: REDACTED if is_secret(key) else value for key, value in config.items()}
+
+
+def configuration_error(
+    exc: KafkaException | ValueError | TypeError, config: Mapping[str, Any], client: str
+) -> ConfigurationError:
+    """A :class:`ConfigurationError` for librdkafka's refusal, with any secret scrubbed."""
+    message = str(exc.args[0].str() if isinstance(exc, KafkaException) else exc)
+    for key, value in config.items():
+        if is_secret(key) and isinstance(value, str) and value:
+            message = message.replace(value, REDACTED)
+    return ConfigurationError(
+        f"librdkafka refused the {client} configuration: {message}. "
+        "Check the property names and values against librdkafka's CONFIGURATION.md."
+    )

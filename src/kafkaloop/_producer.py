@@ -1,0 +1,662 @@
+"""AIOProducer: confluent-kafka's Producer, awaitable, with one poll thread per producer.
+
+``produce()`` hands the message to librdkafka at once and returns a future that the delivery
+report resolves. Delivery reports arrive on the poll thread and reach the loop through the
+:class:`~kafkaloop._bridge.LoopBridge`, batched. Out-of-band callbacks run on the loop or, when
+asked, on the poll thread; fire-and-forget messages are still counted and their failures
+logged.
+
+When librdkafka's queue is full, ``produce()`` does not raise: the message waits, in order, in a
+bounded list on the loop and is handed over as soon as deliveries make room; the caller's
+future fails with :class:`QueueFullError` if no room comes within ``queue_full_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import enum
+import functools
+import inspect
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, Self, TypeAlias
+
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from kafkaloop._bridge import LoopBridge
+from kafkaloop._config import configuration_error
+from kafkaloop._exceptions import (
+    DeliveryError,
+    NoRunningLoopError,
+    ProducerClosedError,
+    QueueFullError,
+)
+from kafkaloop._logging import RateLimitedLog, librdkafka_logger, logger
+from kafkaloop._models import ProducerMetrics, RecordMetadata
+
+__all__ = ["AIOProducer", "DeliveryCallback", "Headers"]
+
+Headers: TypeAlias = dict[str, str | bytes | None] | list[tuple[str, str | bytes | None]]
+DeliveryCallback: TypeAlias = Callable[
+    [DeliveryError | None, RecordMetadata], Awaitable[None] | None
+]
+
+_POLL_INTERVAL = 0.1
+"""Longest a poll() blocks: bounds how long stopping the poll thread takes."""
+
+
+class _State(enum.Enum):
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+def _metadata(msg: Message) -> RecordMetadata:
+    ts_type, ts = msg.timestamp()
+    partition = msg.partition()
+    offset = msg.offset()
+    return RecordMetadata(
+        msg.topic() or "",
+        -1 if partition is None else partition,
+        -1 if offset is None else offset,
+        None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts,
+    )
+
+
+def _extra(
+    on_delivery: Callable[[KafkaError | None, Message], None] | None,
+    headers: Headers | None,
+    timestamp: int | None,
+) -> dict[str, Any]:
+    """The keyword arguments of Producer.produce beyond topic, value, key and partition."""
+    extra: dict[str, Any] = {"on_delivery": on_delivery} if on_delivery is not None else {}
+    if headers:
+        extra["headers"] = headers
+    if timestamp is not None:
+        extra["timestamp"] = timestamp
+    return extra
+
+
+class _Waiting:
+    """A message accepted while librdkafka's queue was full."""
+
+    __slots__ = ("deadline", "extra", "future", "message")
+
+    def __init__(
+        self,
+        message: tuple[Any, ...],
+        extra: dict[str, Any],
+        future: asyncio.Future[Any],
+        deadline: float,
+    ) -> None:
+        self.message = message
+        self.extra = extra
+        self.future = future
+        self.deadline = deadline
+
+
+class AIOProducer:
+    """An asyncio Kafka producer over librdkafka.
+
+    Create it inside a running event loop (a FastAPI lifespan, ``asyncio.run``) and use it
+    from that loop's thread only. ``config`` takes any librdkafka producer property;
+    ``error_cb``, ``stats_cb`` and ``throttle_cb`` are called on the loop.
+
+    ``queue_full_timeout`` bounds how long an awaited ``produce()`` waits for room in a full
+    queue; ``max_waiting`` bounds how many messages may wait at once (memory).
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        *,
+        queue_full_timeout: float = 30.0,
+        max_waiting: int = 10_000,
+    ) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise NoRunningLoopError(
+                "AIOProducer must be created inside a running event loop: in an async function "
+                "(a FastAPI lifespan, a coroutine under asyncio.run()), not at import time."
+            ) from None
+        self._loop = loop
+        self._bridge = LoopBridge(loop, name="kafkaloop-producer")
+        self._queue_full_timeout = queue_full_timeout
+        self._max_waiting = max_waiting
+        self._user_callbacks: dict[str, Callable[..., Any]] = {}
+        conf = dict(config)
+        for name in ("error_cb", "stats_cb", "throttle_cb"):
+            callback = conf.pop(name, None)
+            if callback is not None:
+                self._user_callbacks[name] = callback
+        if "stats_cb" in self._user_callbacks:
+            conf["stats_cb"] = functools.partial(self._forward, "stats_cb")
+        if "throttle_cb" in self._user_callbacks:
+            conf["throttle_cb"] = functools.partial(self._forward, "throttle_cb")
+        conf["error_cb"] = self._on_error
+        conf["on_delivery"] = self._on_untracked_delivery
+        conf.setdefault("logger", librdkafka_logger)
+        self._bootstrap = str(conf.get("bootstrap.servers", ""))
+        try:
+            self._producer = Producer(conf)
+        except (KafkaException, ValueError, TypeError) as exc:
+            raise configuration_error(exc, config, "producer") from None
+
+        self._state = _State.OPEN
+        self._close_task: asyncio.Task[int] | None = None
+        self._undelivered = 0
+        self.last_error: KafkaError | None = None
+        """The most recent client-level error librdkafka reported (None when none yet)."""
+        self._fatal_error: KafkaError | None = None
+        # Counters are each written by one thread: the loop's, or (under the lock) librdkafka's.
+        self._produced = 0
+        self._delivered_loop = 0
+        self._failed_loop = 0
+        self._thread_counts_lock = threading.Lock()
+        self._delivered_thread = 0
+        self._failed_thread = 0
+        self._failure_log = RateLimitedLog(logger)
+        self._waiting: collections.deque[_Waiting] = collections.deque()
+        self._waiting_timer: asyncio.TimerHandle | None = None
+        self._room_wanted = False
+        self._room = asyncio.Event()
+        self._user_tasks: set[asyncio.Task[Any]] = set()
+
+        self._stop_polling = False
+        self._poll_thread = threading.Thread(
+            target=self._poll_loop, name="kafkaloop-producer-poll", daemon=True
+        )
+        self._poll_thread.start()
+
+    def __repr__(self) -> str:
+        return (
+            f"<AIOProducer bootstrap.servers={self._bootstrap!r} state={self._state.value} "
+            f"in_flight={self.metrics.in_flight}>"
+        )
+
+    # -- producing -------------------------------------------------------------------------
+
+    def produce(
+        self,
+        topic: str,
+        value: str | bytes | None = None,
+        key: str | bytes | None = None,
+        *,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        timestamp: int | None = None,
+    ) -> asyncio.Future[RecordMetadata]:
+        """Hand a message to Kafka; the returned future resolves once the broker acknowledged it.
+
+        The message is queued at once, so many calls can be made and their futures gathered
+        later. The future raises :class:`DeliveryError` if Kafka reports a failure, or
+        :class:`QueueFullError` if the local queue stayed full for ``queue_full_timeout``.
+        Cancelling the future (or the task awaiting it) does not withdraw the message.
+        """
+        self._check_open()
+        future: asyncio.Future[RecordMetadata] = self._loop.create_future()
+        on_delivery = functools.partial(self._bridge.call_soon, self._resolve, future)
+        message = (topic, value, key, -1 if partition is None else partition)
+        extra = _extra(on_delivery, headers, timestamp)
+        if self._waiting:
+            self._wait_for_room(message, extra, future)
+            return future
+        try:
+            self._producer.produce(*message, **extra)
+        except BufferError:
+            self._wait_for_room(message, extra, future)
+        except KafkaException as exc:
+            raise DeliveryError(exc.args[0], topic, partition) from None
+        else:
+            self._produced += 1
+        return future
+
+    def produce_nowait(
+        self,
+        topic: str,
+        value: str | bytes | None = None,
+        key: str | bytes | None = None,
+        *,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        timestamp: int | None = None,
+        on_delivery: DeliveryCallback | None = None,
+        on_poll_thread: bool = False,
+    ) -> None:
+        """Hand a message to Kafka without waiting for the outcome.
+
+        ``on_delivery(err, metadata)`` is called once with the outcome: on the event loop, or
+        on the poll thread when ``on_poll_thread`` is true (keep that callback short and
+        thread-safe). Without a callback, failures are still counted in :attr:`metrics` and
+        logged. Raises :class:`QueueFullError` at once when librdkafka's queue is full.
+        """
+        self._check_open()
+        callback: Callable[[KafkaError | None, Message], None] | None
+        if on_delivery is None:
+            callback = None  # the producer-wide on_delivery counts it
+        elif on_poll_thread:
+            callback = functools.partial(self._call_on_thread, on_delivery)
+        else:
+            callback = functools.partial(self._bridge.call_soon, self._call_on_loop, on_delivery)
+        if self._waiting:
+            raise self._queue_full_error()
+        try:
+            self._producer.produce(
+                topic,
+                value,
+                key,
+                -1 if partition is None else partition,
+                **_extra(callback, headers, timestamp),
+            )
+        except BufferError:
+            raise self._queue_full_error() from None
+        except KafkaException as exc:
+            raise DeliveryError(exc.args[0], topic, partition) from None
+        self._produced += 1
+
+    async def produce_many(
+        self,
+        topic: str,
+        values: Iterable[str | bytes | tuple[str | bytes | None, str | bytes | None] | None],
+        *,
+        headers: Headers | None = None,
+        return_exceptions: bool = False,
+    ) -> list[RecordMetadata | DeliveryError]:
+        """Produce many messages behind one awaitable; results come back in input order.
+
+        Each item is a value, or a ``(key, value)`` pair. The loop does one unit of work for
+        the whole batch, not one per message. A failed message raises its
+        :class:`DeliveryError` once all are done, or takes its place in the list when
+        ``return_exceptions`` is true.
+        """
+        self._check_open()
+        items = list(values)
+        batch = _Batch(len(items), self._bridge, self._count_batch)
+        deadline = self._loop.time() + self._queue_full_timeout
+        produce = self._producer.produce
+        for index, item in enumerate(items):
+            key, value = item if isinstance(item, tuple) else (None, item)
+            on_delivery = functools.partial(batch.record, index)
+            while True:
+                try:
+                    produce(topic, value, key, on_delivery=on_delivery, headers=headers)
+                except BufferError:
+                    await self._wait_room(deadline)
+                    continue
+                except KafkaException as exc:
+                    batch.record(index, exc.args[0], None)
+                self._produced += 1
+                break
+        results = await asyncio.shield(batch.future) if items else []
+        if not return_exceptions:
+            for result in results:
+                if isinstance(result, DeliveryError):
+                    raise result
+        return results
+
+    def _count_batch(self, results: list[RecordMetadata | DeliveryError]) -> None:
+        delivered = sum(1 for result in results if isinstance(result, RecordMetadata))
+        self._delivered_loop += delivered
+        self._failed_loop += len(results) - delivered
+        if self._room_wanted:
+            self._on_room()
+
+    def _check_open(self) -> None:
+        if self._state is not _State.OPEN:
+            raise ProducerClosedError(
+                f"This AIOProducer is {self._state.value}: create a new one to produce again."
+            )
+        if self._fatal_error is not None:
+            raise DeliveryError(self._fatal_error)
+
+    # -- delivery reports ------------------------------------------------------------------
+
+    def _resolve(
+        self, future: asyncio.Future[RecordMetadata], err: KafkaError | None, msg: Message
+    ) -> None:
+        """On the loop: settle an awaited produce (the hot path)."""
+        if err is None:
+            self._delivered_loop += 1
+            if not future.done():
+                future.set_result(_metadata(msg))
+        else:
+            self._failed_loop += 1
+            error = DeliveryError(err, msg.topic(), msg.partition())
+            if future.done():  # cancelled: nobody else will hear of it
+                self._failure_log.warning(
+                    "Message not delivered (its awaiter was cancelled): %s", error
+                )
+            else:
+                future.set_exception(error)
+        if self._room_wanted:
+            self._on_room()
+
+    def _call_on_loop(
+        self, callback: DeliveryCallback, err: KafkaError | None, msg: Message
+    ) -> None:
+        error = self._count_on_loop(err, msg)
+        try:
+            self._run_user_callback(callback, (error, _metadata(msg)))
+        except Exception:
+            logger.exception("An on_delivery callback raised on the event loop")
+        if self._room_wanted:
+            self._on_room()
+
+    def _user_task_done(self, task: asyncio.Task[Any]) -> None:
+        self._user_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("An on_delivery coroutine raised", exc_info=task.exception())
+
+    def _count_on_loop(self, err: KafkaError | None, msg: Message) -> DeliveryError | None:
+        if err is None:
+            self._delivered_loop += 1
+            return None
+        self._failed_loop += 1
+        return DeliveryError(err, msg.topic(), msg.partition())
+
+    def _call_on_thread(
+        self, callback: DeliveryCallback, err: KafkaError | None, msg: Message
+    ) -> None:
+        """On librdkafka's calling thread: an out-of-band callback that asked to run there."""
+        self._count_on_thread(err)
+        error = None if err is None else DeliveryError(err, msg.topic(), msg.partition())
+        try:
+            callback(error, _metadata(msg))
+        except Exception:
+            logger.exception("An on_delivery callback raised on the poll thread")
+        self._notify_room()
+
+    def _on_untracked_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        """On librdkafka's calling thread: the outcome of a fire-and-forget message."""
+        self._count_on_thread(err)
+        if err is not None:
+            self._failure_log.warning(
+                "Fire-and-forget message not delivered: %s",
+                DeliveryError(err, msg.topic(), msg.partition()),
+            )
+        self._notify_room()
+
+    def _count_on_thread(self, err: KafkaError | None) -> None:
+        with self._thread_counts_lock:
+            if err is None:
+                self._delivered_thread += 1
+            else:
+                self._failed_thread += 1
+
+    def _notify_room(self) -> None:
+        if self._room_wanted:
+            self._room_wanted = False
+            self._bridge.call_soon(self._on_room)
+
+    # -- a full queue ----------------------------------------------------------------------
+
+    def _queue_full_error(self) -> QueueFullError:
+        return QueueFullError(
+            f"librdkafka's local queue is full ({len(self._producer)} messages not yet "
+            "delivered): Kafka is slow or unreachable, or messages come faster than it takes "
+            "them. Await produce() to wait for room, slow down, or raise "
+            "queue.buffering.max.messages / queue.buffering.max.kbytes."
+        )
+
+    def _wait_for_room(
+        self, message: tuple[Any, ...], extra: dict[str, Any], future: asyncio.Future[Any]
+    ) -> None:
+        if len(self._waiting) >= self._max_waiting:
+            raise self._queue_full_error()
+        deadline = self._loop.time() + self._queue_full_timeout
+        self._waiting.append(_Waiting(message, extra, future, deadline))
+        self._produced += 1
+        self._room_wanted = True
+        if self._waiting_timer is None:
+            self._schedule_waiting_timer()
+
+    def _schedule_waiting_timer(self) -> None:
+        # Deliveries announce room (_notify_room); this timer is the fallback, and it expires
+        # the messages that waited too long.
+        self._waiting_timer = self._loop.call_later(0.05, self._on_waiting_timer)
+
+    def _on_waiting_timer(self) -> None:
+        self._waiting_timer = None
+        self._on_room()
+        now = self._loop.time()
+        while self._waiting and self._waiting[0].deadline <= now:
+            waiting = self._waiting.popleft()
+            self._failed_loop += 1
+            error = self._queue_full_error()
+            if not waiting.future.done():
+                waiting.future.set_exception(error)
+            else:
+                self._failure_log.warning("Message not produced: %s", error)
+        if self._waiting:
+            self._room_wanted = True
+            self._schedule_waiting_timer()
+
+    def _on_room(self) -> None:
+        """On the loop, when deliveries may have made room: hand over waiting messages."""
+        self._room_wanted = False
+        waiting = self._waiting
+        while waiting:
+            head = waiting[0]
+            try:
+                self._producer.produce(*head.message, **head.extra)
+            except BufferError:
+                self._room_wanted = True
+                return
+            except KafkaException as exc:
+                self._failed_loop += 1
+                if not head.future.done():
+                    head.future.set_exception(DeliveryError(exc.args[0], head.message[0]))
+            waiting.popleft()
+        if self._waiting_timer is not None:
+            self._waiting_timer.cancel()
+            self._waiting_timer = None
+        self._room.set()
+
+    async def _wait_room(self, deadline: float) -> None:
+        """Wait (for produce_many) until deliveries make room, or raise QueueFullError."""
+        self._room.clear()
+        self._room_wanted = True
+        while not self._room.is_set():
+            left = deadline - self._loop.time()
+            if left <= 0:
+                raise self._queue_full_error()
+            with contextlib.suppress(TimeoutError):
+                # The timeout doubles as the fallback should an announcement be missed.
+                await asyncio.wait_for(self._room.wait(), min(left, 0.05))
+            self._room_wanted = True
+
+    # -- client-level callbacks ------------------------------------------------------------
+
+    def _on_error(self, err: KafkaError) -> None:
+        """On the poll thread: librdkafka reports a client-level error."""
+        self.last_error = err
+        if err.fatal():
+            self._fatal_error = err
+            logger.error("Kafka producer fatal error, it cannot continue: %s", err.str())
+        elif err.code() == KafkaError._ALL_BROKERS_DOWN:
+            logger.warning("Kafka producer: all brokers are down: %s", err.str())
+        else:
+            logger.info("Kafka producer: %s", err.str())
+        self._forward("error_cb", err)
+
+    def _forward(self, name: str, *args: Any) -> None:
+        callback = self._user_callbacks.get(name)
+        if callback is not None:
+            self._bridge.call_soon(self._run_user_callback, callback, args)
+
+    def _run_user_callback(self, callback: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        result = callback(*args)
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            self._user_tasks.add(task)
+            task.add_done_callback(self._user_task_done)
+
+    # -- the poll thread -------------------------------------------------------------------
+
+    def _poll_loop(self) -> None:
+        poll = self._producer.poll
+        while not self._stop_polling:
+            poll(_POLL_INTERVAL)
+
+    # -- flushing and closing --------------------------------------------------------------
+
+    @property
+    def metrics(self) -> ProducerMetrics:
+        """Counts of produced, delivered, failed and waiting messages."""
+        with self._thread_counts_lock:
+            delivered_thread, failed_thread = self._delivered_thread, self._failed_thread
+        return ProducerMetrics(
+            produced=self._produced,
+            delivered=self._delivered_loop + delivered_thread,
+            failed=self._failed_loop + failed_thread,
+            waiting_for_room=len(self._waiting),
+        )
+
+    @property
+    def closed(self) -> bool:
+        """Whether close() has begun."""
+        return self._state is not _State.OPEN
+
+    async def flush(self, timeout: float | None = None) -> int:
+        """Wait until every message so far is delivered or failed; return how many are not.
+
+        ``timeout`` in seconds, None for no limit (each message still fails after
+        ``message.timeout.ms``). Every future of a settled message is resolved on return.
+        """
+        deadline = None if timeout is None else self._loop.time() + timeout
+        while self._waiting:
+            self._on_room()
+            if not self._waiting:
+                break
+            if deadline is not None and self._loop.time() >= deadline:
+                break
+            await self._bridge.run_blocking(self._producer.flush, 0.05)
+        left = -1.0 if deadline is None else max(0.0, deadline - self._loop.time())
+        remaining = await self._bridge.run_blocking(self._producer.flush, left)
+        self._bridge.drain()
+        return int(remaining) + len(self._waiting)
+
+    async def close(self, timeout: float | None = None) -> int:
+        """Flush, stop the poll thread and return how many messages were not delivered.
+
+        Idempotent: later calls wait for the first and return the same number. Messages still
+        undelivered after ``timeout`` are purged: their futures raise :class:`DeliveryError`.
+        """
+        if self._close_task is None:
+            self._state = _State.CLOSING
+            self._close_task = self._loop.create_task(self._close(timeout))
+        return await asyncio.shield(self._close_task)
+
+    async def _close(self, timeout: float | None) -> int:
+        undelivered = await self.flush(timeout)
+        if undelivered:
+            self._producer.purge(in_queue=True, in_flight=True, blocking=False)
+            await self._bridge.run_blocking(self._producer.flush, 5.0)
+            for waiting in self._waiting:
+                self._failed_loop += 1
+                if not waiting.future.done():
+                    waiting.future.set_exception(
+                        ProducerClosedError("The producer closed before this message had room.")
+                    )
+            self._waiting.clear()
+            logger.warning("AIOProducer closed with %d message(s) not delivered", undelivered)
+        self._stop_polling = True
+        await self._bridge.run_blocking(self._poll_thread.join)
+        self._bridge.drain()
+        if self._waiting_timer is not None:
+            self._waiting_timer.cancel()
+        self._bridge.close()
+        self._undelivered = undelivered
+        self._state = _State.CLOSED
+        return undelivered
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- transactions ----------------------------------------------------------------------
+
+    async def init_transactions(self, timeout: float = 30.0) -> None:
+        """Register ``transactional.id`` with the coordinator (once, before the first one)."""
+        await self._bridge.run_blocking(self._producer.init_transactions, timeout)
+
+    async def begin_transaction(self) -> None:
+        """Start a transaction."""
+        await self._bridge.run_blocking(self._producer.begin_transaction)
+
+    async def send_offsets_to_transaction(
+        self, offsets: list[TopicPartition], group_metadata: Any, timeout: float = 30.0
+    ) -> None:
+        """Commit a consumer's offsets as part of the current transaction."""
+        await self._bridge.run_blocking(
+            self._producer.send_offsets_to_transaction, offsets, group_metadata, timeout
+        )
+
+    async def commit_transaction(self, timeout: float = 30.0) -> None:
+        """Flush and commit the current transaction."""
+        await self._bridge.run_blocking(self._producer.commit_transaction, timeout)
+        self._bridge.drain()
+
+    async def abort_transaction(self, timeout: float = 30.0) -> None:
+        """Abort the current transaction; its messages are never shown to read_committed."""
+        await self._bridge.run_blocking(self._producer.abort_transaction, timeout)
+        self._bridge.drain()
+
+
+class _Batch:
+    """The outcomes of one produce_many call, settled on the loop once all are known."""
+
+    __slots__ = ("_bridge", "_lock", "_on_settled", "_remaining", "future", "results")
+
+    def __init__(
+        self,
+        size: int,
+        bridge: LoopBridge,
+        on_settled: Callable[[list[RecordMetadata | DeliveryError]], None],
+    ) -> None:
+        self.results: list[RecordMetadata | DeliveryError] = [None] * size  # type: ignore[list-item]
+        self.future: asyncio.Future[list[RecordMetadata | DeliveryError]] = (
+            bridge.loop.create_future()
+        )
+        self._remaining = size
+        self._lock = threading.Lock()
+        self._bridge = bridge
+        self._on_settled = on_settled
+
+    def record(self, index: int, err: KafkaError | None, msg: Message | None) -> None:
+        """On whichever thread reports it: one message's outcome."""
+        if err is None and msg is not None:
+            self.results[index] = _metadata(msg)
+        else:
+            assert err is not None
+            self.results[index] = DeliveryError(
+                err, msg.topic() if msg else None, msg.partition() if msg else None
+            )
+        with self._lock:
+            self._remaining -= 1
+            done = self._remaining == 0
+        if done:
+            self._bridge.call_soon(self._settle)
+
+    def _settle(self) -> None:
+        self._on_settled(self.results)
+        if not self.future.done():
+            self.future.set_result(self.results)
