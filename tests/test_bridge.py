@@ -1,0 +1,92 @@
+"""LoopBridge: the one thread-to-loop handoff."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from kafkaloop._bridge import LoopBridge
+
+
+async def test_calls_from_many_threads_all_run_on_the_loop_in_per_thread_order() -> None:
+    bridge = LoopBridge(asyncio.get_running_loop())
+    seen: dict[int, list[int]] = {}
+    loop_thread = threading.get_ident()
+    threads_seen: set[int] = set()
+    done = asyncio.Event()
+
+    def record(worker: int, i: int) -> None:
+        threads_seen.add(threading.get_ident())
+        seen.setdefault(worker, []).append(i)
+        if sum(map(len, seen.values())) == 4 * 5000:
+            done.set()
+
+    def work(worker: int) -> None:
+        for i in range(5000):
+            bridge.call_soon(record, worker, i)
+
+    workers = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+    for worker in workers:
+        worker.start()
+    await asyncio.to_thread(lambda: [w.join() for w in workers])
+    await asyncio.wait_for(done.wait(), 10)
+
+    assert threads_seen == {loop_thread}
+    assert all(seen[w] == list(range(5000)) for w in range(4))
+
+
+async def test_a_burst_of_calls_costs_one_loop_wakeup(monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = asyncio.get_running_loop()
+    bridge = LoopBridge(loop)
+    wakeups = 0
+    original = loop.call_soon_threadsafe
+
+    def counting(*args: object) -> asyncio.Handle:
+        nonlocal wakeups
+        wakeups += 1
+        return original(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+    ran: list[int] = []
+
+    def burst() -> None:
+        for i in range(1000):
+            bridge.call_soon(ran.append, i)
+
+    # join() blocks the loop on purpose: the whole burst lands before the first drain.
+    thread = threading.Thread(target=burst)
+    thread.start()
+    thread.join()
+    await asyncio.sleep(0)
+
+    assert ran == list(range(1000))
+    assert wakeups == 1
+
+
+async def test_a_raising_call_is_logged_and_the_rest_still_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bridge = LoopBridge(asyncio.get_running_loop(), name="test-bridge")
+    ran: list[str] = []
+
+    def fail() -> None:
+        raise ValueError("bad")
+
+    bridge.call_soon(fail)
+    bridge.call_soon(ran.append, "after")
+    await asyncio.sleep(0)
+
+    assert ran == ["after"]
+    assert "test-bridge: a callback raised" in caplog.text
+
+
+async def test_run_blocking_runs_off_the_loop_thread() -> None:
+    bridge = LoopBridge(asyncio.get_running_loop())
+    try:
+        ident = await bridge.run_blocking(threading.get_ident)
+    finally:
+        bridge.close()
+
+    assert ident != threading.get_ident()

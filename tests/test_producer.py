@@ -1,0 +1,560 @@
+"""AIOProducer against a real broker: outcomes, callbacks, backpressure, closing, transactions."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from kafkaloop import (
+    AIOProducer,
+    ConfigurationError,
+    DeliveryError,
+    NoRunningLoopError,
+    Persistence,
+    ProducerClosedError,
+    QueueFullError,
+    RecordMetadata,
+)
+from kafkaloop.broker import LocalKafka
+
+# Nothing listens here: a cluster that is down.
+UNREACHABLE = "127.0.0.1:1"
+
+
+@pytest.fixture(autouse=True)
+async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
+    """Fail the test on anything the loop reports (e.g. 'exception was never retrieved')."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    yield errors
+    gc.collect()
+    await asyncio.sleep(0)
+    loop.set_exception_handler(None)
+    assert errors == []
+
+
+@pytest.fixture
+async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOProducer]:
+    async with AIOProducer(
+        {"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True}
+    ) as producer:
+        yield producer
+
+
+def _consume_all(bootstrap: str, topic: str, count: int, **config: Any) -> list[Message]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"check-{topic}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            **config,
+        }
+    )
+    consumer.subscribe([topic])
+    records: list[Message] = []
+    deadline = time.monotonic() + 30
+    try:
+        while len(records) < count and time.monotonic() < deadline:
+            records.extend(m for m in consumer.consume(1000, timeout=0.5) if m.error() is None)
+        # Anything beyond `count` would be a duplicate: read a little longer to catch it.
+        records.extend(m for m in consumer.consume(1000, timeout=1.0) if m.error() is None)
+    finally:
+        consumer.close()
+    return records
+
+
+async def consume_all(bootstrap: str, topic: str, count: int, **config: Any) -> list[Message]:
+    return await asyncio.to_thread(_consume_all, bootstrap, topic, count, **config)
+
+
+# -- outcomes ------------------------------------------------------------------------------
+
+
+async def test_awaited_produce_resolves_with_record_metadata(
+    producer: AIOProducer, topic_name: str
+) -> None:
+    before = int(time.time() * 1000)
+
+    metadata = await producer.produce(topic_name, b"value", key=b"key")
+
+    assert isinstance(metadata, RecordMetadata)
+    assert (metadata.topic, metadata.partition, metadata.offset) == (topic_name, 0, 0)
+    assert metadata.timestamp is not None
+    assert before - 1000 <= metadata.timestamp <= int(time.time() * 1000) + 1000
+
+
+async def test_str_and_bytes_keys_values_and_headers_round_trip(
+    producer: AIOProducer, kafka_bootstrap: str, topic_name: str
+) -> None:
+    await producer.produce(topic_name, "välue", key="kéy", headers={"trace": b"1", "s": "x"})
+    await producer.produce(topic_name, b"\x00raw", key=b"\xff", headers=[("a", b"1"), ("a", b"2")])
+    await producer.produce(topic_name, None, key=b"tombstone")
+
+    records = await consume_all(kafka_bootstrap, topic_name, 3)
+
+    assert [(r.key(), r.value()) for r in records] == [
+        ("kéy".encode(), "välue".encode()),
+        (b"\xff", b"\x00raw"),
+        (b"tombstone", None),
+    ]
+    assert records[0].headers() == [("trace", b"1"), ("s", b"x")]
+    assert records[1].headers() == [("a", b"1"), ("a", b"2")]
+
+
+async def test_explicit_timestamp_and_partition_are_used(
+    producer: AIOProducer, kafka_bootstrap: str, topic_name: str
+) -> None:
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    for future in admin.create_topics([NewTopic(topic_name, num_partitions=3)]).values():
+        await asyncio.wrap_future(future)
+
+    metadata = await producer.produce(topic_name, b"v", partition=2, timestamp=1_600_000_000_000)
+
+    assert metadata.partition == 2
+    assert metadata.timestamp == 1_600_000_000_000
+
+
+async def test_gathered_produces_keep_call_order_within_a_partition(
+    producer: AIOProducer, kafka_bootstrap: str, topic_name: str
+) -> None:
+    futures = [producer.produce(topic_name, str(i).encode()) for i in range(2000)]
+
+    results = await asyncio.gather(*futures)
+
+    assert [md.offset for md in results] == list(range(2000))
+    records = await consume_all(kafka_bootstrap, topic_name, 2000)
+    assert [r.value() for r in records] == [str(i).encode() for i in range(2000)]
+
+
+async def test_rejected_message_raises_delivery_error_that_is_a_kafka_exception(
+    producer: AIOProducer, topic_name: str
+) -> None:
+    # Within librdkafka's limit, over the broker's default 1 MiB message limit.
+    big = b"x" * 1_500_000
+    async with AIOProducer(
+        {"bootstrap.servers": producer._bootstrap, "message.max.bytes": 2_000_000}
+    ) as lax:
+        with pytest.raises(DeliveryError) as caught:
+            await lax.produce(topic_name, big)
+
+    error = caught.value
+    assert isinstance(error, KafkaException)
+    assert isinstance(error.args[0], KafkaError)
+    assert error.code == KafkaError.MSG_SIZE_TOO_LARGE
+    assert error.persistence is Persistence.NOT_PERSISTED
+    assert not error.retriable
+    assert topic_name in str(error)
+    assert "too large" in str(error).lower()
+
+
+async def test_message_over_the_local_limit_raises_at_once(
+    producer: AIOProducer, topic_name: str
+) -> None:
+    with pytest.raises(DeliveryError) as caught:
+        producer.produce(topic_name, b"x" * 2_000_000)
+
+    assert caught.value.code == KafkaError.MSG_SIZE_TOO_LARGE
+    assert producer.metrics.produced == 0
+
+
+async def test_every_awaited_produce_fails_within_the_message_timeout_when_kafka_is_down(
+    topic_name: str,
+) -> None:
+    async with AIOProducer({"bootstrap.servers": UNREACHABLE, "message.timeout.ms": 1500}) as p:
+        started = time.monotonic()
+        results = await asyncio.gather(
+            *(p.produce(topic_name, b"v") for _ in range(50)), return_exceptions=True
+        )
+        elapsed = time.monotonic() - started
+
+    assert all(isinstance(r, DeliveryError) for r in results)
+    assert {r.code for r in results if isinstance(r, DeliveryError)} == {KafkaError._MSG_TIMED_OUT}
+    assert elapsed < 5
+    assert p.metrics.failed == 50
+
+
+@pytest.mark.slow
+async def test_produce_fails_then_recovers_when_a_real_broker_stops_and_returns(
+    tmp_path: Path, topic_name: str
+) -> None:
+    kafka = LocalKafka(1, state_dir=tmp_path / "kafka")
+    await asyncio.to_thread(kafka.start)
+    try:
+        async with AIOProducer(
+            {"bootstrap.servers": kafka.bootstrap_servers, "message.timeout.ms": 3000}
+        ) as p:
+            assert (await p.produce(topic_name, b"before")).offset == 0
+            await asyncio.to_thread(kafka.stop_node, 0, hard=True)
+
+            started = time.monotonic()
+            with pytest.raises(DeliveryError) as caught:
+                await p.produce(topic_name, b"while down")
+            assert time.monotonic() - started < 6
+            assert caught.value.persistence is Persistence.POSSIBLY_PERSISTED
+
+            await asyncio.to_thread(kafka.start_node, 0)
+            metadata = await p.produce(topic_name, b"after")
+    finally:
+        await asyncio.to_thread(kafka.stop)
+    assert metadata.offset >= 1
+
+
+# -- cancellation --------------------------------------------------------------------------
+
+
+async def test_cancelling_the_awaiting_task_neither_cancels_nor_duplicates_delivery(
+    producer: AIOProducer, kafka_bootstrap: str, topic_name: str
+) -> None:
+    tasks = [asyncio.create_task(_await_produce(producer, topic_name, i)) for i in range(100)]
+    await asyncio.sleep(0)  # every task has handed its message over
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+    assert await producer.flush(10) == 0
+    assert all(task.cancelled() for task in tasks)
+    assert producer.metrics.delivered == 100
+    records = await consume_all(kafka_bootstrap, topic_name, 100)
+    assert sorted(int(r.value() or b"") for r in records) == list(range(100))
+
+
+async def _await_produce(producer: AIOProducer, topic: str, i: int) -> RecordMetadata:
+    return await producer.produce(topic, str(i).encode())
+
+
+async def test_cancelled_failure_is_counted_and_logged_not_raised(
+    topic_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with AIOProducer({"bootstrap.servers": UNREACHABLE, "message.timeout.ms": 500}) as p:
+        future = p.produce(topic_name, b"v")
+        future.cancel()
+        await p.flush(5)
+
+    assert p.metrics.failed == 1
+    assert "awaiter was cancelled" in caplog.text
+
+
+# -- out-of-band and fire-and-forget -------------------------------------------------------
+
+
+async def test_out_of_band_callback_runs_on_the_event_loop_thread(
+    producer: AIOProducer, topic_name: str
+) -> None:
+    seen: list[tuple[DeliveryError | None, RecordMetadata, int]] = []
+
+    def on_delivery(err: DeliveryError | None, md: RecordMetadata) -> None:
+        seen.append((err, md, threading.get_ident()))
+
+    producer.produce_nowait(topic_name, b"v", on_delivery=on_delivery)
+    await producer.flush(10)
+
+    [(err, md, thread)] = seen
+    assert err is None
+    assert md.topic == topic_name
+    assert md.offset == 0
+    assert thread == threading.get_ident()
+
+
+async def test_out_of_band_coroutine_callback_is_awaited_on_the_loop(
+    producer: AIOProducer, topic_name: str
+) -> None:
+    done = asyncio.Event()
+
+    async def on_delivery(err: DeliveryError | None, md: RecordMetadata) -> None:
+        await asyncio.sleep(0)
+        done.set()
+
+    producer.produce_nowait(topic_name, b"v", on_delivery=on_delivery)
+
+    await asyncio.wait_for(done.wait(), 10)
+
+
+async def test_poll_thread_callback_runs_on_the_poll_thread(
+    producer: AIOProducer, topic_name: str
+) -> None:
+    threads: list[str] = []
+
+    def on_delivery(err: DeliveryError | None, md: RecordMetadata) -> None:
+        threads.append(threading.current_thread().name)
+
+    for _ in range(10):
+        producer.produce_nowait(topic_name, b"v", on_delivery=on_delivery, on_poll_thread=True)
+    await producer.flush(10)
+
+    assert len(threads) == 10
+    assert threading.current_thread().name not in threads
+    assert producer.metrics.delivered == 10
+
+
+async def test_raising_callbacks_are_logged_and_kill_neither_thread_nor_loop(
+    producer: AIOProducer, topic_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    def explode(err: DeliveryError | None, md: RecordMetadata) -> None:
+        raise RuntimeError("boom")
+
+    producer.produce_nowait(topic_name, b"v", on_delivery=explode)
+    producer.produce_nowait(topic_name, b"v", on_delivery=explode, on_poll_thread=True)
+    await producer.flush(10)
+
+    assert (await producer.produce(topic_name, b"after")).offset == 2
+    raised = [r for r in caplog.records if r.exc_info and str(r.exc_info[1]) == "boom"]
+    assert sorted(r.message for r in raised) == [
+        "An on_delivery callback raised on the event loop",
+        "An on_delivery callback raised on the poll thread",
+    ]
+    assert producer.metrics.delivered == 3
+
+
+async def test_fire_and_forget_is_counted(producer: AIOProducer, topic_name: str) -> None:
+    for _ in range(500):
+        producer.produce_nowait(topic_name, b"v")
+    assert producer.metrics.in_flight == 500
+
+    assert await producer.flush(10) == 0
+
+    metrics = producer.metrics
+    assert (metrics.produced, metrics.delivered, metrics.failed, metrics.in_flight) == (
+        500,
+        500,
+        0,
+        0,
+    )
+
+
+async def test_fire_and_forget_failures_are_counted_and_logged_rate_limited(
+    topic_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="kafkaloop")
+    async with AIOProducer({"bootstrap.servers": UNREACHABLE, "message.timeout.ms": 500}) as p:
+        for _ in range(200):
+            p.produce_nowait(topic_name, b"v")
+        await p.flush(5)
+
+    assert p.metrics.failed == 200
+    failures = [r for r in caplog.records if "Fire-and-forget message not delivered" in r.message]
+    assert 1 <= len(failures) <= 2
+    assert "Message timed out" in failures[0].message
+
+
+# -- bulk ----------------------------------------------------------------------------------
+
+
+async def test_produce_many_returns_metadata_in_input_order(
+    producer: AIOProducer, kafka_bootstrap: str, topic_name: str
+) -> None:
+    results = await producer.produce_many(
+        topic_name, [b"a", (b"k", b"b"), ("k2", "c")], headers={"h": b"1"}
+    )
+
+    assert [r.offset for r in results if isinstance(r, RecordMetadata)] == [0, 1, 2]
+    records = await consume_all(kafka_bootstrap, topic_name, 3)
+    assert [(r.key(), r.value()) for r in records] == [(None, b"a"), (b"k", b"b"), (b"k2", b"c")]
+    assert producer.metrics.delivered == 3
+
+
+async def test_produce_many_reports_failures(topic_name: str) -> None:
+    async with AIOProducer({"bootstrap.servers": UNREACHABLE, "message.timeout.ms": 500}) as p:
+        results = await p.produce_many(topic_name, [b"a", b"b"], return_exceptions=True)
+        with pytest.raises(DeliveryError):
+            await p.produce_many(topic_name, [b"c"])
+
+    assert all(isinstance(r, DeliveryError) for r in results)
+    assert p.metrics.failed == 3
+
+
+# -- a full queue --------------------------------------------------------------------------
+
+
+async def test_awaited_produce_waits_for_room_and_keeps_order(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    topic = topic_name
+    async with AIOProducer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "enable.idempotence": True,
+            "queue.buffering.max.messages": 5,
+        }
+    ) as p:
+        futures = [p.produce(topic, str(i).encode()) for i in range(300)]
+        assert p.metrics.waiting_for_room > 0
+        results = await asyncio.gather(*futures)
+
+    assert [md.offset for md in results] == list(range(300))
+    assert p.metrics.delivered == 300
+
+
+async def test_full_queue_fails_nowait_at_once_and_awaited_after_the_timeout(
+    topic_name: str,
+) -> None:
+    async with AIOProducer(
+        {
+            "bootstrap.servers": UNREACHABLE,
+            "queue.buffering.max.messages": 3,
+            "message.timeout.ms": 60_000,
+        },
+        queue_full_timeout=0.3,
+        max_waiting=2,
+    ) as p:
+        accepted = [p.produce(topic_name, b"v") for _ in range(3)]
+        with pytest.raises(QueueFullError, match="queue is full"):
+            p.produce_nowait(topic_name, b"v")
+        waiting = [p.produce(topic_name, b"v") for _ in range(2)]
+        with pytest.raises(QueueFullError):  # the bound on waiting messages: memory stays flat
+            p.produce(topic_name, b"v")
+        started = time.monotonic()
+        outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+        waited = time.monotonic() - started
+
+        assert all(isinstance(o, QueueFullError) for o in outcomes)
+        assert 0.2 < waited < 2
+        assert await p.close(timeout=0.2) == 3
+    for future in accepted:
+        with pytest.raises(DeliveryError):
+            future.result()
+
+
+# -- lifecycle -----------------------------------------------------------------------------
+
+
+def test_creating_outside_a_running_loop_is_refused() -> None:
+    with pytest.raises(NoRunningLoopError, match="running event loop"):
+        AIOProducer({"bootstrap.servers": UNREACHABLE})
+
+
+async def test_close_is_idempotent_and_later_produces_are_refused(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    p = AIOProducer({"bootstrap.servers": kafka_bootstrap})
+    await p.produce(topic_name, b"v")
+
+    first, second = await asyncio.gather(p.close(), p.close())
+
+    assert (first, second, await p.close()) == (0, 0, 0)
+    with pytest.raises(ProducerClosedError, match="create a new one"):
+        p.produce(topic_name, b"v")
+    with pytest.raises(ProducerClosedError):
+        p.produce_nowait(topic_name, b"v")
+    assert not any(t.name == "kafkaloop-producer-poll" for t in threading.enumerate())
+
+
+async def test_close_with_a_timeout_purges_and_counts_what_was_not_delivered(
+    topic_name: str,
+) -> None:
+    p = AIOProducer({"bootstrap.servers": UNREACHABLE, "message.timeout.ms": 60_000})
+    futures = [p.produce(topic_name, b"v") for _ in range(10)]
+    p.produce_nowait(topic_name, b"v")
+
+    started = time.monotonic()
+    undelivered = await p.close(timeout=0.5)
+
+    assert undelivered == 11
+    assert time.monotonic() - started < 5
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    assert all(isinstance(o, DeliveryError) for o in outcomes)
+    assert p.metrics.failed == 11
+
+
+async def test_flush_does_not_block_the_event_loop(topic_name: str) -> None:
+    async with AIOProducer({"bootstrap.servers": UNREACHABLE, "message.timeout.ms": 60_000}) as p:
+        p.produce_nowait(topic_name, b"v")
+        gaps: list[float] = []
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            last = time.monotonic()
+            while not stop.is_set():
+                await asyncio.sleep(0.01)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        ticking = asyncio.create_task(ticker())
+        assert await p.flush(1.0) == 1
+        stop.set()
+        await ticking
+        await p.close(timeout=0)
+
+    assert len(gaps) > 20
+    assert max(gaps) < 0.2
+
+
+async def test_bad_configuration_is_a_clear_error_without_secrets() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        AIOProducer(
+            {"bootstrap.servers": UNREACHABLE, "sasl.password": "hunter2", "no.such.property": "1"}
+        )
+
+    assert "no.such.property" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+    assert isinstance(caught.value, ValueError)
+
+
+async def test_repr_shows_no_credentials() -> None:
+    async with AIOProducer(
+        {
+            "bootstrap.servers": UNREACHABLE,
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanism": "PLAIN",
+            "sasl.username": "u",
+            "sasl.password": "hunter2",
+        }
+    ) as p:
+        text = repr(p)
+        await p.close(timeout=0)
+
+    assert "hunter2" not in text
+    assert UNREACHABLE in text
+
+
+async def test_error_callback_runs_on_the_loop(topic_name: str) -> None:
+    errors: list[tuple[KafkaError, int]] = []
+    async with AIOProducer(
+        {
+            "bootstrap.servers": UNREACHABLE,
+            "message.timeout.ms": 1000,
+            "error_cb": lambda e: errors.append((e, threading.get_ident())),
+        }
+    ) as p:
+        with pytest.raises(DeliveryError):
+            await p.produce(topic_name, b"v")
+
+    assert errors
+    assert {thread for _, thread in errors} == {threading.get_ident()}
+    assert p.last_error is not None
+
+
+# -- transactions --------------------------------------------------------------------------
+
+
+async def test_committed_transactions_are_visible_and_aborted_ones_are_not(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    async with AIOProducer(
+        {"bootstrap.servers": kafka_bootstrap, "transactional.id": f"tx-{topic_name}"}
+    ) as p:
+        await p.init_transactions()
+        await p.begin_transaction()
+        p.produce_nowait(topic_name, b"aborted")
+        await p.abort_transaction()
+        await p.begin_transaction()
+        committed = p.produce(topic_name, b"committed")
+        await p.commit_transaction()
+        assert committed.done()
+
+    records = await consume_all(
+        kafka_bootstrap, topic_name, 1, **{"isolation.level": "read_committed"}
+    )
+    assert [r.value() for r in records] == [b"committed"]
