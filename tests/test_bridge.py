@@ -30,7 +30,8 @@ async def test_calls_from_many_threads_all_run_on_the_loop_in_per_thread_order()
     workers = [threading.Thread(target=work, args=(w,)) for w in range(4)]
     for worker in workers:
         worker.start()
-    await asyncio.to_thread(lambda: [w.join() for w in workers])
+    for worker in workers:
+        await asyncio.to_thread(worker.join)
     await asyncio.wait_for(done.wait(), 10)
 
     assert threads_seen == {loop_thread}
