@@ -8,15 +8,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: env run test lint check-format typecheck broker-up broker-down clean
+.PHONY: env run test lint typecheck lock bench-producer broker-up broker-down clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
-# The lock file pins every dependency; --frozen refuses to run if it is out of date.
-$(VENV)/.synced: $(UV) pyproject.toml uv.lock
-	$(UV) sync --frozen --all-extras --all-groups --python $(PYTHON)
+# requirements-lock.txt pins every dependency (runtime, web, test, lint, typing, bench), so
+# every clone installs the same versions; `make lock` refreshes it from pyproject.toml.
+$(VENV)/.synced: $(UV) pyproject.toml requirements-lock.txt
+	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(VENV)
+	$(UV) pip sync --quiet --python $(BIN)/python requirements-lock.txt
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $@
 
 env: $(VENV)/.synced
@@ -38,6 +41,10 @@ lint: env
 
 typecheck: env
 	$(BIN)/mypy
+
+lock: $(UV)
+	$(UV) pip compile --quiet pyproject.toml --all-extras --group dev --group bench \
+		--python-version 3.11 --no-header -o requirements-lock.txt
 
 broker-up: env
 	$(BIN)/kafkaloop broker up
