@@ -23,7 +23,7 @@ import collections
 import concurrent.futures
 import logging
 from collections.abc import Callable
-from typing import TypeVar, TypeVarTuple, Unpack
+from typing import Any, TypeVar, TypeVarTuple, Unpack
 
 logger = logging.getLogger("kafkaloop")
 
@@ -38,20 +38,21 @@ class LoopBridge:
         self.loop = loop
         self._name = name
         # deque.append and popleft are atomic, so producers on other threads need no lock.
-        self._pending: collections.deque[tuple[Callable[..., object], tuple[object, ...]]] = (
-            collections.deque()
-        )
+        self._pending: collections.deque[tuple[Any, ...]] = collections.deque()
         self._wakeup_scheduled = False
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._closed = False
 
-    def call_soon(self, callback: Callable[..., object], *args: object) -> None:
-        """Run ``callback(*args)`` on the loop soon. Safe from any thread, cheap on every thread.
+    def call_soon(self, *call: Any) -> None:
+        """Run ``callback(*args)`` on the loop soon, given ``call = (callback, *args)``.
 
-        Calls run in the order they were made. An exception from a callback is logged and does
-        not stop the calls queued after it.
+        Safe from any thread and cheap there: one append, and a wake-up only when none is
+        pending. Calls run in the order they were made. An exception from a callback is
+        logged and does not stop the calls queued after it.
         """
-        self._pending.append((callback, args))
+        # The call tuple is stored as is: the hot path (a delivery report) allocates nothing
+        # more than the tuple Python packs for *call.
+        self._pending.append(call)
         if not self._wakeup_scheduled:
             self._wakeup_scheduled = True
             try:
@@ -70,10 +71,15 @@ class LoopBridge:
         # schedules the next one, so none is left behind.
         self._wakeup_scheduled = False
         pending = self._pending
+        popleft = pending.popleft
         while pending:
-            callback, args = pending.popleft()
+            call = popleft()
             try:
-                callback(*args)
+                if len(call) == 4:  # a delivery report: (handler, future, err, msg)
+                    callback, a, b, c = call
+                    callback(a, b, c)
+                else:
+                    call[0](*call[1:])
             except Exception:
                 logger.exception(
                     "%s: a callback raised; the callbacks after it still run", self._name

@@ -19,6 +19,7 @@ import contextlib
 import enum
 import functools
 import inspect
+import itertools
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
@@ -51,6 +52,9 @@ DeliveryCallback: TypeAlias = Callable[
     [DeliveryError | None, RecordMetadata], Awaitable[None] | None
 ]
 
+DEFAULT_LINGER_MS = 1
+"""kafkaloop's default ``linger.ms`` (librdkafka's is 5): see AIOProducer."""
+
 _POLL_INTERVAL = 0.1
 """Longest a poll() blocks: bounds how long stopping the poll thread takes."""
 
@@ -61,15 +65,23 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
+_new_tuple = tuple.__new__
+
+
 def _metadata(msg: Message) -> RecordMetadata:
     ts_type, ts = msg.timestamp()
     partition = msg.partition()
     offset = msg.offset()
-    return RecordMetadata(
-        msg.topic() or "",
-        -1 if partition is None else partition,
-        -1 if offset is None else offset,
-        None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts,
+    # tuple.__new__ directly: NamedTuple's own __new__ is a Python frame, and this runs once
+    # per delivered message.
+    return _new_tuple(
+        RecordMetadata,
+        (
+            msg.topic() or "",
+            -1 if partition is None else partition,
+            -1 if offset is None else offset,
+            None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts,
+        ),
     )
 
 
@@ -144,6 +156,10 @@ class AIOProducer:
             conf["stats_cb"] = functools.partial(self._forward, "stats_cb")
         if "throttle_cb" in self._user_callbacks:
             conf["throttle_cb"] = functools.partial(self._forward, "throttle_cb")
+        # Awaited produces wait out linger.ms in every request they serve. librdkafka's 5 ms
+        # default suits batch pipelines; 1 ms keeps batches (0 would send one request per
+        # message under load) while a request handler waits a fifth as long.
+        conf.setdefault("linger.ms", DEFAULT_LINGER_MS)
         conf["error_cb"] = self._on_error
         conf["on_delivery"] = self._on_untracked_delivery
         conf.setdefault("logger", librdkafka_logger)
@@ -154,6 +170,11 @@ class AIOProducer:
             raise configuration_error(exc, config, "producer") from None
 
         self._state = _State.OPEN
+        # None while produce may proceed; else why not (checked once per message).
+        self._refusal: str | None = None
+        self._produce = self._producer.produce
+        self._create_future = loop.create_future
+        self._call_soon = self._bridge.call_soon
         self._close_task: asyncio.Task[int] | None = None
         self._undelivered = 0
         self.last_error: KafkaError | None = None
@@ -204,16 +225,48 @@ class AIOProducer:
         :class:`QueueFullError` if the local queue stayed full for ``queue_full_timeout``.
         Cancelling the future (or the task awaiting it) does not withdraw the message.
         """
-        self._check_open()
-        future: asyncio.Future[RecordMetadata] = self._loop.create_future()
-        on_delivery = functools.partial(self._bridge.call_soon, self._resolve, future)
+        if self._refusal is not None:
+            raise self._refused()
+        future: asyncio.Future[RecordMetadata] = self._create_future()
+        on_delivery = functools.partial(self._call_soon, self._resolve, future)
+        if self._waiting or headers is not None or timestamp is not None:
+            return self._produce_slow(
+                topic, value, key, headers, partition, timestamp, on_delivery, future
+            )
+        try:
+            # Positional arguments only: keywords would cost a dict per message in the C call.
+            self._produce(topic, value, key, -1 if partition is None else partition, on_delivery)
+        except BufferError:
+            self._wait_for_room(
+                (topic, value, key, -1 if partition is None else partition),
+                {"on_delivery": on_delivery},
+                future,
+            )
+        except KafkaException as exc:
+            raise DeliveryError(exc.args[0], topic, partition) from None
+        else:
+            self._produced += 1
+        return future
+
+    def _produce_slow(
+        self,
+        topic: str,
+        value: str | bytes | None,
+        key: str | bytes | None,
+        headers: Headers | None,
+        partition: int | None,
+        timestamp: int | None,
+        on_delivery: Callable[[KafkaError | None, Message], None],
+        future: asyncio.Future[RecordMetadata],
+    ) -> asyncio.Future[RecordMetadata]:
+        """produce() with headers or a timestamp, or while earlier messages wait for room."""
         message = (topic, value, key, -1 if partition is None else partition)
         extra = _extra(on_delivery, headers, timestamp)
         if self._waiting:
             self._wait_for_room(message, extra, future)
             return future
         try:
-            self._producer.produce(*message, **extra)
+            self._produce(*message, **extra)
         except BufferError:
             self._wait_for_room(message, extra, future)
         except KafkaException as exc:
@@ -241,14 +294,15 @@ class AIOProducer:
         thread-safe). Without a callback, failures are still counted in :attr:`metrics` and
         logged. Raises :class:`QueueFullError` at once when librdkafka's queue is full.
         """
-        self._check_open()
+        if self._refusal is not None:
+            raise self._refused()
         callback: Callable[[KafkaError | None, Message], None] | None
         if on_delivery is None:
             callback = None  # the producer-wide on_delivery counts it
         elif on_poll_thread:
             callback = functools.partial(self._call_on_thread, on_delivery)
         else:
-            callback = functools.partial(self._bridge.call_soon, self._call_on_loop, on_delivery)
+            callback = functools.partial(self._call_soon, self._call_on_loop, on_delivery)
         if self._waiting:
             raise self._queue_full_error()
         try:
@@ -280,17 +334,20 @@ class AIOProducer:
         :class:`DeliveryError` once all are done, or takes its place in the list when
         ``return_exceptions`` is true.
         """
-        self._check_open()
+        if self._refusal is not None:
+            raise self._refused()
         items = list(values)
         batch = _Batch(len(items), self._bridge, self._count_batch)
         deadline = self._loop.time() + self._queue_full_timeout
         produce = self._producer.produce
+        extra: dict[str, Any] = {"headers": headers} if headers else {}
+        record = batch.record
         for index, item in enumerate(items):
             key, value = item if isinstance(item, tuple) else (None, item)
-            on_delivery = functools.partial(batch.record, index)
+            on_delivery = functools.partial(record, index)
             while True:
                 try:
-                    produce(topic, value, key, on_delivery=on_delivery, headers=headers)
+                    produce(topic, value, key, -1, on_delivery, **extra)
                 except BufferError:
                     await self._wait_room(deadline)
                     continue
@@ -312,13 +369,12 @@ class AIOProducer:
         if self._room_wanted:
             self._on_room()
 
-    def _check_open(self) -> None:
-        if self._state is not _State.OPEN:
-            raise ProducerClosedError(
-                f"This AIOProducer is {self._state.value}: create a new one to produce again."
-            )
+    def _refused(self) -> Exception:
         if self._fatal_error is not None:
-            raise DeliveryError(self._fatal_error)
+            return DeliveryError(self._fatal_error)
+        return ProducerClosedError(
+            f"This AIOProducer is {self._state.value}: create a new one to produce again."
+        )
 
     # -- delivery reports ------------------------------------------------------------------
 
@@ -329,16 +385,30 @@ class AIOProducer:
         if err is None:
             self._delivered_loop += 1
             if not future.done():
-                future.set_result(_metadata(msg))
-        else:
-            self._failed_loop += 1
-            error = DeliveryError(err, msg.topic(), msg.partition())
-            if future.done():  # cancelled: nobody else will hear of it
-                self._failure_log.warning(
-                    "Message not delivered (its awaiter was cancelled): %s", error
+                ts_type, ts = msg.timestamp()
+                # _metadata(msg), inlined: this runs once per awaited message.
+                future.set_result(
+                    _new_tuple(
+                        RecordMetadata,
+                        (
+                            msg.topic(),
+                            msg.partition(),
+                            msg.offset(),
+                            None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts,
+                        ),
+                    )
                 )
-            else:
-                future.set_exception(error)
+            if self._room_wanted:
+                self._on_room()
+            return
+        self._failed_loop += 1
+        error = DeliveryError(err, msg.topic(), msg.partition())
+        if future.done():  # cancelled: nobody else will hear of it
+            self._failure_log.warning(
+                "Message not delivered (its awaiter was cancelled): %s", error
+            )
+        else:
+            future.set_exception(error)
         if self._room_wanted:
             self._on_room()
 
@@ -483,6 +553,7 @@ class AIOProducer:
         self.last_error = err
         if err.fatal():
             self._fatal_error = err
+            self._refusal = "fatal"
             logger.error("Kafka producer fatal error, it cannot continue: %s", err.str())
         elif err.code() == KafkaError._ALL_BROKERS_DOWN:
             logger.warning("Kafka producer: all brokers are down: %s", err.str())
@@ -555,6 +626,7 @@ class AIOProducer:
         """
         if self._close_task is None:
             self._state = _State.CLOSING
+            self._refusal = "closing"
             self._close_task = self._loop.create_task(self._close(timeout))
         return await asyncio.shield(self._close_task)
 
@@ -579,6 +651,7 @@ class AIOProducer:
         self._bridge.close()
         self._undelivered = undelivered
         self._state = _State.CLOSED
+        self._refusal = "closed"
         return undelivered
 
     async def __aenter__(self) -> Self:
@@ -624,7 +697,7 @@ class AIOProducer:
 class _Batch:
     """The outcomes of one produce_many call, settled on the loop once all are known."""
 
-    __slots__ = ("_bridge", "_lock", "_on_settled", "_remaining", "future", "results")
+    __slots__ = ("_bridge", "_last", "_on_settled", "_outcomes", "future", "results")
 
     def __init__(
         self,
@@ -636,8 +709,9 @@ class _Batch:
         self.future: asyncio.Future[list[RecordMetadata | DeliveryError]] = (
             bridge.loop.create_future()
         )
-        self._remaining = size
-        self._lock = threading.Lock()
+        # next() on a count is atomic under the GIL: outcomes may arrive on several threads.
+        self._outcomes = itertools.count(1)
+        self._last = size
         self._bridge = bridge
         self._on_settled = on_settled
 
@@ -650,10 +724,7 @@ class _Batch:
             self.results[index] = DeliveryError(
                 err, msg.topic() if msg else None, msg.partition() if msg else None
             )
-        with self._lock:
-            self._remaining -= 1
-            done = self._remaining == 0
-        if done:
+        if next(self._outcomes) == self._last:
             self._bridge.call_soon(self._settle)
 
     def _settle(self) -> None:
