@@ -1,1 +1,1 @@
-"""kafkaloop's benchmarks: each prints a table, writes CSV, and measures its baseline in the same run."""
+"""kafkaloop's benchmarks: each prints a table, writes CSV, and runs its baseline alongside."""

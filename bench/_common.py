@@ -25,8 +25,9 @@ def bench_kafka(heap: str = "1g") -> Iterator[str]:
     if existing:
         yield existing
         return
-    kafka = LocalKafka(1, state_dir=cache_dir() / "clusters" / "bench", heap=heap,
-                       progress=print_progress)
+    kafka = LocalKafka(
+        1, state_dir=cache_dir() / "clusters" / "bench", heap=heap, progress=print_progress
+    )
     was_running = kafka.is_running()
     address = kafka.start()
     try:
@@ -50,8 +51,10 @@ class Progress:
         filled = int(self.width * self.done / max(1, self.total))
         elapsed = time.monotonic() - self.started
         eta = elapsed / self.done * (self.total - self.done) if self.done else 0.0
-        line = (f"\r[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} "
-                f"{elapsed:5.0f}s (eta {eta:4.0f}s) {label}")
+        line = (
+            f"\r[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} "
+            f"{elapsed:5.0f}s (eta {eta:4.0f}s) {label}"
+        )
         sys.stderr.write(f"{line:<110}")
         sys.stderr.flush()
         self.done += 1
@@ -78,6 +81,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub-flavoured markdown table."""
+
     def cell(value: Any) -> str:
         if isinstance(value, float):
             return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.2f}"
@@ -106,5 +110,7 @@ def machine_note() -> str:
                 cpu = line.split(":", 1)[1].strip()
                 break
     load = os.getloadavg()
-    return (f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
-            f"load average {load[0]:.2f} at the start; the broker runs on the same machine.")
+    return (
+        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
+        f"load average {load[0]:.2f} at the start; the broker runs on the same machine."
+    )

@@ -1,9 +1,17 @@
 """kafkaloop: Apache Kafka as a first-class citizen of asyncio web applications."""
 
+from kafkaloop._admin import AIOAdminClient
+from kafkaloop._consumer import AIOConsumer, Deserializer, RebalanceCallback
 from kafkaloop._exceptions import (
+    AdminError,
+    AdminErrorGroup,
     ClientClosedError,
     ConfigurationError,
+    ConsumerError,
     DeliveryError,
+    DeserializationError,
+    InvalidPartitionsError,
+    InvalidReplicationFactorError,
     KafkaloopError,
     LocalKafkaError,
     NoRunningLoopError,
@@ -12,27 +20,56 @@ from kafkaloop._exceptions import (
     ProducerClosedError,
     QueueFullError,
     ToolNotFoundError,
+    TopicAlreadyExistsError,
+    TopicMismatchError,
+    UnknownTopicError,
 )
-from kafkaloop._models import ProducerMetrics, RecordMetadata
+from kafkaloop._models import (
+    BrokerInfo,
+    ClusterInfo,
+    ConsumerRecord,
+    PartitionInfo,
+    ProducerMetrics,
+    RecordMetadata,
+    TopicInfo,
+)
 from kafkaloop._producer import AIOProducer, DeliveryCallback, Headers
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AIOAdminClient",
+    "AIOConsumer",
     "AIOProducer",
+    "AdminError",
+    "AdminErrorGroup",
+    "BrokerInfo",
     "ClientClosedError",
+    "ClusterInfo",
     "ConfigurationError",
+    "ConsumerError",
+    "ConsumerRecord",
     "DeliveryCallback",
     "DeliveryError",
+    "DeserializationError",
+    "Deserializer",
     "Headers",
+    "InvalidPartitionsError",
+    "InvalidReplicationFactorError",
     "KafkaloopError",
     "LocalKafkaError",
     "NoRunningLoopError",
+    "PartitionInfo",
     "Persistence",
     "ProduceError",
     "ProducerClosedError",
     "ProducerMetrics",
     "QueueFullError",
+    "RebalanceCallback",
     "RecordMetadata",
     "ToolNotFoundError",
+    "TopicAlreadyExistsError",
+    "TopicInfo",
+    "TopicMismatchError",
+    "UnknownTopicError",
 ]

@@ -21,7 +21,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import functools
+import inspect
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar, TypeVarTuple, Unpack
 
@@ -31,12 +34,55 @@ T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
 
+def _copy_outcome(target: concurrent.futures.Future[Any], task: asyncio.Future[Any]) -> None:
+    if task.cancelled():
+        target.cancel()
+    elif (exc := task.exception()) is not None:
+        target.set_exception(exc)
+    else:
+        target.set_result(task.result())
+
+
+class PollThread:
+    """A daemon thread calling a librdkafka client's ``poll(interval)`` until stopped.
+
+    librdkafka runs callbacks (deliveries, errors, statistics, logs) only inside ``poll``; this
+    thread is where they run, never the event loop's.
+    """
+
+    def __init__(
+        self, poll: Callable[[float], object], *, name: str, interval: float = 0.1
+    ) -> None:
+        self._poll = poll
+        self._interval = interval
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        """Start polling."""
+        self._thread.start()
+
+    def _run(self) -> None:
+        poll, interval = self._poll, self._interval
+        while not self._stopping:
+            poll(interval)
+
+    async def stop(self, bridge: LoopBridge) -> None:
+        """Stop polling and wait (off the loop) for the thread to finish its last poll."""
+        self._stopping = True
+        if self._thread.is_alive():
+            await bridge.run_blocking(self._thread.join)
+
+
 class LoopBridge:
     """Runs calls from any thread on one event loop, in order, batching the wake-ups."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, *, name: str = "kafkaloop") -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, *, name: str = "kafkaloop", threads: int = 1
+    ) -> None:
         self.loop = loop
         self._name = name
+        self._threads = threads
         # deque.append and popleft are atomic, so producers on other threads need no lock.
         self._pending: collections.deque[tuple[Any, ...]] = collections.deque()
         self._wakeup_scheduled = False
@@ -86,16 +132,53 @@ class LoopBridge:
                 )
 
     async def run_blocking(self, func: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
-        """Run a blocking call on the bridge's own thread and await its result."""
+        """Run a blocking call on one of the bridge's own threads and await its result."""
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix=f"{self._name}-blocking"
+                max_workers=self._threads, thread_name_prefix=f"{self._name}-blocking"
             )
         return await self.loop.run_in_executor(self._executor, func, *args)
 
     def wrap_future(self, future: concurrent.futures.Future[T]) -> asyncio.Future[T]:
-        """An asyncio future for a ``concurrent.futures`` one (AdminClient results)."""
-        return asyncio.wrap_future(future, loop=self.loop)
+        """An asyncio future settled, through this bridge, when `future` is (AdminClient)."""
+        waiter: asyncio.Future[T] = self.loop.create_future()
+
+        def settle(done: concurrent.futures.Future[T]) -> None:
+            if waiter.done():
+                return
+            if done.cancelled():
+                waiter.cancel()
+            elif (exc := done.exception()) is not None:
+                waiter.set_exception(exc)
+            else:
+                waiter.set_result(done.result())
+
+        future.add_done_callback(functools.partial(self.call_soon, settle))
+        return waiter
+
+    def call_and_wait(self, callback: Callable[..., Any], *args: Any) -> Any:
+        """From another thread: run ``callback(*args)`` on the loop and block until it is done.
+
+        A coroutine (or other awaitable) result is awaited on the loop first. Its exception is
+        raised here. Used where librdkafka must not go on before the application has acted,
+        e.g. rebalance callbacks. Never call it from the loop's own thread.
+        """
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                result = callback(*args)
+            except BaseException as exc:  # handed to the waiting thread, not swallowed
+                done.set_exception(exc)
+                return
+            if not inspect.isawaitable(result):
+                done.set_result(result)
+                return
+            task = asyncio.ensure_future(result, loop=self.loop)
+            task.add_done_callback(functools.partial(_copy_outcome, done))
+
+        self.call_soon(run)
+        return done.result()
 
     def close(self) -> None:
         """Release the blocking-call thread. Queued calls still run at the next drain."""

@@ -12,6 +12,15 @@ The tree::
     ├── ProduceError                  a message could not be handed to or delivered by Kafka
     │   ├── DeliveryError             Kafka reported a failed delivery (also a KafkaException)
     │   └── QueueFullError            librdkafka's local queue stayed full
+    ├── AdminError                    an admin operation failed; names the topic it concerns
+    │   ├── TopicAlreadyExistsError
+    │   ├── UnknownTopicError
+    │   ├── InvalidReplicationFactorError
+    │   ├── InvalidPartitionsError
+    │   └── TopicMismatchError        ensure_topics found a topic shaped otherwise
+    ├── AdminErrorGroup               several topics failed: an ExceptionGroup of AdminErrors
+    └── ConsumerError                 consuming failed
+        └── DeserializationError      a key or value deserializer raised; names the record
 
 Each message says what happened and what to do next.
 """
@@ -19,6 +28,7 @@ Each message says what happened and what to do next.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 
 from confluent_kafka import KafkaError, KafkaException
 
@@ -149,3 +159,109 @@ class DeliveryError(ProduceError, KafkaException):
 
 class QueueFullError(ProduceError, BufferError):
     """librdkafka's local queue stayed full (the broker is slow, down, or being outpaced)."""
+
+
+class AdminError(KafkaloopError):
+    """An admin operation failed. ``topic`` names what it concerned, ``error`` is librdkafka's."""
+
+    advice = "see the broker's message above"
+
+    def __init__(
+        self, message: str, *, topic: str | None = None, error: KafkaError | None = None
+    ) -> None:
+        super().__init__(message)
+        self.topic = topic
+        self.error = error
+
+    @classmethod
+    def from_kafka(cls, error: KafkaError, operation: str, topic: str | None) -> AdminError:
+        """The most specific AdminError for librdkafka's `error` about `topic`."""
+        kind = _ADMIN_ERRORS.get(error.code(), AdminError)
+        subject = f"topic {topic!r}" if topic else "the cluster"
+        return kind(
+            f"{operation} failed for {subject}: {error.str()} ({error.name()}); {kind.advice}.",
+            topic=topic,
+            error=error,
+        )
+
+
+class TopicAlreadyExistsError(AdminError):
+    """The topic to create exists already."""
+
+    advice = "use it as it is, delete it first, or use ensure_topics() to accept existing topics"
+
+
+class UnknownTopicError(AdminError):
+    """The topic does not exist."""
+
+    advice = "check the name, or create the topic first"
+
+
+class InvalidReplicationFactorError(AdminError):
+    """The replication factor is below 1 or above the number of brokers."""
+
+    advice = "use a replication factor between 1 and the number of live brokers"
+
+
+class InvalidPartitionsError(AdminError):
+    """The partition count is invalid (below 1, or not above the current count when growing)."""
+
+    advice = "partitions can only be added, and a topic needs at least one"
+
+
+class TopicMismatchError(AdminError):
+    """ensure_topics found an existing topic with other partitions or replication."""
+
+    advice = "grow its partitions with create_partitions(), or change the expected spec"
+
+
+class AdminErrorGroup(ExceptionGroup[AdminError], KafkaloopError):
+    """Several topics of one admin call failed; ``exceptions`` holds one AdminError each.
+
+    Handle one kind with ``except* TopicAlreadyExistsError``. ``succeeded`` names the
+    topics for which the call did succeed.
+    """
+
+    succeeded: list[str]
+
+    def __new__(
+        cls, message: str, exceptions: Sequence[AdminError], succeeded: Sequence[str] = ()
+    ) -> AdminErrorGroup:
+        group = super().__new__(cls, message, exceptions)
+        group.succeeded = list(succeeded)
+        return group
+
+    def __init__(
+        self, message: str, exceptions: Sequence[AdminError], succeeded: Sequence[str] = ()
+    ) -> None:
+        super().__init__(message, exceptions)
+
+    def derive(self, excs: Sequence[AdminError]) -> AdminErrorGroup:  # type: ignore[override]
+        return AdminErrorGroup(self.message, excs, self.succeeded)
+
+
+_ADMIN_ERRORS: dict[int, type[AdminError]] = {
+    KafkaError.TOPIC_ALREADY_EXISTS: TopicAlreadyExistsError,
+    KafkaError.UNKNOWN_TOPIC_OR_PART: UnknownTopicError,
+    KafkaError.UNKNOWN_TOPIC_ID: UnknownTopicError,
+    KafkaError.INVALID_REPLICATION_FACTOR: InvalidReplicationFactorError,
+    KafkaError.INVALID_PARTITIONS: InvalidPartitionsError,
+}
+
+
+class ConsumerError(KafkaloopError):
+    """Consuming failed: librdkafka reported an error, or a record could not be decoded."""
+
+    def __init__(self, message: str, *, error: KafkaError | None = None) -> None:
+        super().__init__(message)
+        self.error = error
+
+
+class DeserializationError(ConsumerError):
+    """A key or value deserializer raised; ``topic``, ``partition``, ``offset`` say which record."""
+
+    def __init__(self, message: str, *, topic: str, partition: int, offset: int) -> None:
+        super().__init__(message)
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset

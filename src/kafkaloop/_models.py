@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class RecordMetadata(NamedTuple):
@@ -33,3 +33,58 @@ class ProducerMetrics:
     def in_flight(self) -> int:
         """Accepted and not yet delivered or failed."""
         return self.produced - self.delivered - self.failed
+
+
+class ConsumerRecord(NamedTuple):
+    """One consumed message. Key and value are bytes, or what the deserializers made of them."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: Any
+    value: Any
+    headers: list[tuple[str, bytes | None]] | None
+    timestamp: int | None
+    """Milliseconds since the epoch (create or log-append time), or None when unknown."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PartitionInfo:
+    """One partition of a topic, as the cluster's metadata describes it."""
+
+    id: int
+    leader: int
+    """Broker id of the leader; -1 while there is none."""
+    replicas: tuple[int, ...]
+    isr: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TopicInfo:
+    """A topic: its partitions and their replicas."""
+
+    name: str
+    partitions: tuple[PartitionInfo, ...]
+
+    @property
+    def replication_factor(self) -> int:
+        """The number of replicas of its partitions (the smallest, should they differ)."""
+        return min((len(p.replicas) for p in self.partitions), default=0)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BrokerInfo:
+    """One broker of the cluster."""
+
+    id: int
+    host: str
+    port: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClusterInfo:
+    """The cluster: its id, controller and brokers."""
+
+    cluster_id: str | None
+    controller_id: int
+    brokers: tuple[BrokerInfo, ...]

@@ -34,7 +34,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from kafkaloop._bridge import LoopBridge
+from kafkaloop._bridge import LoopBridge, PollThread
 from kafkaloop._config import configuration_error
 from kafkaloop._exceptions import (
     DeliveryError,
@@ -194,9 +194,8 @@ class AIOProducer:
         self._room = asyncio.Event()
         self._user_tasks: set[asyncio.Task[Any]] = set()
 
-        self._stop_polling = False
-        self._poll_thread = threading.Thread(
-            target=self._poll_loop, name="kafkaloop-producer-poll", daemon=True
+        self._poll_thread = PollThread(
+            self._producer.poll, name="kafkaloop-producer-poll", interval=_POLL_INTERVAL
         )
         self._poll_thread.start()
 
@@ -573,13 +572,6 @@ class AIOProducer:
             self._user_tasks.add(task)
             task.add_done_callback(self._user_task_done)
 
-    # -- the poll thread -------------------------------------------------------------------
-
-    def _poll_loop(self) -> None:
-        poll = self._producer.poll
-        while not self._stop_polling:
-            poll(_POLL_INTERVAL)
-
     # -- flushing and closing --------------------------------------------------------------
 
     @property
@@ -643,8 +635,7 @@ class AIOProducer:
                     )
             self._waiting.clear()
             logger.warning("AIOProducer closed with %d message(s) not delivered", undelivered)
-        self._stop_polling = True
-        await self._bridge.run_blocking(self._poll_thread.join)
+        await self._poll_thread.stop(self._bridge)
         self._bridge.drain()
         if self._waiting_timer is not None:
             self._waiting_timer.cancel()

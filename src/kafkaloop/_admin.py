@@ -1,0 +1,347 @@
+"""AIOAdminClient: confluent-kafka's AdminClient as coroutines, with errors that name the topic.
+
+AdminClient operations return ``concurrent.futures.Future`` objects that librdkafka settles on
+its own background thread; the bridge turns each into an asyncio future settled on the loop.
+The few calls that block (metadata) run on the bridge's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future
+from types import TracebackType
+from typing import Any, Self
+
+from confluent_kafka import (
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ConsumerGroupDescription,
+    NewPartitions,
+    NewTopic,
+    ResourceType,
+)
+
+from kafkaloop._bridge import LoopBridge, PollThread
+from kafkaloop._config import configuration_error
+from kafkaloop._exceptions import (
+    AdminError,
+    AdminErrorGroup,
+    ClientClosedError,
+    NoRunningLoopError,
+    TopicAlreadyExistsError,
+    TopicMismatchError,
+)
+from kafkaloop._logging import librdkafka_logger, logger
+from kafkaloop._models import BrokerInfo, ClusterInfo, PartitionInfo, TopicInfo
+
+__all__ = ["AIOAdminClient"]
+
+
+def _kafka_error(exc: BaseException) -> KafkaError:
+    if isinstance(exc, KafkaException) and isinstance(exc.args[0], KafkaError):
+        return exc.args[0]
+    return KafkaError(KafkaError._FAIL, str(exc))
+
+
+class AIOAdminClient:
+    """Kafka admin operations as coroutines. Create it inside a running event loop.
+
+    Calls about several topics settle every topic, then raise: the topic's own
+    :class:`AdminError` when one was asked for, an :class:`AdminErrorGroup` (one error per
+    failed topic, and the names of those that succeeded) otherwise.
+    """
+
+    def __init__(self, config: Mapping[str, Any], *, operation_timeout: float = 30.0) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise NoRunningLoopError(
+                "AIOAdminClient must be created inside a running event loop "
+                "(in an async function, e.g. a FastAPI lifespan)."
+            ) from None
+        self._bridge = LoopBridge(loop, name="kafkaloop-admin")
+        self._operation_timeout = operation_timeout
+        conf = dict(config)
+        conf.setdefault("logger", librdkafka_logger)
+        conf.setdefault("error_cb", self._on_error)
+        self._bootstrap = str(conf.get("bootstrap.servers", ""))
+        try:
+            self._admin = AdminClient(conf)
+        except (KafkaException, ValueError, TypeError) as exc:
+            raise configuration_error(exc, config, "admin client") from None
+        self._poll_thread = PollThread(self._admin.poll, name="kafkaloop-admin-poll", interval=0.2)
+        self._poll_thread.start()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<AIOAdminClient bootstrap.servers={self._bootstrap!r} state={state}>"
+
+    def _on_error(self, err: KafkaError) -> None:
+        logger.warning("Kafka admin client: %s", err.str())
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosedError("This AIOAdminClient is closed: create a new one.")
+
+    async def _settle(
+        self, operation: str, futures: Mapping[str, Future[Any]], *, many: bool
+    ) -> dict[str, Any]:
+        """Await every per-topic future; raise the failures as described on the class."""
+        names = list(futures)
+        outcomes = await asyncio.gather(
+            *(self._bridge.wrap_future(futures[name]) for name in names), return_exceptions=True
+        )
+        results: dict[str, Any] = {}
+        errors: list[AdminError] = []
+        for name, outcome in zip(names, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                errors.append(AdminError.from_kafka(_kafka_error(outcome), operation, name))
+            else:
+                results[name] = outcome
+        if errors:
+            if not many and len(errors) == 1:
+                raise errors[0]
+            raise AdminErrorGroup(
+                f"{operation} failed for {len(errors)} of {len(names)} topics",
+                errors,
+                list(results),
+            )
+        return results
+
+    # -- topics ----------------------------------------------------------------------------
+
+    async def create_topics(
+        self, new_topics: Sequence[NewTopic], *, validate_only: bool = False
+    ) -> None:
+        """Create topics (``confluent_kafka.admin.NewTopic``); waits until the controller has."""
+        self._check_open()
+        futures = self._admin.create_topics(
+            list(new_topics), operation_timeout=self._operation_timeout, validate_only=validate_only
+        )
+        await self._settle("create_topics", futures, many=len(new_topics) > 1)
+
+    async def delete_topics(self, topics: Sequence[str]) -> None:
+        """Delete topics by name."""
+        self._check_open()
+        futures = self._admin.delete_topics(list(topics), operation_timeout=self._operation_timeout)
+        await self._settle("delete_topics", futures, many=len(topics) > 1)
+
+    async def list_topics(self, *, internal: bool = False) -> list[str]:
+        """Names of the cluster's topics, sorted; ``internal`` includes ``__consumer_offsets``."""
+        metadata = await self._metadata(None)
+        return sorted(name for name in metadata.topics if internal or not name.startswith("__"))
+
+    async def describe_topics(self, topics: Iterable[str]) -> dict[str, TopicInfo]:
+        """Partitions, leaders and replicas of each topic; :class:`UnknownTopicError` if absent."""
+        wanted = list(topics)
+        metadata = await self._metadata(None)
+        found: dict[str, TopicInfo] = {}
+        errors: list[AdminError] = []
+        for name in wanted:
+            topic = metadata.topics.get(name)
+            if topic is None or topic.error is not None:
+                error = (
+                    topic.error
+                    if topic is not None
+                    else KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART)
+                )
+                errors.append(AdminError.from_kafka(error, "describe_topics", name))
+                continue
+            found[name] = TopicInfo(
+                name,
+                tuple(
+                    PartitionInfo(p.id, p.leader, tuple(p.replicas), tuple(p.isrs))
+                    for p in sorted(topic.partitions.values(), key=lambda p: p.id)
+                ),
+            )
+        if errors:
+            if len(wanted) == 1:
+                raise errors[0]
+            raise AdminErrorGroup(
+                f"describe_topics failed for {len(errors)} of {len(wanted)} topics",
+                errors,
+                list(found),
+            )
+        return found
+
+    async def create_partitions(self, new_totals: Mapping[str, int]) -> None:
+        """Grow topics to the given total partition counts (``{"items": 6}``)."""
+        self._check_open()
+        futures = self._admin.create_partitions(
+            [NewPartitions(topic, total) for topic, total in new_totals.items()],
+            operation_timeout=self._operation_timeout,
+        )
+        await self._settle("create_partitions", futures, many=len(new_totals) > 1)
+
+    async def ensure_topics(self, specs: Sequence[NewTopic]) -> list[str]:
+        """Create the topics that are missing; check that the others have the same shape.
+
+        Returns the names created. An existing topic with fewer partitions or another
+        replication factor than its spec raises :class:`TopicMismatchError`.
+        """
+        names = [spec.topic for spec in specs]
+        existing = set(await self.list_topics(internal=True))
+        missing = [spec for spec in specs if spec.topic not in existing]
+        if missing:
+            # Another process creating the same topics at the same time is fine.
+            try:
+                await self.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+            except AdminErrorGroup as group:
+                failures = [
+                    e
+                    for e in group.exceptions
+                    if isinstance(e, AdminError) and not isinstance(e, TopicAlreadyExistsError)
+                ]
+                if failures:
+                    raise AdminErrorGroup(group.message, failures, group.succeeded) from None
+        present = await self.describe_topics(names)
+        mismatches: list[AdminError] = []
+        for spec in specs:
+            info = present[spec.topic]
+            wanted_rf = spec.replication_factor
+            if len(info.partitions) < spec.num_partitions or (
+                wanted_rf > 0 and info.replication_factor != wanted_rf
+            ):
+                mismatches.append(
+                    TopicMismatchError(
+                        f"Topic {spec.topic!r} exists with {len(info.partitions)} partitions and "
+                        f"replication factor {info.replication_factor}; wanted "
+                        f"{spec.num_partitions} and {wanted_rf}: {TopicMismatchError.advice}.",
+                        topic=spec.topic,
+                    )
+                )
+        if len(mismatches) == 1:
+            raise mismatches[0]
+        if mismatches:
+            raise AdminErrorGroup("ensure_topics found topics shaped otherwise", mismatches)
+        return [spec.topic for spec in missing]
+
+    async def delete_records(
+        self, before: Mapping[TopicPartition, int] | Iterable[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """Delete records below the given offsets; returns each partition's new low watermark."""
+        self._check_open()
+        partitions = (
+            [TopicPartition(tp.topic, tp.partition, offset) for tp, offset in before.items()]
+            if isinstance(before, Mapping)
+            else list(before)
+        )
+        futures = self._admin.delete_records(partitions, operation_timeout=self._operation_timeout)
+        by_name = {f"{tp.topic}[{tp.partition}]": fut for tp, fut in futures.items()}
+        settled = await self._settle("delete_records", by_name, many=len(partitions) > 1)
+        return {
+            TopicPartition(tp.topic, tp.partition): settled[
+                f"{tp.topic}[{tp.partition}]"
+            ].low_watermark
+            for tp in futures
+        }
+
+    # -- cluster and configs ---------------------------------------------------------------
+
+    async def describe_cluster(self) -> ClusterInfo:
+        """The cluster id, the controller and every broker."""
+        self._check_open()
+        result = await self._bridge.wrap_future(self._admin.describe_cluster())
+        return ClusterInfo(
+            result.cluster_id,
+            result.controller.id if result.controller is not None else -1,
+            tuple(
+                BrokerInfo(n.id, n.host, n.port) for n in sorted(result.nodes, key=lambda n: n.id)
+            ),
+        )
+
+    async def describe_topic_configs(self, topic: str) -> dict[str, str | None]:
+        """A topic's configuration: every property and its value in force."""
+        self._check_open()
+        futures = self._admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)])
+        entries: dict[str, ConfigEntry] = (
+            await self._settle(
+                "describe_configs", {topic: next(iter(futures.values()))}, many=False
+            )
+        )[topic]
+        return {name: entry.value for name, entry in entries.items()}
+
+    async def alter_topic_configs(self, topic: str, changes: Mapping[str, str | None]) -> None:
+        """Set (or, with None, reset to the default) properties of a topic, leaving the rest."""
+        self._check_open()
+        resource = ConfigResource(
+            ResourceType.TOPIC,
+            topic,
+            incremental_configs=[
+                ConfigEntry(
+                    name,
+                    value,
+                    incremental_operation=AlterConfigOpType.SET
+                    if value is not None
+                    else AlterConfigOpType.DELETE,
+                )
+                for name, value in changes.items()
+            ],
+        )
+        futures = self._admin.incremental_alter_configs([resource])
+        await self._settle("alter_configs", {topic: next(iter(futures.values()))}, many=False)
+
+    # -- consumer groups -------------------------------------------------------------------
+
+    async def list_consumer_groups(self) -> list[str]:
+        """Ids of the cluster's consumer groups, sorted."""
+        self._check_open()
+        result = await self._bridge.wrap_future(self._admin.list_consumer_groups())
+        return sorted(group.group_id for group in result.valid)
+
+    async def describe_consumer_groups(
+        self, group_ids: Sequence[str]
+    ) -> dict[str, ConsumerGroupDescription]:
+        """State, members and assignments of each group."""
+        self._check_open()
+        futures = self._admin.describe_consumer_groups(list(group_ids))
+        return await self._settle("describe_consumer_groups", futures, many=len(group_ids) > 1)
+
+    async def list_consumer_group_offsets(self, group_id: str) -> dict[TopicPartition, int]:
+        """The committed offset of every partition the group has committed to."""
+        self._check_open()
+        futures = self._admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group_id)])
+        result = (await self._settle("list_consumer_group_offsets", futures, many=False))[group_id]
+        return {TopicPartition(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions}
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    async def _metadata(self, topic: str | None) -> Any:
+        self._check_open()
+        try:
+            return await self._bridge.run_blocking(
+                self._admin.list_topics, topic, self._operation_timeout
+            )
+        except KafkaException as exc:
+            raise AdminError.from_kafka(_kafka_error(exc), "metadata request", topic) from None
+
+    async def close(self) -> None:
+        """Stop the poll thread. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._poll_thread.stop(self._bridge)
+        self._bridge.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

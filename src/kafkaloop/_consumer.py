@@ -1,0 +1,534 @@
+"""AIOConsumer: confluent-kafka's Consumer for asyncio, consuming in batches off the loop.
+
+``consume(n, timeout)`` runs on a thread of the consumer's own, one batch at a time, so the
+loop pays one thread hop per batch, never one per message. The batch in flight is shielded: a
+cancelled reader loses nothing, and the next read (or ``close()``) picks it up.
+
+kafkaloop stores offsets itself (librdkafka's ``enable.auto.offset.store`` is turned off): a
+record's offset is stored once the application has been handed it (``getmany``) or has asked
+for the record after it (``async for``). Committing, automatic or not, therefore never covers
+records that were fetched but not yet handed over. Set ``enable.auto.offset.store`` to false
+to store offsets yourself (``store_offsets``) after processing.
+
+Rebalance callbacks (``on_assign``, ``on_revoke``, ``on_lost``) run on the loop, and may be
+coroutines; librdkafka waits for them before it completes the rebalance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Literal, Self, TypeAlias
+
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+
+from kafkaloop._bridge import LoopBridge
+from kafkaloop._config import configuration_error
+from kafkaloop._exceptions import (
+    ClientClosedError,
+    ConsumerError,
+    DeserializationError,
+    NoRunningLoopError,
+)
+from kafkaloop._logging import RateLimitedLog, librdkafka_logger, logger
+from kafkaloop._models import ConsumerRecord
+
+__all__ = ["AIOConsumer", "Deserializer", "RebalanceCallback"]
+
+Deserializer: TypeAlias = Callable[[bytes], Any]
+"""Turns a key or value's bytes into an object (None, a missing key or a tombstone, stays None)."""
+RebalanceCallback: TypeAlias = Callable[
+    ["AIOConsumer", list[TopicPartition]], Awaitable[None] | None
+]
+
+_POLL_TIMEOUT = 0.5
+"""Longest one consume() blocks its thread: bounds how long close() waits for it."""
+
+_new_tuple = tuple.__new__
+
+# Message errors the application must hear of; librdkafka recovers from the others itself.
+_RAISED = frozenset(
+    {
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError._AUTHENTICATION,
+        KafkaError.SASL_AUTHENTICATION_FAILED,
+    }
+)
+
+
+class _State(enum.Enum):
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class AIOConsumer:
+    """An asyncio Kafka consumer over librdkafka.
+
+    ``config`` takes any librdkafka consumer property. ``topics`` are subscribed to at once;
+    or call :meth:`subscribe` or :meth:`assign` later. Deserializers turn a key or value's
+    bytes into objects; when one raises, :class:`DeserializationError` names the record, and
+    ``on_deserialization_error="skip"`` logs and skips it instead.
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        topics: Sequence[str] | None = None,
+        *,
+        key_deserializer: Deserializer | None = None,
+        value_deserializer: Deserializer | None = None,
+        on_assign: RebalanceCallback | None = None,
+        on_revoke: RebalanceCallback | None = None,
+        on_lost: RebalanceCallback | None = None,
+        on_deserialization_error: Literal["raise", "skip"] = "raise",
+        batch_size: int = 500,
+    ) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise NoRunningLoopError(
+                "AIOConsumer must be created inside a running event loop "
+                "(in an async function, e.g. a FastAPI lifespan)."
+            ) from None
+        self._loop = loop
+        # Two threads: consume() may block on one while commit() and friends use the other.
+        self._bridge = LoopBridge(loop, name="kafkaloop-consumer", threads=2)
+        conf = dict(config)
+        self._store_on_handout = bool(conf.get("enable.auto.offset.store", True))
+        conf["enable.auto.offset.store"] = False
+        conf.setdefault("logger", librdkafka_logger)
+        conf.setdefault("error_cb", self._on_error)
+        self._bootstrap = str(conf.get("bootstrap.servers", ""))
+        self.group_id = str(conf.get("group.id", ""))
+        try:
+            self._consumer = Consumer(conf)
+        except (KafkaException, ValueError, TypeError) as exc:
+            raise configuration_error(exc, config, "consumer") from None
+
+        self._key_deserializer = key_deserializer
+        self._value_deserializer = value_deserializer
+        self._skip_bad = on_deserialization_error == "skip"
+        self._rebalance_callbacks = {
+            "on_assign": on_assign,
+            "on_revoke": on_revoke,
+            "on_lost": on_lost,
+        }
+        self._batch_size = batch_size
+        self._state = _State.OPEN
+        self._close_task: asyncio.Task[None] | None = None
+        self._inflight: asyncio.Future[list[Message]] | None = None
+        # Fetched messages not yet converted (after an error, the bad one comes first).
+        self._carry: collections.deque[Message] = collections.deque()
+        # Converted records not yet handed over (async for hands them over one by one).
+        self._buffer: collections.deque[ConsumerRecord] = collections.deque()
+        self._handed_out: dict[tuple[str, int], int] = {}
+        self._bad_log = RateLimitedLog(logger)
+        self.skipped = 0
+        """Records skipped because a deserializer raised (with ``on_deserialization_error``)."""
+        if topics:
+            self.subscribe(topics)
+
+    @classmethod
+    def fan_out(cls, config: Mapping[str, Any], topics: Sequence[str], **kwargs: Any) -> Self:
+        """A consumer that sees every new message of `topics`, whatever other processes do.
+
+        For live push (WebSocket, SSE): a consumer group of its own (so no other process
+        shares its partitions), starting from the latest offset, committing nothing.
+        """
+        prefix = config.get("group.id", "kafkaloop")
+        conf = {
+            **config,
+            "group.id": f"{prefix}-fanout-{uuid.uuid4().hex[:12]}",
+            "auto.offset.reset": "latest",
+            "enable.auto.commit": False,
+        }
+        return cls(conf, topics, **kwargs)
+
+    def __repr__(self) -> str:
+        return (
+            f"<AIOConsumer bootstrap.servers={self._bootstrap!r} group.id={self.group_id!r} "
+            f"state={self._state.value}>"
+        )
+
+    # -- subscription and assignment -------------------------------------------------------
+
+    def subscribe(self, topics: Sequence[str]) -> None:
+        """Join the consumer group for `topics` (names, or ``^regex`` patterns)."""
+        self._check_open()
+        self._consumer.subscribe(
+            list(topics),
+            on_assign=self._rebalance("on_assign"),
+            on_revoke=self._rebalance("on_revoke"),
+            on_lost=self._rebalance("on_lost"),
+        )
+
+    def unsubscribe(self) -> None:
+        """Leave the subscription (and the group's assignment)."""
+        self._check_open()
+        self._consumer.unsubscribe()
+
+    def assign(self, partitions: Sequence[TopicPartition]) -> None:
+        """Read these partitions, without group management (offsets from each TopicPartition)."""
+        self._check_open()
+        self._consumer.assign(list(partitions))
+
+    def assignment(self) -> list[TopicPartition]:
+        """The partitions currently assigned."""
+        self._check_open()
+        return list(self._consumer.assignment())
+
+    def _rebalance(self, name: str) -> Callable[[Consumer, list[TopicPartition]], None]:
+        def on_rebalance(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            # On the consume thread: librdkafka waits here until the loop has run the callback.
+            callback = self._rebalance_callbacks[name]
+            if name in ("on_revoke", "on_lost"):
+                self._bridge.call_and_wait(self._forget, partitions)
+            if callback is None:
+                return
+            try:
+                self._bridge.call_and_wait(callback, self, partitions)
+            except Exception:
+                logger.exception("The consumer's %s callback raised; the rebalance goes on", name)
+
+        return on_rebalance
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        """Drop fetched records of partitions that are no longer ours (a new owner reads them)."""
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        self._buffer = collections.deque(
+            r for r in self._buffer if (r.topic, r.partition) not in gone
+        )
+        self._carry = collections.deque(
+            m for m in self._carry if (m.topic(), m.partition()) not in gone
+        )
+        self._store_handed_out(only=gone)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def getmany(self, max_records: int = 500, timeout: float = 1.0) -> list[ConsumerRecord]:
+        """Up to `max_records` records, waiting at most `timeout` seconds; possibly none."""
+        self._check_open()
+        deadline = self._loop.time() + timeout
+        while not self._buffer:
+            await self._fill(
+                max_records, max(0.0, min(deadline - self._loop.time(), _POLL_TIMEOUT))
+            )
+            if self._buffer or self._loop.time() >= deadline:
+                break
+        count = min(max_records, len(self._buffer))
+        records = [self._buffer.popleft() for _ in range(count)]
+        if records:
+            self._note_handed_out(records)
+            self._store_handed_out()
+        return records
+
+    def __aiter__(self) -> AsyncIterator[ConsumerRecord]:
+        return self
+
+    async def __anext__(self) -> ConsumerRecord:
+        """The next record; iteration ends when the consumer is closed."""
+        while not self._buffer:
+            if self._state is not _State.OPEN:
+                raise StopAsyncIteration
+            # Asking for more means every record handed out so far has been dealt with.
+            self._store_handed_out()
+            await self._fill(self._batch_size, _POLL_TIMEOUT)
+        record = self._buffer.popleft()
+        self._handed_out[record.topic, record.partition] = record.offset
+        return record
+
+    async def _fill(self, count: int, timeout: float) -> None:
+        """Convert carried messages, or consume a batch, into the buffer."""
+        if not self._carry:
+            self._carry.extend(await self._consume(count, timeout))
+        self._convert()
+
+    async def _consume(self, count: int, timeout: float) -> list[Message]:
+        if self._inflight is None:
+            self._inflight = asyncio.ensure_future(
+                self._bridge.run_blocking(self._consumer.consume, count, timeout)
+            )
+        inflight = self._inflight
+        try:
+            # Shielded: if our caller is cancelled the batch still lands, for the next read.
+            return await asyncio.shield(inflight)
+        except KafkaException as exc:
+            error = exc.args[0]
+            raise ConsumerError(
+                f"Consuming failed: {error.str()} ({error.name()})", error=error
+            ) from None
+        finally:
+            if inflight.done() and self._inflight is inflight:
+                self._inflight = None
+
+    def _convert(self) -> None:
+        """Turn carried messages into records, stopping at the first that cannot be."""
+        carry, append = self._carry, self._buffer.append
+        key_de, value_de = self._key_deserializer, self._value_deserializer
+        while carry:
+            msg = carry[0]
+            err = msg.error()
+            if err is not None:
+                carry.popleft()
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if not err.fatal() and err.code() not in _RAISED:
+                    # e.g. a subscribed topic that does not exist yet: librdkafka goes on.
+                    self._bad_log.warning("Kafka consumer: %s", err.str())
+                    continue
+                if self._buffer:  # hand over what came before it first
+                    carry.appendleft(msg)
+                    return
+                raise ConsumerError(
+                    f"Consuming {msg.topic()}[{msg.partition()}] failed: {err.str()} "
+                    f"({err.name()})",
+                    error=err,
+                )
+            ts_type, ts = msg.timestamp()
+            key, value = msg.key(), msg.value()
+            if key_de is not None or value_de is not None:
+                try:
+                    if key_de is not None and key is not None:
+                        key = key_de(key)
+                    if value_de is not None and value is not None:
+                        value = value_de(value)
+                except Exception as exc:
+                    if self._buffer and not self._skip_bad:
+                        return  # the good records first; this one raises on the next read
+                    carry.popleft()
+                    self._reject(msg, exc)
+                    continue
+            carry.popleft()
+            append(
+                _new_tuple(
+                    ConsumerRecord,
+                    (
+                        msg.topic(),
+                        msg.partition(),
+                        msg.offset(),
+                        key,
+                        value,
+                        msg.headers(),
+                        None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts,
+                    ),
+                )
+            )
+
+    def _reject(self, msg: Message, exc: Exception) -> None:
+        topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
+        error = DeserializationError(
+            f"Could not deserialize the record at {topic}[{partition}] offset {offset}: "
+            f"{type(exc).__name__}: {exc}. Skip it with on_deserialization_error='skip', or "
+            "fix the producer or the deserializer.",
+            topic=topic,
+            partition=partition,
+            offset=offset,
+        )
+        # Either way the bad record counts as handed over: reading goes on after it.
+        self._handed_out[topic, partition] = offset
+        if not self._skip_bad:
+            raise error from exc
+        self.skipped += 1
+        self._bad_log.warning("Skipped a record: %s", error)
+
+    def _note_handed_out(self, records: Iterable[ConsumerRecord]) -> None:
+        handed = self._handed_out
+        for record in records:
+            handed[record.topic, record.partition] = record.offset
+
+    def _store_handed_out(self, only: set[tuple[str, int]] | None = None) -> None:
+        if not self._handed_out:
+            return
+        chosen = (
+            self._handed_out
+            if only is None
+            else {tp: off for tp, off in self._handed_out.items() if tp in only}
+        )
+        if self._store_on_handout and chosen:
+            offsets = [TopicPartition(t, p, off + 1) for (t, p), off in chosen.items()]
+            try:
+                self._consumer.store_offsets(offsets=offsets)
+            except KafkaException as exc:  # e.g. partitions just revoked: nothing to store
+                logger.debug("store_offsets: %s", exc)
+        for key in list(chosen):
+            self._handed_out.pop(key, None)
+
+    # -- offsets ---------------------------------------------------------------------------
+
+    def store_offsets(
+        self, records: Iterable[ConsumerRecord] = (), offsets: Sequence[TopicPartition] = ()
+    ) -> None:
+        """Mark records as processed: the next commit covers them (up to each one's offset)."""
+        self._check_open()
+        latest: dict[tuple[str, int], int] = {}
+        for record in records:
+            latest[record.topic, record.partition] = max(
+                record.offset, latest.get((record.topic, record.partition), -1)
+            )
+        partitions = [TopicPartition(t, p, o + 1) for (t, p), o in latest.items()]
+        partitions += list(offsets)
+        if partitions:
+            self._consumer.store_offsets(offsets=partitions)
+
+    async def commit(
+        self, records: Iterable[ConsumerRecord] = (), offsets: Sequence[TopicPartition] = ()
+    ) -> None:
+        """Commit, and wait for the broker: the given records/offsets, else every stored offset."""
+        self._check_open()
+        latest: dict[tuple[str, int], int] = {}
+        for record in records:
+            latest[record.topic, record.partition] = max(
+                record.offset, latest.get((record.topic, record.partition), -1)
+            )
+        partitions = [TopicPartition(t, p, o + 1) for (t, p), o in latest.items()]
+        partitions += list(offsets)
+        if not partitions:
+            self._store_handed_out()
+        try:
+            if partitions:
+                await self._bridge.run_blocking(self._commit_offsets, partitions)
+            else:
+                await self._bridge.run_blocking(self._commit_stored)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.code() == KafkaError._NO_OFFSET:
+                return  # nothing new to commit
+            raise ConsumerError(
+                f"Commit failed: {error.str()} ({error.name()})", error=error
+            ) from None
+
+    def _commit_offsets(self, partitions: list[TopicPartition]) -> None:
+        self._consumer.commit(offsets=partitions, asynchronous=False)
+
+    def _commit_stored(self) -> None:
+        self._consumer.commit(asynchronous=False)
+
+    async def committed(
+        self, partitions: Sequence[TopicPartition], timeout: float = 10.0
+    ) -> list[TopicPartition]:
+        """The group's committed offsets for `partitions`."""
+        self._check_open()
+        result: list[TopicPartition] = await self._bridge.run_blocking(
+            self._consumer.committed, list(partitions), timeout
+        )
+        return result
+
+    async def seek(self, partition: TopicPartition) -> None:
+        """Read `partition` from its ``offset`` next (records fetched before are dropped)."""
+        self._check_open()
+        await self._settle_inflight()
+        key = (partition.topic, partition.partition)
+        self._buffer = collections.deque(r for r in self._buffer if (r.topic, r.partition) != key)
+        self._carry = collections.deque(m for m in self._carry if (m.topic(), m.partition()) != key)
+        self._handed_out.pop(key, None)
+        await self._bridge.run_blocking(self._consumer.seek, partition)
+
+    async def pause(self, partitions: Sequence[TopicPartition]) -> None:
+        """Stop reading `partitions` until :meth:`resume`; nothing fetched is lost."""
+        self._check_open()
+        await self._settle_inflight()
+        paused = {(tp.topic, tp.partition) for tp in partitions}
+        rewind: dict[tuple[str, int], int] = {}
+        for record in self._buffer:
+            rewind.setdefault((record.topic, record.partition), record.offset)
+        for msg in self._carry:
+            rewind.setdefault((msg.topic() or "", msg.partition() or 0), msg.offset() or 0)
+        self._buffer = collections.deque(
+            r for r in self._buffer if (r.topic, r.partition) not in paused
+        )
+        self._carry = collections.deque(
+            m for m in self._carry if (m.topic(), m.partition()) not in paused
+        )
+        self._consumer.pause(list(partitions))
+        # librdkafka drops what it had fetched for paused partitions; so do we, and rewind to
+        # the first record not yet handed over, so resume() starts exactly there.
+        for (topic, part), offset in rewind.items():
+            if (topic, part) in paused:
+                await self._bridge.run_blocking(
+                    self._consumer.seek, TopicPartition(topic, part, offset)
+                )
+
+    async def resume(self, partitions: Sequence[TopicPartition]) -> None:
+        """Read paused partitions again."""
+        self._check_open()
+        self._consumer.resume(list(partitions))
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """Messages behind the end of each assigned partition (from cached watermarks)."""
+        self._check_open()
+        result: dict[TopicPartition, int] = {}
+        assigned = self._consumer.assignment()
+        if not assigned:
+            return result
+        for tp in self._consumer.position(assigned):
+            _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if high >= 0 and tp.offset >= 0:
+                result[TopicPartition(tp.topic, tp.partition)] = max(0, high - tp.offset)
+        return result
+
+    async def _settle_inflight(self) -> None:
+        if self._inflight is not None:
+            try:
+                self._carry.extend(await asyncio.shield(self._inflight))
+            finally:
+                self._inflight = None
+
+    # -- errors and closing ----------------------------------------------------------------
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            logger.error("Kafka consumer fatal error: %s", err.str())
+        else:
+            logger.warning("Kafka consumer: %s", err.str())
+
+    def _check_open(self) -> None:
+        if self._state is not _State.OPEN:
+            raise ClientClosedError(f"This AIOConsumer is {self._state.value}: create a new one.")
+
+    @property
+    def closed(self) -> bool:
+        """Whether close() has begun."""
+        return self._state is not _State.OPEN
+
+    async def close(self) -> None:
+        """Store what was handed over, commit if configured, leave the group. Idempotent."""
+        if self._close_task is None:
+            self._state = _State.CLOSING
+            self._close_task = self._loop.create_task(self._close())
+        await asyncio.shield(self._close_task)
+
+    async def _close(self) -> None:
+        try:
+            await self._settle_inflight()
+        except Exception as exc:  # closing goes on: the batch's error is no longer anyone's
+            logger.debug("The last batch before close failed: %s", exc)
+        self._store_handed_out()
+        try:
+            await self._bridge.run_blocking(self._consumer.close)
+        finally:
+            self._bridge.close()
+            self._state = _State.CLOSED
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,191 @@
+"""AIOAdminClient against a real broker, including the error cases."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import NewTopic
+
+from kafkaloop import (
+    AdminError,
+    AdminErrorGroup,
+    AIOAdminClient,
+    AIOProducer,
+    ClientClosedError,
+    InvalidPartitionsError,
+    InvalidReplicationFactorError,
+    NoRunningLoopError,
+    TopicAlreadyExistsError,
+    TopicMismatchError,
+    UnknownTopicError,
+)
+
+
+@pytest.fixture
+async def admin(kafka_bootstrap: str) -> AsyncIterator[AIOAdminClient]:
+    async with AIOAdminClient({"bootstrap.servers": kafka_bootstrap}) as admin:
+        yield admin
+
+
+async def test_create_describe_and_delete_a_topic(admin: AIOAdminClient, topic_name: str) -> None:
+    await admin.create_topics([NewTopic(topic_name, num_partitions=3, replication_factor=1)])
+
+    assert topic_name in await admin.list_topics()
+    info = (await admin.describe_topics([topic_name]))[topic_name]
+    assert [p.id for p in info.partitions] == [0, 1, 2]
+    assert info.replication_factor == 1
+    assert all(p.leader == 1 and p.isr == (1,) for p in info.partitions)
+
+    await admin.delete_topics([topic_name])
+    for _ in range(50):
+        if topic_name not in await admin.list_topics():
+            break
+        await asyncio.sleep(0.1)
+    assert topic_name not in await admin.list_topics()
+
+
+async def test_creating_an_existing_topic_names_it(admin: AIOAdminClient, topic_name: str) -> None:
+    await admin.create_topics([NewTopic(topic_name, num_partitions=1)])
+
+    with pytest.raises(TopicAlreadyExistsError) as caught:
+        await admin.create_topics([NewTopic(topic_name, num_partitions=1)])
+
+    assert caught.value.topic == topic_name
+    assert topic_name in str(caught.value)
+    assert "already exists" in str(caught.value)
+
+
+async def test_invalid_replication_factor_is_explained(
+    admin: AIOAdminClient, topic_name: str
+) -> None:
+    with pytest.raises(InvalidReplicationFactorError) as caught:
+        await admin.create_topics([NewTopic(topic_name, num_partitions=1, replication_factor=3)])
+
+    assert topic_name in str(caught.value)
+    assert "number of live brokers" in str(caught.value)
+
+
+async def test_several_topics_report_each_outcome(admin: AIOAdminClient, topic_name: str) -> None:
+    await admin.create_topics([NewTopic(f"{topic_name}-a", num_partitions=1)])
+
+    with pytest.raises(AdminErrorGroup) as caught:
+        await admin.create_topics(
+            [
+                NewTopic(f"{topic_name}-a", num_partitions=1),
+                NewTopic(f"{topic_name}-b", num_partitions=1),
+                NewTopic(f"{topic_name}-c", num_partitions=1, replication_factor=5),
+            ]
+        )
+
+    group = caught.value
+    assert group.succeeded == [f"{topic_name}-b"]
+    kinds = {type(e): e.topic for e in group.exceptions if isinstance(e, AdminError)}
+    assert kinds == {
+        TopicAlreadyExistsError: f"{topic_name}-a",
+        InvalidReplicationFactorError: f"{topic_name}-c",
+    }
+    matched, rest = group.split(TopicAlreadyExistsError)
+    assert matched is not None
+    assert rest is not None
+
+
+async def test_unknown_topics_are_named(admin: AIOAdminClient, topic_name: str) -> None:
+    with pytest.raises(UnknownTopicError, match=topic_name):
+        await admin.describe_topics([topic_name])
+    with pytest.raises(UnknownTopicError, match=topic_name):
+        await admin.delete_topics([topic_name])
+
+
+async def test_partitions_can_grow_but_not_shrink(admin: AIOAdminClient, topic_name: str) -> None:
+    await admin.create_topics([NewTopic(topic_name, num_partitions=2)])
+
+    await admin.create_partitions({topic_name: 4})
+    with pytest.raises(InvalidPartitionsError, match=topic_name):
+        await admin.create_partitions({topic_name: 1})
+
+    info = (await admin.describe_topics([topic_name]))[topic_name]
+    assert len(info.partitions) == 4
+
+
+async def test_ensure_topics_creates_what_is_missing_and_checks_the_rest(
+    admin: AIOAdminClient, topic_name: str
+) -> None:
+    specs = [NewTopic(topic_name, num_partitions=2, replication_factor=1)]
+
+    assert await admin.ensure_topics(specs) == [topic_name]
+    assert await admin.ensure_topics(specs) == []
+    with pytest.raises(TopicMismatchError, match="2 partitions"):
+        await admin.ensure_topics([NewTopic(topic_name, num_partitions=3, replication_factor=1)])
+
+
+async def test_ensure_topics_run_concurrently_both_succeed(
+    admin: AIOAdminClient, topic_name: str
+) -> None:
+    specs = [NewTopic(topic_name, num_partitions=1, replication_factor=1)]
+
+    created = await asyncio.gather(admin.ensure_topics(specs), admin.ensure_topics(specs))
+
+    assert sorted(map(len, created)) in ([0, 1], [1, 1])
+
+
+async def test_describe_cluster_lists_the_broker(admin: AIOAdminClient) -> None:
+    cluster = await admin.describe_cluster()
+
+    assert cluster.cluster_id
+    assert [b.id for b in cluster.brokers] == [1]
+    assert cluster.controller_id in (1, -1)
+
+
+async def test_topic_configs_can_be_read_and_altered(
+    admin: AIOAdminClient, topic_name: str
+) -> None:
+    await admin.create_topics([NewTopic(topic_name, num_partitions=1)])
+
+    await admin.alter_topic_configs(
+        topic_name, {"cleanup.policy": "compact", "retention.ms": "60000"}
+    )
+    configs = await admin.describe_topic_configs(topic_name)
+
+    assert configs["cleanup.policy"] == "compact"
+    assert configs["retention.ms"] == "60000"
+
+
+async def test_consumer_group_offsets_and_record_deletion(
+    admin: AIOAdminClient, kafka_bootstrap: str, topic_name: str
+) -> None:
+    from confluent_kafka import Consumer
+
+    async with AIOProducer({"bootstrap.servers": kafka_bootstrap}) as producer:
+        await producer.produce_many(topic_name, [b"a", b"b", b"c", b"d"])
+    group = f"g-{topic_name}"
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group})
+    await asyncio.to_thread(
+        consumer.commit, offsets=[TopicPartition(topic_name, 0, 3)], asynchronous=False
+    )
+    await asyncio.to_thread(consumer.close)
+
+    assert group in await admin.list_consumer_groups()
+    offsets = await admin.list_consumer_group_offsets(group)
+    assert offsets == {TopicPartition(topic_name, 0): 3}
+    description = (await admin.describe_consumer_groups([group]))[group]
+    assert description.group_id == group
+
+    low = await admin.delete_records({TopicPartition(topic_name, 0): 2})
+    assert low == {TopicPartition(topic_name, 0): 2}
+
+
+async def test_closed_admin_refuses_and_close_is_idempotent(kafka_bootstrap: str) -> None:
+    admin = AIOAdminClient({"bootstrap.servers": kafka_bootstrap})
+    await admin.close()
+    await admin.close()
+
+    with pytest.raises(ClientClosedError):
+        await admin.list_topics()
+
+
+def test_admin_outside_a_running_loop_is_refused() -> None:
+    with pytest.raises(NoRunningLoopError):
+        AIOAdminClient({"bootstrap.servers": "127.0.0.1:1"})

@@ -1,0 +1,300 @@
+"""AIOConsumer against a real broker: round trips, groups, offsets, pause, bad records."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import NewTopic
+
+from kafkaloop import (
+    AIOAdminClient,
+    AIOConsumer,
+    AIOProducer,
+    ClientClosedError,
+    ConsumerRecord,
+    DeserializationError,
+    NoRunningLoopError,
+)
+
+
+@pytest.fixture
+async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOProducer]:
+    async with AIOProducer({"bootstrap.servers": kafka_bootstrap}) as producer:
+        yield producer
+
+
+def consumer_config(bootstrap: str, group: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "auto.offset.reset": "earliest",
+        **extra,
+    }
+
+
+async def read(consumer: AIOConsumer, count: int, timeout: float = 30) -> list[ConsumerRecord]:
+    records: list[ConsumerRecord] = []
+    deadline = time.monotonic() + timeout
+    while len(records) < count and time.monotonic() < deadline:
+        records += await consumer.getmany(max_records=count - len(records), timeout=1.0)
+    return records
+
+
+async def create(bootstrap: str, topic: str, partitions: int) -> None:
+    async with AIOAdminClient({"bootstrap.servers": bootstrap}) as admin:
+        await admin.create_topics([NewTopic(topic, num_partitions=partitions)])
+
+
+async def test_keys_values_headers_and_timestamps_round_trip(
+    producer: AIOProducer, kafka_bootstrap: str, topic_name: str
+) -> None:
+    sent = await producer.produce(
+        topic_name, b"v1", key=b"k1", headers={"h": b"1"}, timestamp=1_700_000_000_000
+    )
+    await producer.produce(topic_name, None, key="k2")
+
+    async with AIOConsumer(consumer_config(kafka_bootstrap, topic_name), [topic_name]) as c:
+        records = await read(c, 2)
+
+    first, second = records
+    assert (first.topic, first.partition, first.offset) == (topic_name, 0, sent.offset)
+    assert (first.key, first.value, first.headers) == (b"k1", b"v1", [("h", b"1")])
+    assert first.timestamp == 1_700_000_000_000
+    assert (second.key, second.value, second.headers) == (b"k2", None, None)
+
+
+async def test_async_for_yields_every_record_in_order(
+    producer: AIOProducer, kafka_bootstrap: str, topic_name: str
+) -> None:
+    await producer.produce_many(topic_name, [str(i).encode() for i in range(1200)])
+    seen: list[int] = []
+
+    async with AIOConsumer(
+        consumer_config(kafka_bootstrap, topic_name),
+        [topic_name],
+        value_deserializer=int,
+    ) as consumer:
+        async for record in consumer:
+            seen.append(record.value)
+            if len(seen) == 1200:
+                break
+
+    assert seen == list(range(1200))
+
+
+async def test_two_consumers_in_one_group_share_the_topic_and_see_each_message_once(
+    producer: AIOProducer, kafka_bootstrap: str, topic_name: str
+) -> None:
+    await create(kafka_bootstrap, topic_name, 4)
+    group = f"g-{topic_name}"
+    assigned: list[list[TopicPartition]] = []
+
+    async def on_assign(consumer: AIOConsumer, partitions: list[TopicPartition]) -> None:
+        await asyncio.sleep(0)  # a coroutine, run on the loop before the rebalance completes
+        assigned.append(partitions)
+
+    async with (
+        AIOConsumer(
+            consumer_config(kafka_bootstrap, group), [topic_name], on_assign=on_assign
+        ) as a,
+        AIOConsumer(
+            consumer_config(kafka_bootstrap, group), [topic_name], on_assign=on_assign
+        ) as b,
+    ):
+        # Both must have joined before anything is produced, so the work is split.
+        deadline = time.monotonic() + 30
+        while (not a.assignment() or not b.assignment()) and time.monotonic() < deadline:
+            await asyncio.gather(a.getmany(timeout=0.2), b.getmany(timeout=0.2))
+        await producer.produce_many(topic_name, [(str(i), str(i)) for i in range(400)])
+        got_a: list[ConsumerRecord] = []
+        got_b: list[ConsumerRecord] = []
+        deadline = time.monotonic() + 30
+        while len(got_a) + len(got_b) < 400 and time.monotonic() < deadline:
+            more_a, more_b = await asyncio.gather(a.getmany(timeout=0.5), b.getmany(timeout=0.5))
+            got_a += more_a
+            got_b += more_b
+
+    values = sorted(int(r.value) for r in got_a + got_b)
+    assert values == list(range(400))
+    assert got_a
+    assert got_b
+    assert not {(r.partition) for r in got_a} & {(r.partition) for r in got_b}
+    assert assigned
+
+
+async def test_committed_position_survives_a_restart(
+    producer: AIOProducer, kafka_bootstrap: str, topic_name: str
+) -> None:
+    await producer.produce_many(topic_name, [str(i).encode() for i in range(10)])
+    config = consumer_config(kafka_bootstrap, f"g-{topic_name}", **{"enable.auto.commit": False})
+
+    async with AIOConsumer(config, [topic_name]) as first:
+        records = await read(first, 4)
+        await first.commit(records)
+    async with AIOConsumer(config, [topic_name]) as second:
+        rest = await read(second, 6)
+        await second.commit()
+
+    assert [r.value for r in records] == [b"0", b"1", b"2", b"3"]
+    assert [r.value for r in rest] == [str(i).encode() for i in range(4, 10)]
+
+
+async def test_auto_commit_on_close_covers_only_what_was_handed_over(
+    producer: AIOProducer, kafka_bootstrap: str, topic_name: str
+) -> None:
+    await producer.produce_many(topic_name, [str(i).encode() for i in range(1000)])
+    config = consumer_config(kafka_bootstrap, f"g-{topic_name}")
+
+    async with AIOConsumer(config, [topic_name]) as first:
+        async for record in first:  # fetches a batch of up to 500, hands over 10
+            if record.value == b"9":
+                break
+    async with AIOConsumer(config, [topic_name]) as second:
+        nxt = await read(second, 1)
+
+    assert [r.value for r in nxt] == [b"10"]
+
+
+async def test_pause_and_resume_lose_nothing(
+    producer: AIOProducer, kafka_bootstrap: str, topic_name: str
+) -> None:
+    await producer.produce_many(topic_name, [str(i).encode() for i in range(100)])
+    tp = TopicPartition(topic_name, 0)
+
+    async with AIOConsumer(
+        consumer_config(kafka_bootstrap, f"g-{topic_name}"), [topic_name]
+    ) as consumer:
+        first = await read(consumer, 10)
+        await consumer.pause([tp])
+        during = await consumer.getmany(timeout=1.5)
+        await consumer.resume([tp])
+        rest = await read(consumer, 90)
+
+    assert during == []
+    assert [int(r.value) for r in first + rest] == list(range(100))
+
+
+async def test_seek_rereads_from_an_offset(
+    producer: AIOProducer, kafka_bootstrap: str, topic_name: str
+) -> None:
+    await producer.produce_many(topic_name, [str(i).encode() for i in range(20)])
+
+    async with AIOConsumer(
+        consumer_config(kafka_bootstrap, f"g-{topic_name}"), [topic_name]
+    ) as consumer:
+        await read(consumer, 20)
+        await consumer.seek(TopicPartition(topic_name, 0, 5))
+        again = await read(consumer, 3)
+
+    assert [r.offset for r in again] == [5, 6, 7]
+
+
+async def test_a_bad_record_names_itself_and_reading_goes_on(
+    producer: AIOProducer, kafka_bootstrap: str, topic_name: str
+) -> None:
+    await producer.produce_many(topic_name, [b'{"a": 1}', b"not json", b'{"a": 3}'])
+    config = consumer_config(kafka_bootstrap, f"g-{topic_name}")
+
+    async with AIOConsumer(config, [topic_name], value_deserializer=json.loads) as consumer:
+        good = await read(consumer, 1)
+        with pytest.raises(DeserializationError) as caught:
+            await consumer.getmany(timeout=5)
+        after = await read(consumer, 1)
+
+    assert [r.value for r in good] == [{"a": 1}]
+    error = caught.value
+    assert (error.topic, error.partition, error.offset) == (topic_name, 0, 1)
+    assert f"{topic_name}[0] offset 1" in str(error)
+    assert [r.value for r in after] == [{"a": 3}]
+
+
+async def test_bad_records_can_be_skipped_and_counted(
+    producer: AIOProducer, kafka_bootstrap: str, topic_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    await producer.produce_many(topic_name, [b"1", b"x", b"3"])
+
+    async with AIOConsumer(
+        consumer_config(kafka_bootstrap, f"g-{topic_name}"),
+        [topic_name],
+        value_deserializer=int,
+        on_deserialization_error="skip",
+    ) as consumer:
+        records = await read(consumer, 2)
+
+    assert [r.value for r in records] == [1, 3]
+    assert consumer.skipped == 1
+    assert "Skipped a record" in caplog.text
+
+
+async def test_fan_out_consumers_each_see_every_new_message(
+    producer: AIOProducer, kafka_bootstrap: str, topic_name: str
+) -> None:
+    await create(kafka_bootstrap, topic_name, 3)
+    await producer.produce(topic_name, b"old")  # before they start: not seen
+    config = {"bootstrap.servers": kafka_bootstrap}
+
+    async with (
+        AIOConsumer.fan_out(config, [topic_name]) as a,
+        AIOConsumer.fan_out(config, [topic_name]) as b,
+    ):
+        assert a.group_id != b.group_id
+        deadline = time.monotonic() + 30
+        while (len(a.assignment()) < 3 or len(b.assignment()) < 3) and (
+            time.monotonic() < deadline
+        ):
+            await asyncio.gather(a.getmany(timeout=0.2), b.getmany(timeout=0.2))
+        await asyncio.sleep(1)  # their starting position (latest) is resolved
+        await asyncio.gather(a.getmany(timeout=0.5), b.getmany(timeout=0.5))
+        await producer.produce_many(topic_name, [(str(i), str(i)) for i in range(30)])
+        seen_a, seen_b = await asyncio.gather(read(a, 30), read(b, 30))
+
+    assert sorted(int(r.value) for r in seen_a) == list(range(30))
+    assert sorted(int(r.value) for r in seen_b) == list(range(30))
+
+
+async def test_cancelling_the_reader_loses_nothing_and_close_does_not_hang(
+    producer: AIOProducer, kafka_bootstrap: str, topic_name: str
+) -> None:
+    consumer = AIOConsumer(consumer_config(kafka_bootstrap, f"g-{topic_name}"), [topic_name])
+    reader = asyncio.create_task(consumer.getmany(timeout=10))
+    await asyncio.sleep(0.3)
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+
+    await producer.produce_many(topic_name, [b"a", b"b"])
+    records = await read(consumer, 2)
+    started = time.monotonic()
+    await consumer.close()
+    await consumer.close()
+
+    assert [r.value for r in records] == [b"a", b"b"]
+    assert time.monotonic() - started < 10
+    with pytest.raises(ClientClosedError):
+        await consumer.getmany()
+
+
+async def test_lag_counts_what_is_left_to_read(
+    producer: AIOProducer, kafka_bootstrap: str, topic_name: str
+) -> None:
+    await producer.produce_many(topic_name, [b"x"] * 50)
+
+    async with AIOConsumer(
+        consumer_config(kafka_bootstrap, f"g-{topic_name}"), [topic_name], batch_size=10
+    ) as consumer:
+        await read(consumer, 10)
+        lag = consumer.lag()
+
+    assert set(lag) == {TopicPartition(topic_name, 0)}
+    assert 0 <= lag[TopicPartition(topic_name, 0)] <= 40
+
+
+def test_consumer_outside_a_running_loop_is_refused() -> None:
+    with pytest.raises(NoRunningLoopError):
+        AIOConsumer({"bootstrap.servers": "127.0.0.1:1", "group.id": "g"})
