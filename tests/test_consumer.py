@@ -298,3 +298,26 @@ async def test_lag_counts_what_is_left_to_read(
 def test_consumer_outside_a_running_loop_is_refused() -> None:
     with pytest.raises(NoRunningLoopError):
         AIOConsumer({"bootstrap.servers": "127.0.0.1:1", "group.id": "g"})
+
+
+async def test_getmany_returns_as_soon_as_a_record_arrives(
+    producer: AIOProducer, kafka_bootstrap: str, topic_name: str
+) -> None:
+    await producer.produce(topic_name, b"first")
+    async with AIOConsumer(
+        consumer_config(kafka_bootstrap, f"g-{topic_name}"), [topic_name]
+    ) as consumer:
+        await read(consumer, 1)  # joined and positioned
+
+        async def produce_later() -> None:
+            await asyncio.sleep(0.3)
+            await producer.produce(topic_name, b"second")
+
+        later = asyncio.create_task(produce_later())
+        started = time.monotonic()
+        records = await consumer.getmany(max_records=500, timeout=10)
+        waited = time.monotonic() - started
+        await later
+
+    assert [r.value for r in records] == [b"second"]
+    assert waited < 3

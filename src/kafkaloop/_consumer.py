@@ -19,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import operator
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from itertools import repeat
 from types import TracebackType
 from typing import Any, Literal, Self, TypeAlias
 
@@ -52,10 +54,31 @@ RebalanceCallback: TypeAlias = Callable[
     ["AIOConsumer", list[TopicPartition]], Awaitable[None] | None
 ]
 
+FETCH_QUEUE_BACKOFF_MS = 10
+"""kafkaloop's default ``fetch.queue.backoff.ms`` (librdkafka's is 1000): see AIOConsumer."""
+
 _POLL_TIMEOUT = 0.5
 """Longest one consume() blocks its thread: bounds how long close() waits for it."""
 
 _new_tuple = tuple.__new__
+_error, _key, _value, _headers = Message.error, Message.key, Message.value, Message.headers
+_topic, _partition, _offset, _timestamp = (
+    Message.topic,
+    Message.partition,
+    Message.offset,
+    Message.timestamp,
+)
+_ts_value = operator.itemgetter(1)
+_record_topic, _record_partition, _record_offset = (
+    operator.itemgetter(0),
+    operator.itemgetter(1),
+    operator.itemgetter(2),
+)
+
+
+def _no_timestamp(timestamp: tuple[int, int]) -> bool:
+    return timestamp[0] == TIMESTAMP_NOT_AVAILABLE
+
 
 # Message errors the application must hear of; librdkafka recovers from the others itself.
 _RAISED = frozenset(
@@ -109,6 +132,10 @@ class AIOConsumer:
         conf = dict(config)
         self._store_on_handout = bool(conf.get("enable.auto.offset.store", True))
         conf["enable.auto.offset.store"] = False
+        # Once its prefetch queue passed queued.min.messages, librdkafka waits this long before
+        # fetching again; 1 s by default, which an application that reads in bursts (as an
+        # asyncio one does) sees as whole-second stalls mid-topic.
+        conf.setdefault("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
         conf.setdefault("logger", librdkafka_logger)
         conf.setdefault("error_cb", self._on_error)
         self._bootstrap = str(conf.get("bootstrap.servers", ""))
@@ -132,8 +159,11 @@ class AIOConsumer:
         self._inflight: asyncio.Future[list[Message]] | None = None
         # Fetched messages not yet converted (after an error, the bad one comes first).
         self._carry: collections.deque[Message] = collections.deque()
-        # Converted records not yet handed over (async for hands them over one by one).
-        self._buffer: collections.deque[ConsumerRecord] = collections.deque()
+        # The current batch: records before _next are handed over, and those before _noted
+        # are counted in _handed_out (partition -> last offset handed over, not yet stored).
+        self._batch: list[ConsumerRecord] = []
+        self._next = 0
+        self._noted = 0
         self._handed_out: dict[tuple[str, int], int] = {}
         self._bad_log = RateLimitedLog(logger)
         self.skipped = 0
@@ -208,30 +238,47 @@ class AIOConsumer:
     def _forget(self, partitions: list[TopicPartition]) -> None:
         """Drop fetched records of partitions that are no longer ours (a new owner reads them)."""
         gone = {(tp.topic, tp.partition) for tp in partitions}
-        self._buffer = collections.deque(
-            r for r in self._buffer if (r.topic, r.partition) not in gone
-        )
-        self._carry = collections.deque(
-            m for m in self._carry if (m.topic(), m.partition()) not in gone
-        )
+        self._drop(gone)
         self._store_handed_out(only=gone)
+
+    def _drop(self, partitions: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """Drop unread records of `partitions`; return the first dropped offset of each."""
+        self._note_upto(self._next)
+        first: dict[tuple[str, int], int] = {}
+        kept: list[ConsumerRecord] = []
+        for record in self._batch[self._next :]:
+            key = (record.topic, record.partition)
+            if key in partitions:
+                first.setdefault(key, record.offset)
+            else:
+                kept.append(record)
+        carried: collections.deque[Message] = collections.deque()
+        for msg in self._carry:
+            key = (msg.topic() or "", msg.partition() or 0)
+            if key in partitions:
+                first.setdefault(key, msg.offset() or 0)
+            else:
+                carried.append(msg)
+        self._batch, self._next, self._noted, self._carry = kept, 0, 0, carried
+        return first
 
     # -- reading ---------------------------------------------------------------------------
 
     async def getmany(self, max_records: int = 500, timeout: float = 1.0) -> list[ConsumerRecord]:
-        """Up to `max_records` records, waiting at most `timeout` seconds; possibly none."""
+        """Up to `max_records` records, as soon as there are any, or none after `timeout` s."""
         self._check_open()
         deadline = self._loop.time() + timeout
-        while not self._buffer:
+        while self._next >= len(self._batch):
             await self._fill(
                 max_records, max(0.0, min(deadline - self._loop.time(), _POLL_TIMEOUT))
             )
-            if self._buffer or self._loop.time() >= deadline:
+            if self._next < len(self._batch) or self._loop.time() >= deadline:
                 break
-        count = min(max_records, len(self._buffer))
-        records = [self._buffer.popleft() for _ in range(count)]
+        start = self._next
+        records = self._batch[start : start + max_records]
+        self._next = start + len(records)
         if records:
-            self._note_handed_out(records)
+            self._note_upto(self._next)
             self._store_handed_out()
         return records
 
@@ -240,26 +287,41 @@ class AIOConsumer:
 
     async def __anext__(self) -> ConsumerRecord:
         """The next record; iteration ends when the consumer is closed."""
-        while not self._buffer:
+        index = self._next
+        if index < len(self._batch):
+            self._next = index + 1
+            return self._batch[index]
+        while self._next >= len(self._batch):
             if self._state is not _State.OPEN:
                 raise StopAsyncIteration
             # Asking for more means every record handed out so far has been dealt with.
+            self._note_upto(self._next)
             self._store_handed_out()
             await self._fill(self._batch_size, _POLL_TIMEOUT)
-        record = self._buffer.popleft()
-        self._handed_out[record.topic, record.partition] = record.offset
-        return record
+        self._next += 1
+        return self._batch[self._next - 1]
 
     async def _fill(self, count: int, timeout: float) -> None:
-        """Convert carried messages, or consume a batch, into the buffer."""
-        if not self._carry:
-            self._carry.extend(await self._consume(count, timeout))
-        self._convert()
+        """Replace the (fully handed over) batch with carried messages or a fresh one."""
+        self._note_upto(self._next)
+        self._batch, self._next, self._noted = [], 0, 0
+        if self._carry:
+            self._convert()
+            return
+        messages = await self._consume(count, timeout)
+        if not messages:
+            return
+        records = self._convert_fast(messages)
+        if records is None:
+            self._carry.extend(messages)
+            self._convert()
+        else:
+            self._batch = records
 
     async def _consume(self, count: int, timeout: float) -> list[Message]:
         if self._inflight is None:
             self._inflight = asyncio.ensure_future(
-                self._bridge.run_blocking(self._consumer.consume, count, timeout)
+                self._bridge.run_blocking(self._consume_batch, count, timeout)
             )
         inflight = self._inflight
         try:
@@ -274,9 +336,56 @@ class AIOConsumer:
             if inflight.done() and self._inflight is inflight:
                 self._inflight = None
 
+    def _consume_batch(self, count: int, timeout: float) -> list[Message]:
+        """On the consumer's thread: what is queued now, else the first message to arrive
+        and what came with it. (consume(n, t) alone would wait out t for n messages.)"""
+        consumer = self._consumer
+        messages: list[Message] = consumer.consume(count, 0)
+        if messages or timeout <= 0:
+            return messages
+        first = consumer.poll(timeout)
+        if first is None:
+            return []
+        return [first, *consumer.consume(count - 1, 0)] if count > 1 else [first]
+
+    def _convert_fast(self, messages: list[Message]) -> list[ConsumerRecord] | None:
+        """Records for a clean batch, built column by column in C; None if any needs care."""
+        if any(map(_error, messages)):
+            return None
+        timestamps = list(map(_timestamp, messages))
+        if any(map(_no_timestamp, timestamps)):
+            return None
+        keys: Iterable[Any] = map(_key, messages)
+        values: Iterable[Any] = map(_value, messages)
+        key_de, value_de = self._key_deserializer, self._value_deserializer
+        try:
+            if key_de is not None:
+                keys = [None if k is None else key_de(k) for k in keys]
+            if value_de is not None:
+                values = [None if v is None else value_de(v) for v in values]
+        except Exception:
+            return None  # the slow path finds the bad record and names it
+        return list(
+            map(
+                _new_tuple,
+                repeat(ConsumerRecord),
+                zip(
+                    map(_topic, messages),
+                    map(_partition, messages),
+                    map(_offset, messages),
+                    keys,
+                    values,
+                    map(_headers, messages),
+                    map(_ts_value, timestamps),
+                    strict=True,
+                ),
+            )
+        )
+
     def _convert(self) -> None:
-        """Turn carried messages into records, stopping at the first that cannot be."""
-        carry, append = self._carry, self._buffer.append
+        """Turn carried messages into the batch, record by record, stopping at a bad one."""
+        carry, batch = self._carry, self._batch
+        append = batch.append
         key_de, value_de = self._key_deserializer, self._value_deserializer
         while carry:
             msg = carry[0]
@@ -289,7 +398,7 @@ class AIOConsumer:
                     # e.g. a subscribed topic that does not exist yet: librdkafka goes on.
                     self._bad_log.warning("Kafka consumer: %s", err.str())
                     continue
-                if self._buffer:  # hand over what came before it first
+                if batch:  # hand over what came before it first
                     carry.appendleft(msg)
                     return
                 raise ConsumerError(
@@ -306,7 +415,7 @@ class AIOConsumer:
                     if value_de is not None and value is not None:
                         value = value_de(value)
                 except Exception as exc:
-                    if self._buffer and not self._skip_bad:
+                    if batch and not self._skip_bad:
                         return  # the good records first; this one raises on the next read
                     carry.popleft()
                     self._reject(msg, exc)
@@ -344,10 +453,18 @@ class AIOConsumer:
         self.skipped += 1
         self._bad_log.warning("Skipped a record: %s", error)
 
-    def _note_handed_out(self, records: Iterable[ConsumerRecord]) -> None:
-        handed = self._handed_out
-        for record in records:
-            handed[record.topic, record.partition] = record.offset
+    def _note_upto(self, index: int) -> None:
+        """Count records of the batch up to `index` as handed over."""
+        if index > self._noted:
+            handed = self._batch[self._noted : index]
+            self._handed_out.update(
+                zip(
+                    zip(map(_record_topic, handed), map(_record_partition, handed), strict=True),
+                    map(_record_offset, handed),
+                    strict=True,
+                )
+            )
+            self._noted = index
 
     def _store_handed_out(self, only: set[tuple[str, int]] | None = None) -> None:
         if not self._handed_out:
@@ -431,8 +548,7 @@ class AIOConsumer:
         self._check_open()
         await self._settle_inflight()
         key = (partition.topic, partition.partition)
-        self._buffer = collections.deque(r for r in self._buffer if (r.topic, r.partition) != key)
-        self._carry = collections.deque(m for m in self._carry if (m.topic(), m.partition()) != key)
+        self._drop({key})
         self._handed_out.pop(key, None)
         await self._bridge.run_blocking(self._consumer.seek, partition)
 
@@ -440,26 +556,14 @@ class AIOConsumer:
         """Stop reading `partitions` until :meth:`resume`; nothing fetched is lost."""
         self._check_open()
         await self._settle_inflight()
-        paused = {(tp.topic, tp.partition) for tp in partitions}
-        rewind: dict[tuple[str, int], int] = {}
-        for record in self._buffer:
-            rewind.setdefault((record.topic, record.partition), record.offset)
-        for msg in self._carry:
-            rewind.setdefault((msg.topic() or "", msg.partition() or 0), msg.offset() or 0)
-        self._buffer = collections.deque(
-            r for r in self._buffer if (r.topic, r.partition) not in paused
-        )
-        self._carry = collections.deque(
-            m for m in self._carry if (m.topic(), m.partition()) not in paused
-        )
+        rewind = self._drop({(tp.topic, tp.partition) for tp in partitions})
         self._consumer.pause(list(partitions))
         # librdkafka drops what it had fetched for paused partitions; so do we, and rewind to
         # the first record not yet handed over, so resume() starts exactly there.
         for (topic, part), offset in rewind.items():
-            if (topic, part) in paused:
-                await self._bridge.run_blocking(
-                    self._consumer.seek, TopicPartition(topic, part, offset)
-                )
+            await self._bridge.run_blocking(
+                self._consumer.seek, TopicPartition(topic, part, offset)
+            )
 
     async def resume(self, partitions: Sequence[TopicPartition]) -> None:
         """Read paused partitions again."""
@@ -511,6 +615,7 @@ class AIOConsumer:
         await asyncio.shield(self._close_task)
 
     async def _close(self) -> None:
+        self._note_upto(self._next)
         try:
             await self._settle_inflight()
         except Exception as exc:  # closing goes on: the batch's error is no longer anyone's
