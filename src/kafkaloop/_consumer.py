@@ -24,10 +24,9 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from itertools import repeat
 from types import TracebackType
-from typing import Any, Literal, Self, TypeAlias
+from typing import Any, Literal, Self, TypeAlias, cast
 
 from confluent_kafka import (
-    TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     KafkaError,
     KafkaException,
@@ -61,23 +60,9 @@ _POLL_TIMEOUT = 0.5
 """Longest one consume() blocks its thread: bounds how long close() waits for it."""
 
 _new_tuple = tuple.__new__
-_error, _key, _value, _headers = Message.error, Message.key, Message.value, Message.headers
-_topic, _partition, _offset, _timestamp = (
-    Message.topic,
-    Message.partition,
-    Message.offset,
-    Message.timestamp,
-)
-_ts_value = operator.itemgetter(1)
-_record_topic, _record_partition, _record_offset = (
-    operator.itemgetter(0),
-    operator.itemgetter(1),
-    operator.itemgetter(2),
-)
-
-
-def _no_timestamp(timestamp: tuple[int, int]) -> bool:
-    return timestamp[0] == TIMESTAMP_NOT_AVAILABLE
+_error, _key, _value = Message.error, Message.key, Message.value
+_topic, _partition, _offset = Message.topic, Message.partition, Message.offset
+_message_of = operator.itemgetter(0)
 
 
 # Message errors the application must hear of; librdkafka recovers from the others itself.
@@ -117,7 +102,7 @@ class AIOConsumer:
         on_revoke: RebalanceCallback | None = None,
         on_lost: RebalanceCallback | None = None,
         on_deserialization_error: Literal["raise", "skip"] = "raise",
-        batch_size: int = 500,
+        batch_size: int = 5000,
     ) -> None:
         try:
             loop = asyncio.get_running_loop()
@@ -156,7 +141,7 @@ class AIOConsumer:
         self._batch_size = batch_size
         self._state = _State.OPEN
         self._close_task: asyncio.Task[None] | None = None
-        self._inflight: asyncio.Future[list[Message]] | None = None
+        self._inflight: asyncio.Future[tuple[list[Message], bool]] | None = None
         # Fetched messages not yet converted (after an error, the bad one comes first).
         self._carry: collections.deque[Message] = collections.deque()
         # The current batch: records before _next are handed over, and those before _noted
@@ -165,6 +150,7 @@ class AIOConsumer:
         self._next = 0
         self._noted = 0
         self._handed_out: dict[tuple[str, int], int] = {}
+        self._one_partition = False
         self._bad_log = RateLimitedLog(logger)
         self.skipped = 0
         """Records skipped because a deserializer raised (with ``on_deserialization_error``)."""
@@ -260,6 +246,7 @@ class AIOConsumer:
             else:
                 carried.append(msg)
         self._batch, self._next, self._noted, self._carry = kept, 0, 0, carried
+        self._one_partition = False
         return first
 
     # -- reading ---------------------------------------------------------------------------
@@ -274,12 +261,17 @@ class AIOConsumer:
             )
             if self._next < len(self._batch) or self._loop.time() >= deadline:
                 break
-        start = self._next
-        records = self._batch[start : start + max_records]
+        start, batch = self._next, self._batch
+        if start == 0 and len(batch) <= max_records:
+            records = batch  # the whole batch: hand the list itself over, no copy
+        else:
+            records = batch[start : start + max_records]
         self._next = start + len(records)
         if records:
             self._note_upto(self._next)
             self._store_handed_out()
+        if records is batch:
+            self._batch, self._next, self._noted = [], 0, 0
         return records
 
     def __aiter__(self) -> AsyncIterator[ConsumerRecord]:
@@ -305,10 +297,11 @@ class AIOConsumer:
         """Replace the (fully handed over) batch with carried messages or a fresh one."""
         self._note_upto(self._next)
         self._batch, self._next, self._noted = [], 0, 0
+        self._one_partition = False
         if self._carry:
             self._convert()
             return
-        messages = await self._consume(count, timeout)
+        messages, one_partition = await self._consume(max(count, self._batch_size), timeout)
         if not messages:
             return
         records = self._convert_fast(messages)
@@ -317,8 +310,9 @@ class AIOConsumer:
             self._convert()
         else:
             self._batch = records
+            self._one_partition = one_partition
 
-    async def _consume(self, count: int, timeout: float) -> list[Message]:
+    async def _consume(self, count: int, timeout: float) -> tuple[list[Message], bool]:
         if self._inflight is None:
             self._inflight = asyncio.ensure_future(
                 self._bridge.run_blocking(self._consume_batch, count, timeout)
@@ -336,24 +330,22 @@ class AIOConsumer:
             if inflight.done() and self._inflight is inflight:
                 self._inflight = None
 
-    def _consume_batch(self, count: int, timeout: float) -> list[Message]:
+    def _consume_batch(self, count: int, timeout: float) -> tuple[list[Message], bool]:
         """On the consumer's thread: what is queued now, else the first message to arrive
-        and what came with it. (consume(n, t) alone would wait out t for n messages.)"""
+        and what came with it (consume(n, t) alone would wait out t for n messages)."""
         consumer = self._consumer
         messages: list[Message] = consumer.consume(count, 0)
-        if messages or timeout <= 0:
-            return messages
-        first = consumer.poll(timeout)
-        if first is None:
-            return []
-        return [first, *consumer.consume(count - 1, 0)] if count > 1 else [first]
+        if not messages and timeout > 0:
+            first = consumer.poll(timeout)
+            if first is not None:
+                messages = [first, *consumer.consume(count - 1, 0)] if count > 1 else [first]
+        # One partition assigned (manual assignment, or a group of one): every batch is from
+        # it, and the last record alone says how far the batch was handed over.
+        return messages, len(consumer.assignment()) == 1
 
     def _convert_fast(self, messages: list[Message]) -> list[ConsumerRecord] | None:
-        """Records for a clean batch, built column by column in C; None if any needs care."""
+        """Records for a clean batch, built in C; None if any message needs the slow path."""
         if any(map(_error, messages)):
-            return None
-        timestamps = list(map(_timestamp, messages))
-        if any(map(_no_timestamp, timestamps)):
             return None
         keys: Iterable[Any] = map(_key, messages)
         values: Iterable[Any] = map(_value, messages)
@@ -366,20 +358,7 @@ class AIOConsumer:
         except Exception:
             return None  # the slow path finds the bad record and names it
         return list(
-            map(
-                _new_tuple,
-                repeat(ConsumerRecord),
-                zip(
-                    map(_topic, messages),
-                    map(_partition, messages),
-                    map(_offset, messages),
-                    keys,
-                    values,
-                    map(_headers, messages),
-                    map(_ts_value, timestamps),
-                    strict=True,
-                ),
-            )
+            map(_new_tuple, repeat(ConsumerRecord), zip(messages, keys, values, strict=True))
         )
 
     def _convert(self) -> None:
@@ -406,7 +385,6 @@ class AIOConsumer:
                     f"({err.name()})",
                     error=err,
                 )
-            ts_type, ts = msg.timestamp()
             key, value = msg.key(), msg.value()
             if key_de is not None or value_de is not None:
                 try:
@@ -421,20 +399,7 @@ class AIOConsumer:
                     self._reject(msg, exc)
                     continue
             carry.popleft()
-            append(
-                _new_tuple(
-                    ConsumerRecord,
-                    (
-                        msg.topic(),
-                        msg.partition(),
-                        msg.offset(),
-                        key,
-                        value,
-                        msg.headers(),
-                        None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts,
-                    ),
-                )
-            )
+            append(_new_tuple(ConsumerRecord, (msg, key, value)))
 
     def _reject(self, msg: Message, exc: Exception) -> None:
         topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
@@ -455,16 +420,20 @@ class AIOConsumer:
 
     def _note_upto(self, index: int) -> None:
         """Count records of the batch up to `index` as handed over."""
-        if index > self._noted:
-            handed = self._batch[self._noted : index]
-            self._handed_out.update(
-                zip(
-                    zip(map(_record_topic, handed), map(_record_partition, handed), strict=True),
-                    map(_record_offset, handed),
-                    strict=True,
-                )
+        if index <= self._noted:
+            return
+        if self._one_partition:
+            last = self._batch[index - 1][0]
+            self._handed_out[last.topic() or "", last.partition() or 0] = last.offset() or 0
+        else:
+            handed = list(map(_message_of, self._batch[self._noted : index]))
+            last_offsets = zip(
+                zip(map(_topic, handed), map(_partition, handed), strict=True),
+                map(_offset, handed),
+                strict=True,
             )
-            self._noted = index
+            self._handed_out.update(cast("Iterable[tuple[tuple[str, int], int]]", last_offsets))
+        self._noted = index
 
     def _store_handed_out(self, only: set[tuple[str, int]] | None = None) -> None:
         if not self._handed_out:
@@ -586,7 +555,8 @@ class AIOConsumer:
     async def _settle_inflight(self) -> None:
         if self._inflight is not None:
             try:
-                self._carry.extend(await asyncio.shield(self._inflight))
+                messages, _one_partition = await asyncio.shield(self._inflight)
+                self._carry.extend(messages)
             finally:
                 self._inflight = None
 
