@@ -24,12 +24,12 @@ $(VENV)/.synced: $(UV) pyproject.toml requirements-lock.txt
 
 env: $(VENV)/.synced
 
-## run: the main job: start the local broker (unless KAFKA_BOOTSTRAP_SERVERS is set) and run.
+## run: the main job: start the local broker (unless KAFKA_BOOTSTRAP_SERVERS is set) and serve.
 run: env
 	@if [ -z "$$KAFKA_BOOTSTRAP_SERVERS" ]; then \
 		export KAFKA_BOOTSTRAP_SERVERS=$$($(BIN)/kafkaloop broker up) || exit 1; \
 	fi; \
-	$(BIN)/kafkaloop smoke
+	exec $(BIN)/kafkaloop serve
 
 ## test: lint, type-check, then the whole test suite against real local brokers.
 test: lint typecheck

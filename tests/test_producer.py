@@ -558,3 +558,40 @@ async def test_committed_transactions_are_visible_and_aborted_ones_are_not(
         kafka_bootstrap, topic_name, 1, **{"isolation.level": "read_committed"}
     )
     assert [r.value() for r in records] == [b"committed"]
+
+
+async def test_produce_many_larger_than_the_queue_waits_for_room(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    async with AIOProducer(
+        {"bootstrap.servers": kafka_bootstrap, "queue.buffering.max.messages": 100}
+    ) as p:
+        results = await p.produce_many(topic_name, [str(i).encode() for i in range(3000)])
+
+    assert [r.offset for r in results if isinstance(r, RecordMetadata)] == list(range(3000))
+    assert p.metrics.delivered == 3000
+
+
+async def test_produce_many_without_room_fails_the_rest_and_settles(topic_name: str) -> None:
+    async with AIOProducer(
+        {
+            "bootstrap.servers": UNREACHABLE,
+            "queue.buffering.max.messages": 10,
+            "message.timeout.ms": 60_000,
+        },
+        queue_full_timeout=0.3,
+    ) as p:
+        started = time.monotonic()
+        task = asyncio.ensure_future(
+            p.produce_many(topic_name, [b"v"] * 30, return_exceptions=True)
+        )
+        await asyncio.sleep(1.0)
+        assert await p.close(timeout=0) == 10  # the 10 that fit are purged
+        results = await task
+
+    assert time.monotonic() - started < 5
+    codes = [r.code for r in results if isinstance(r, DeliveryError)]
+    assert len(codes) == 30
+    assert codes.count(KafkaError._QUEUE_FULL) == 20
+    assert p.metrics.failed == 30
+    assert p.metrics.in_flight == 0

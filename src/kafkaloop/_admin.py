@@ -27,6 +27,7 @@ from confluent_kafka.admin import (
     ConsumerGroupDescription,
     NewPartitions,
     NewTopic,
+    OffsetSpec,
     ResourceType,
 )
 
@@ -246,6 +247,21 @@ class AIOAdminClient:
                 f"{tp.topic}[{tp.partition}]"
             ].low_watermark
             for tp in futures
+        }
+
+    async def latest_offsets(
+        self, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """The next offset to be written (the high watermark) of each partition."""
+        self._check_open()
+        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        wanted = {TopicPartition(tp.topic, tp.partition): latest for tp in partitions}
+        futures = self._admin.list_offsets(wanted)
+        by_name = {f"{tp.topic}[{tp.partition}]": fut for tp, fut in futures.items()}
+        settled = await self._settle("list_offsets", by_name, many=len(wanted) > 1)
+        return {
+            TopicPartition(tp.topic, tp.partition): settled[name].offset
+            for tp, name in zip(futures, by_name, strict=True)
         }
 
     # -- cluster and configs ---------------------------------------------------------------

@@ -24,6 +24,7 @@ import concurrent.futures
 import functools
 import inspect
 import logging
+import queue
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar, TypeVarTuple, Unpack
@@ -77,16 +78,14 @@ class PollThread:
 class LoopBridge:
     """Runs calls from any thread on one event loop, in order, batching the wake-ups."""
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, *, name: str = "kafkaloop", threads: int = 1
-    ) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, name: str = "kafkaloop") -> None:
         self.loop = loop
         self._name = name
-        self._threads = threads
         # deque.append and popleft are atomic, so producers on other threads need no lock.
         self._pending: collections.deque[tuple[Any, ...]] = collections.deque()
         self._wakeup_scheduled = False
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executors: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
+        self._inbox: queue.SimpleQueue[Any] | None = None
         self._closed = False
 
     def call_soon(self, *call: Any) -> None:
@@ -132,12 +131,24 @@ class LoopBridge:
                 )
 
     async def run_blocking(self, func: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
-        """Run a blocking call on one of the bridge's own threads and await its result."""
-        if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=self._threads, thread_name_prefix=f"{self._name}-blocking"
+        """Run a blocking call on the bridge's own thread and await its result."""
+        return await self.run_blocking_on("blocking", func, *args)
+
+    async def run_blocking_on(self, lane: str, func: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
+        """Run a blocking call on the thread of `lane`, one call at a time per lane.
+
+        A call that may block for long (a consumer's ``consume``) gets a lane of its own, so
+        it never holds up short ones (``commit``, watermarks) queued behind it, nor they it.
+        """
+        executor = self._executors.get(lane)
+        if executor is None:
+            if self._closed:
+                raise RuntimeError(f"{self._name}: the bridge is closed")
+            executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"{self._name}-{lane}"
             )
-        return await self.loop.run_in_executor(self._executor, func, *args)
+            self._executors[lane] = executor
+        return await self.loop.run_in_executor(executor, func, *args)
 
     def wrap_future(self, future: concurrent.futures.Future[T]) -> asyncio.Future[T]:
         """An asyncio future settled, through this bridge, when `future` is (AdminClient)."""
@@ -161,9 +172,15 @@ class LoopBridge:
 
         A coroutine (or other awaitable) result is awaited on the loop first. Its exception is
         raised here. Used where librdkafka must not go on before the application has acted,
-        e.g. rebalance callbacks. Never call it from the loop's own thread.
+        e.g. rebalance callbacks. While this thread waits, blocking calls sent through
+        :meth:`run_blocking_here` run on it: librdkafka lets a client be called from inside
+        its own callback, and from no other thread until that callback returns.
+        Never call it from the loop's own thread.
         """
         done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        inbox: queue.SimpleQueue[
+            tuple[Callable[..., Any], tuple[Any, ...], concurrent.futures.Future[Any]] | None
+        ] = queue.SimpleQueue()
 
         def run() -> None:
             try:
@@ -177,12 +194,33 @@ class LoopBridge:
             task = asyncio.ensure_future(result, loop=self.loop)
             task.add_done_callback(functools.partial(_copy_outcome, done))
 
-        self.call_soon(run)
+        done.add_done_callback(lambda _done: inbox.put(None))
+        self._inbox = inbox
+        try:
+            self.call_soon(run)
+            while (job := inbox.get()) is not None:
+                func, func_args, outcome = job
+                try:
+                    outcome.set_result(func(*func_args))
+                except BaseException as exc:
+                    outcome.set_exception(exc)
+        finally:
+            self._inbox = None
         return done.result()
 
+    async def run_blocking_here(self, lane: str, func: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
+        """Like :meth:`run_blocking_on`, but on the thread waiting in :meth:`call_and_wait`
+        when there is one (so a rebalance callback can commit, for instance)."""
+        inbox = self._inbox
+        if inbox is None:
+            return await self.run_blocking_on(lane, func, *args)
+        outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
+        inbox.put((func, args, outcome))
+        return await self.wrap_future(outcome)
+
     def close(self) -> None:
-        """Release the blocking-call thread. Queued calls still run at the next drain."""
+        """Release the blocking-call threads. Queued calls still run at the next drain."""
         self._closed = True
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        for executor in self._executors.values():
+            executor.shutdown(wait=False, cancel_futures=True)
+        self._executors.clear()

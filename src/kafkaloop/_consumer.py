@@ -112,8 +112,7 @@ class AIOConsumer:
                 "(in an async function, e.g. a FastAPI lifespan)."
             ) from None
         self._loop = loop
-        # Two threads: consume() may block on one while commit() and friends use the other.
-        self._bridge = LoopBridge(loop, name="kafkaloop-consumer", threads=2)
+        self._bridge = LoopBridge(loop, name="kafkaloop-consumer")
         conf = dict(config)
         self._store_on_handout = bool(conf.get("enable.auto.offset.store", True))
         conf["enable.auto.offset.store"] = False
@@ -315,7 +314,9 @@ class AIOConsumer:
     async def _consume(self, count: int, timeout: float) -> tuple[list[Message], bool]:
         if self._inflight is None:
             self._inflight = asyncio.ensure_future(
-                self._bridge.run_blocking(self._consume_batch, count, timeout)
+                # A lane of its own: consume() blocks for long (and, during a rebalance, until
+                # the loop ran the callbacks, which may themselves need a blocking call).
+                self._bridge.run_blocking_on("consume", self._consume_batch, count, timeout)
             )
         inflight = self._inflight
         try:
@@ -458,7 +459,7 @@ class AIOConsumer:
         self, records: Iterable[ConsumerRecord] = (), offsets: Sequence[TopicPartition] = ()
     ) -> None:
         """Mark records as processed: the next commit covers them (up to each one's offset)."""
-        self._check_open()
+        self._check_not_closed()
         latest: dict[tuple[str, int], int] = {}
         for record in records:
             latest[record.topic, record.partition] = max(
@@ -472,8 +473,10 @@ class AIOConsumer:
     async def commit(
         self, records: Iterable[ConsumerRecord] = (), offsets: Sequence[TopicPartition] = ()
     ) -> None:
-        """Commit, and wait for the broker: the given records/offsets, else every stored offset."""
-        self._check_open()
+        """Commit, and wait for the broker: the given records/offsets, else every stored offset.
+
+        Allowed while closing, so an ``on_revoke`` callback can commit on the way out."""
+        self._check_not_closed()
         latest: dict[tuple[str, int], int] = {}
         for record in records:
             latest[record.topic, record.partition] = max(
@@ -485,9 +488,9 @@ class AIOConsumer:
             self._store_handed_out()
         try:
             if partitions:
-                await self._bridge.run_blocking(self._commit_offsets, partitions)
+                await self._bridge.run_blocking_here("calls", self._commit_offsets, partitions)
             else:
-                await self._bridge.run_blocking(self._commit_stored)
+                await self._bridge.run_blocking_here("calls", self._commit_stored)
         except KafkaException as exc:
             error = exc.args[0]
             if error.code() == KafkaError._NO_OFFSET:
@@ -507,8 +510,8 @@ class AIOConsumer:
     ) -> list[TopicPartition]:
         """The group's committed offsets for `partitions`."""
         self._check_open()
-        result: list[TopicPartition] = await self._bridge.run_blocking(
-            self._consumer.committed, list(partitions), timeout
+        result: list[TopicPartition] = await self._bridge.run_blocking_here(
+            "calls", self._consumer.committed, list(partitions), timeout
         )
         return result
 
@@ -519,7 +522,7 @@ class AIOConsumer:
         key = (partition.topic, partition.partition)
         self._drop({key})
         self._handed_out.pop(key, None)
-        await self._bridge.run_blocking(self._consumer.seek, partition)
+        await self._bridge.run_blocking_here("calls", self._consumer.seek, partition)
 
     async def pause(self, partitions: Sequence[TopicPartition]) -> None:
         """Stop reading `partitions` until :meth:`resume`; nothing fetched is lost."""
@@ -530,8 +533,8 @@ class AIOConsumer:
         # librdkafka drops what it had fetched for paused partitions; so do we, and rewind to
         # the first record not yet handed over, so resume() starts exactly there.
         for (topic, part), offset in rewind.items():
-            await self._bridge.run_blocking(
-                self._consumer.seek, TopicPartition(topic, part, offset)
+            await self._bridge.run_blocking_here(
+                "calls", self._consumer.seek, TopicPartition(topic, part, offset)
             )
 
     async def resume(self, partitions: Sequence[TopicPartition]) -> None:
@@ -552,6 +555,14 @@ class AIOConsumer:
                 result[TopicPartition(tp.topic, tp.partition)] = max(0, high - tp.offset)
         return result
 
+    async def watermarks(self, partition: TopicPartition, timeout: float = 10.0) -> tuple[int, int]:
+        """The low and high offsets of `partition`, asked of the broker."""
+        self._check_open()
+        result: tuple[int, int] = await self._bridge.run_blocking_here(
+            "calls", self._consumer.get_watermark_offsets, partition, timeout
+        )
+        return result
+
     async def _settle_inflight(self) -> None:
         if self._inflight is not None:
             try:
@@ -567,6 +578,10 @@ class AIOConsumer:
             logger.error("Kafka consumer fatal error: %s", err.str())
         else:
             logger.warning("Kafka consumer: %s", err.str())
+
+    def _check_not_closed(self) -> None:
+        if self._state is _State.CLOSED:
+            raise ClientClosedError("This AIOConsumer is closed: create a new one.")
 
     def _check_open(self) -> None:
         if self._state is not _State.OPEN:
@@ -592,7 +607,7 @@ class AIOConsumer:
             logger.debug("The last batch before close failed: %s", exc)
         self._store_handed_out()
         try:
-            await self._bridge.run_blocking(self._consumer.close)
+            await self._bridge.run_blocking_here("calls", self._consumer.close)
         finally:
             self._bridge.close()
             self._state = _State.CLOSED

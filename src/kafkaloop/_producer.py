@@ -336,11 +336,12 @@ class AIOProducer:
         if self._refusal is not None:
             raise self._refused()
         items = list(values)
-        batch = _Batch(len(items), self._bridge, self._count_batch)
-        deadline = self._loop.time() + self._queue_full_timeout
+        batch = _Batch(len(items), self._bridge, self._count_batch, self._notify_room)
         produce = self._producer.produce
         extra: dict[str, Any] = {"headers": headers} if headers else {}
         record = batch.record
+        waited_since: float | None = None
+        gave_up_at: int | None = None
         for index, item in enumerate(items):
             key, value = item if isinstance(item, tuple) else (None, item)
             on_delivery = functools.partial(record, index)
@@ -348,12 +349,26 @@ class AIOProducer:
                 try:
                     produce(topic, value, key, -1, on_delivery, **extra)
                 except BufferError:
-                    await self._wait_room(deadline)
+                    # queue_full_timeout bounds a wait without progress, not the whole batch.
+                    now = self._loop.time()
+                    waited_since = waited_since or now
+                    if now - waited_since >= self._queue_full_timeout:
+                        gave_up_at = index
+                        break
+                    await self._wait_room(waited_since + self._queue_full_timeout)
                     continue
                 except KafkaException as exc:
-                    batch.record(index, exc.args[0], None)
+                    record(index, exc.args[0], None)
+                waited_since = None
                 self._produced += 1
                 break
+            if gave_up_at is not None:
+                break
+        if gave_up_at is not None:  # no room came: the rest fails, and the batch still settles
+            full = KafkaError(KafkaError._QUEUE_FULL, str(self._queue_full_error()))
+            self._produced += len(items) - gave_up_at
+            for rest in range(gave_up_at, len(items)):
+                record(rest, full, None)
         results = await asyncio.shield(batch.future) if items else []
         if not return_exceptions:
             for result in results:
@@ -533,17 +548,14 @@ class AIOProducer:
         self._room.set()
 
     async def _wait_room(self, deadline: float) -> None:
-        """Wait (for produce_many) until deliveries make room, or raise QueueFullError."""
+        """Wait (for produce_many) until deliveries announce room, for 50 ms at most; the
+        caller then tries again, until `deadline`."""
         self._room.clear()
         self._room_wanted = True
-        while not self._room.is_set():
-            left = deadline - self._loop.time()
-            if left <= 0:
-                raise self._queue_full_error()
+        left = min(deadline - self._loop.time(), 0.05)
+        if left > 0:
             with contextlib.suppress(TimeoutError):
-                # The timeout doubles as the fallback should an announcement be missed.
-                await asyncio.wait_for(self._room.wait(), min(left, 0.05))
-            self._room_wanted = True
+                await asyncio.wait_for(self._room.wait(), left)
 
     # -- client-level callbacks ------------------------------------------------------------
 
@@ -688,13 +700,22 @@ class AIOProducer:
 class _Batch:
     """The outcomes of one produce_many call, settled on the loop once all are known."""
 
-    __slots__ = ("_bridge", "_last", "_on_settled", "_outcomes", "future", "results")
+    __slots__ = (
+        "_bridge",
+        "_last",
+        "_notify_room",
+        "_on_settled",
+        "_outcomes",
+        "future",
+        "results",
+    )
 
     def __init__(
         self,
         size: int,
         bridge: LoopBridge,
         on_settled: Callable[[list[RecordMetadata | DeliveryError]], None],
+        notify_room: Callable[[], None],
     ) -> None:
         self.results: list[RecordMetadata | DeliveryError] = [None] * size  # type: ignore[list-item]
         self.future: asyncio.Future[list[RecordMetadata | DeliveryError]] = (
@@ -705,6 +726,7 @@ class _Batch:
         self._last = size
         self._bridge = bridge
         self._on_settled = on_settled
+        self._notify_room = notify_room
 
     def record(self, index: int, err: KafkaError | None, msg: Message | None) -> None:
         """On whichever thread reports it: one message's outcome."""
@@ -717,6 +739,7 @@ class _Batch:
             )
         if next(self._outcomes) == self._last:
             self._bridge.call_soon(self._settle)
+        self._notify_room()
 
     def _settle(self) -> None:
         self._on_settled(self.results)

@@ -111,6 +111,36 @@ def _smoke(args: argparse.Namespace) -> int:
     return run_smoke(bootstrap, args.topic, args.count)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import importlib.util  # imported late: keeps `broker` start-up light
+
+    import uvicorn
+
+    from kafkaloop.settings import ServiceSettings
+
+    settings = ServiceSettings()
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    print_progress(
+        f"Serving on http://{args.host}:{args.port} with {args.workers} worker(s), "
+        f"Kafka at {settings.bootstrap_servers} ({loop}, {http})"
+    )
+    uvicorn.run(
+        "kafkaloop.service.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout),
+        ws="websockets-sansio",
+        loop=loop,
+        http=http,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``kafkaloop`` command."""
     parser = argparse.ArgumentParser(prog="kafkaloop", description=__doc__)
@@ -154,6 +184,23 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--node", type=int, default=None)
     logs.add_argument("--follow", "-f", action="store_true")
     logs.set_defaults(handler=_broker_logs)
+
+    serve = commands.add_parser(
+        "serve", help="run the reference web service ($KAFKA_BOOTSTRAP_SERVERS picks the cluster)"
+    )
+    serve.add_argument("--host", default=os.environ.get("KAFKALOOP_HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("KAFKALOOP_PORT", "8000")))
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes; each has its own producer and fan-out consumer",
+    )
+    serve.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.set_defaults(handler=_serve)
 
     smoke = commands.add_parser(
         "smoke", help="produce messages and consume them back ($KAFKA_BOOTSTRAP_SERVERS or local)"

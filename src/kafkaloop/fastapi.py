@@ -1,0 +1,247 @@
+"""FastAPI integration: clients in a lifespan, dependencies, HTTP errors, a body-size limit.
+
+from kafkaloop.fastapi import KafkaClients, get_producer, install_error_handlers, kafka_clients
+
+@asynccontextmanager
+async def lifespan(app):
+    async with kafka_clients(KafkaSettings(), topics=[NewTopic("items", 3)]) as kafka:
+        yield {"kafka": kafka}
+
+app = FastAPI(lifespan=lifespan)
+install_error_handlers(app)
+
+@app.post("/items")
+async def create(item: Item, producer: AIOProducer = Depends(get_producer)):
+    return await produce_within(producer.produce("items", item.name), deadline=5)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import Any, TypeVar
+
+from confluent_kafka import KafkaError
+from confluent_kafka.admin import NewTopic
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kafkaloop._admin import AIOAdminClient
+from kafkaloop._exceptions import (
+    ClientClosedError,
+    DeliveryError,
+    KafkaloopError,
+    QueueFullError,
+)
+from kafkaloop._logging import logger
+from kafkaloop._producer import AIOProducer
+from kafkaloop.settings import KafkaSettings
+
+__all__ = [
+    "BodySizeLimit",
+    "KafkaClients",
+    "KafkaUnavailable",
+    "get_kafka",
+    "get_producer",
+    "install_error_handlers",
+    "kafka_clients",
+    "kafka_ready",
+    "produce_within",
+]
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class KafkaClients:
+    """The clients an app shares between requests."""
+
+    producer: AIOProducer
+    admin: AIOAdminClient
+    settings: KafkaSettings
+    _ready_cache: tuple[float, bool, str] = (0.0, False, "not checked yet")
+
+
+@contextlib.asynccontextmanager
+async def kafka_clients(
+    settings: KafkaSettings,
+    topics: Sequence[NewTopic] = (),
+    *,
+    shutdown_timeout: float = 30.0,
+) -> AsyncIterator[KafkaClients]:
+    """Create the producer and admin client, ensure `topics`; on exit flush and close.
+
+    Messages still undelivered after `shutdown_timeout` seconds are logged with their count.
+    """
+    admin = AIOAdminClient(settings.admin())
+    producer = AIOProducer(settings.producer())
+    try:
+        if topics:
+            created = await admin.ensure_topics(topics)
+            if created:
+                logger.info("Created topics %s", ", ".join(created))
+        yield KafkaClients(producer, admin, settings)
+    finally:
+        undelivered = await producer.close(timeout=shutdown_timeout)
+        if undelivered:
+            logger.error("Shut down with %d message(s) not delivered to Kafka", undelivered)
+        else:
+            logger.info("Producer flushed: every accepted message was delivered")
+        await admin.close()
+
+
+def get_kafka(request: Request) -> KafkaClients:
+    """Dependency: the app's :class:`KafkaClients` (from the lifespan state ``kafka``)."""
+    kafka: KafkaClients = request.state.kafka
+    return kafka
+
+
+def get_producer(request: Request) -> AIOProducer:
+    """Dependency: the app's shared :class:`AIOProducer`."""
+    return get_kafka(request).producer
+
+
+class KafkaUnavailable(KafkaloopError):
+    """Kafka did not acknowledge within the request's deadline (an HTTP 503)."""
+
+
+async def produce_within(awaitable: Awaitable[T], deadline: float) -> T:
+    """Await a produce for at most `deadline` seconds, else :class:`KafkaUnavailable`.
+
+    The message is not withdrawn: it may still be delivered after the answer went out.
+    """
+    try:
+        async with asyncio.timeout(deadline):
+            return await awaitable
+    except TimeoutError:
+        raise KafkaUnavailable(
+            f"Kafka did not acknowledge within {deadline:g}s; the item may still be stored. "
+            "Retry later."
+        ) from None
+
+
+async def kafka_ready(
+    kafka: KafkaClients, timeout: float = 2.0, cache: float = 1.0
+) -> tuple[bool, str]:
+    """Whether the cluster answers and the producer can produce, with a reason.
+
+    Answers are reused for `cache` seconds, so frequent probes do not load the brokers.
+    """
+    checked_at, ready, reason = kafka._ready_cache
+    now = time.monotonic()
+    if now - checked_at < cache:
+        return ready, reason
+    producer = kafka.producer
+    if producer.closed:
+        ready, reason = False, "the producer is closed (the service is stopping)"
+    else:
+        try:
+            async with asyncio.timeout(timeout):
+                cluster = await kafka.admin.describe_cluster()
+        except (TimeoutError, KafkaloopError) as exc:
+            ready, reason = False, f"the cluster did not answer within {timeout:g}s ({exc})"
+        else:
+            last = producer.last_error
+            if last is not None and last.fatal():
+                ready, reason = False, f"the producer failed: {last.str()}"
+            else:
+                ready, reason = True, f"{len(cluster.brokers)} broker(s) answering"
+    kafka._ready_cache = (now, ready, reason)
+    return ready, reason
+
+
+def _error_response(status: int, exc: Exception, retry_after: int | None) -> JSONResponse:
+    body: dict[str, Any] = {"detail": str(exc), "error": type(exc).__name__}
+    if isinstance(exc, DeliveryError):
+        body["retriable"] = exc.retriable
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI, retry_after: int = 1) -> None:
+    """Map kafkaloop's errors to HTTP answers: 503 (+ Retry-After) for an unavailable Kafka,
+    413 for a message Kafka refuses as too large; never a 500 for those."""
+
+    async def delivery_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, DeliveryError)
+        if exc.code == KafkaError.MSG_SIZE_TOO_LARGE:
+            return _error_response(413, exc, None)
+        return _error_response(503, exc, retry_after)
+
+    async def unavailable(_request: Request, exc: Exception) -> JSONResponse:
+        return _error_response(503, exc, retry_after)
+
+    app.add_exception_handler(DeliveryError, delivery_error)
+    app.add_exception_handler(QueueFullError, unavailable)
+    app.add_exception_handler(KafkaUnavailable, unavailable)
+    app.add_exception_handler(ClientClosedError, unavailable)
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for a request body over `max_bytes`, decided from Content-Length
+    before reading anything, or as soon as a streamed body passes the limit."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    await _reply(send, 400, "Content-Length is not a number")
+                    return
+                if length > self.max_bytes:
+                    await _reply(send, 413, f"The body is over the {self.max_bytes}-byte limit")
+                    return
+                # Honest Content-Length: the server already stops at that many bytes.
+                await self.app(scope, receive, send)
+                return
+        # No Content-Length (a chunked body): read it here, up to the limit, then replay it.
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                await _reply(send, 413, f"The body is over the {self.max_bytes}-byte limit")
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+async def _reply(send: Send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,122 @@
+"""Prometheus metrics for a kafkaloop web service (prometheus-client, a registry per app)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kafkaloop._producer import AIOProducer
+
+__all__ = ["RequestMetrics", "ServiceMetrics"]
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class ServiceMetrics:
+    """HTTP, produce and consumer metrics, exposed in Prometheus' text format."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "http_requests",
+            "HTTP requests answered",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.request_latency = Histogram(
+            "http_request_duration_seconds",
+            "Time to answer an HTTP request",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.produce_latency = Histogram(
+            "kafka_produce_latency_seconds",
+            "Time from produce() to Kafka's acknowledgement",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._sources: list[Callable[[], Iterator[Metric]]] = []
+        self.registry.register(self)  # a collector: it has collect() and describe()
+
+    def watch_producer(self, producer: AIOProducer) -> None:
+        """Export the producer's delivered / failed / in-flight counts on every scrape."""
+
+        def collect() -> Iterator[Metric]:
+            m = producer.metrics
+            for name, doc, value in (
+                ("kafka_messages_produced", "Messages accepted by the producer", m.produced),
+                ("kafka_messages_delivered", "Messages acknowledged by Kafka", m.delivered),
+                ("kafka_messages_failed", "Messages Kafka did not take", m.failed),
+            ):
+                family = CounterMetricFamily(name, doc)
+                family.add_metric([], value)
+                yield family
+            yield GaugeMetricFamily(
+                "kafka_messages_in_flight",
+                "Accepted, not yet delivered or failed",
+                value=m.in_flight,
+            )
+            yield GaugeMetricFamily(
+                "kafka_messages_waiting_for_room",
+                "Waiting for room in librdkafka's queue",
+                value=m.waiting_for_room,
+            )
+
+        self._sources.append(collect)
+
+    def watch_gauge(self, name: str, doc: str, read: Callable[[], float]) -> None:
+        """Export `read()` as a gauge on every scrape (consumer lag, subscribers, ...)."""
+
+        def collect() -> Iterator[Metric]:
+            yield GaugeMetricFamily(name, doc, value=read())
+
+        self._sources.append(collect)
+
+    def collect(self) -> Iterator[Metric]:
+        """The collector protocol: what the watched sources say now."""
+        for source in self._sources:
+            yield from source()
+
+    def describe(self) -> list[Metric]:
+        """Nothing up front: these metrics are produced on collection."""
+        return []
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)
+
+
+class RequestMetrics:
+    """ASGI middleware counting and timing every HTTP request by route template."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self._requests = metrics.requests
+        self._latency = metrics.request_latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route: Any = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            self._requests.labels(scope["method"], template, str(status)).inc()
+            self._latency.labels(template).observe(time.perf_counter() - started)

@@ -1,0 +1,184 @@
+"""Live push: one fan-out consumer per process, many WebSocket or SSE clients.
+
+Each client gets a bounded queue. A client that cannot keep up has what does not fit dropped
+(and counted); one that stays full for ``slow_timeout`` seconds is disconnected. Either way it
+never holds up the others, and memory stays bounded by ``queue_size`` per client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
+
+from confluent_kafka import TopicPartition
+
+from kafkaloop._consumer import AIOConsumer
+from kafkaloop._logging import logger
+from kafkaloop._models import ConsumerRecord
+
+__all__ = ["Broadcaster", "SlowClientError", "Subscription"]
+
+
+class SlowClientError(Exception):
+    """A subscriber stayed full too long and was disconnected (WebSocket close code 1013)."""
+
+
+class Subscription:
+    """One client's view of the broadcast: an async iterator over payloads."""
+
+    def __init__(self, hub: Broadcaster, queue_size: int, slow_timeout: float) -> None:
+        self._hub = hub
+        self._items: collections.deque[str] = collections.deque()
+        self._queue_size = queue_size
+        self._slow_timeout = slow_timeout
+        self._ready = asyncio.Event()
+        self._full_since: float | None = None
+        self.dropped = 0
+        """Payloads this client missed because its queue was full."""
+        self.closed_reason: str | None = None
+
+    def offer(self, payload: str) -> None:
+        """Queue a payload, or drop it (and count it) when this client is full."""
+        if self.closed_reason is not None:
+            return
+        if len(self._items) < self._queue_size:
+            self._items.append(payload)
+            self._full_since = None
+            self._ready.set()
+            return
+        self.dropped += 1
+        self._hub.dropped += 1
+        now = time.monotonic()
+        if self._full_since is None:
+            self._full_since = now
+        elif now - self._full_since > self._slow_timeout:
+            self.close(f"too slow: {self.dropped} items dropped")
+
+    def close(self, reason: str = "closed") -> None:
+        """Stop this subscription; the reader's next wait raises :class:`SlowClientError`."""
+        if self.closed_reason is None:
+            self.closed_reason = reason
+            self._hub._subscribers.discard(self)
+            self._ready.set()
+
+    async def get(self) -> str:
+        """The next payload; raises SlowClientError once the subscription was closed."""
+        while not self._items:
+            if self.closed_reason is not None:
+                raise SlowClientError(self.closed_reason)
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[str]:
+        while True:
+            try:
+                yield await self.get()
+            except SlowClientError:
+                return
+
+
+class Broadcaster:
+    """Reads `topics` with a fan-out consumer and offers each record, encoded once, to every
+    subscriber. ``await start()`` returns once every partition is assigned at its current end,
+    so anything produced afterwards reaches the subscribers."""
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        topics: Sequence[str],
+        *,
+        encode: Callable[[ConsumerRecord], str],
+        queue_size: int = 256,
+        slow_timeout: float = 10.0,
+    ) -> None:
+        self._consumer = AIOConsumer.fan_out(config, topics, on_assign=self._on_assign)
+        self._encode = encode
+        self._queue_size = queue_size
+        self._slow_timeout = slow_timeout
+        self._subscribers: set[Subscription] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._assigned = asyncio.Event()
+        self.delivered = 0
+        """Payloads handed to subscribers' queues."""
+        self.dropped = 0
+        """Payloads dropped for slow subscribers, all clients together."""
+
+    async def _on_assign(self, consumer: AIOConsumer, partitions: list[TopicPartition]) -> None:
+        # Start each partition at its end as of now, explicitly: "latest" would be resolved
+        # only at the first fetch, and a message produced in between would be missed.
+        for partition in partitions:
+            _low, partition.offset = await consumer.watermarks(partition)
+        self._assigned.set()
+
+    @property
+    def subscribers(self) -> int:
+        """How many clients are subscribed now."""
+        return len(self._subscribers)
+
+    def subscribe(self) -> Subscription:
+        """A new client's subscription; close it when the client goes."""
+        subscription = Subscription(self, self._queue_size, self._slow_timeout)
+        self._subscribers.add(subscription)
+        return subscription
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Start reading; return once the partitions are assigned (or after `timeout`)."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="kafkaloop-push")
+        try:
+            async with asyncio.timeout(timeout):
+                await self._assigned.wait()
+        except TimeoutError:
+            logger.warning(
+                "The push consumer has no partitions after %.0fs; items will be pushed once it has",
+                timeout,
+            )
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                records = await self._consumer.getmany(max_records=500, timeout=1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("The push consumer failed a read; reading goes on")
+                await asyncio.sleep(1.0)
+                continue
+            for record in records:
+                try:
+                    payload = self._encode(record)
+                except Exception:
+                    logger.exception(
+                        "Could not encode %s[%d]@%d for push; skipped",
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                    )
+                    continue
+                for subscription in list(self._subscribers):
+                    subscription.offer(payload)
+                self.delivered += len(self._subscribers)
+
+    async def stop(self) -> None:
+        """Stop reading, end every subscription, close the consumer."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        for subscription in list(self._subscribers):
+            subscription.close("the service is stopping")
+        await self._consumer.close()
+
+    def stats(self) -> dict[str, Any]:
+        """Subscribers, delivered and dropped counts."""
+        return {
+            "subscribers": self.subscribers,
+            "delivered": self.delivered,
+            "dropped": self.dropped,
+        }

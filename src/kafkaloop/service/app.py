@@ -1,0 +1,368 @@
+"""The reference service: the design note's five endpoints, live push, a cached view, health.
+
+Built only from the library's public pieces (``kafkaloop.fastapi``, ``push``, ``table``,
+``metrics``, ``settings``), as a user's own app would be. (No ``from __future__ import
+annotations`` here: FastAPI reads the endpoints' annotations, some of them local names.)
+"""
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import Annotated, Any
+
+from confluent_kafka.admin import NewTopic
+from fastapi import Depends, FastAPI, Request, WebSocket
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, Field, create_model
+from starlette.websockets import WebSocketDisconnect
+
+from kafkaloop._exceptions import DeliveryError
+from kafkaloop._logging import RateLimitedLog, logger
+from kafkaloop._models import ConsumerRecord, RecordMetadata
+from kafkaloop._producer import AIOProducer
+from kafkaloop.fastapi import (
+    BodySizeLimit,
+    KafkaClients,
+    get_kafka,
+    get_producer,
+    install_error_handlers,
+    kafka_clients,
+    kafka_ready,
+    produce_within,
+)
+from kafkaloop.metrics import RequestMetrics, ServiceMetrics
+from kafkaloop.push import Broadcaster, SlowClientError
+from kafkaloop.settings import ServiceSettings
+from kafkaloop.table import TopicTable, count
+
+__all__ = ["create_app"]
+
+# WebSocket close code for a client too slow to keep up: "try again later".
+SLOW_CLIENT_CLOSE = 1013
+
+
+class Delivered(BaseModel):
+    """Where Kafka stored the item."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int | None = Field(description="Milliseconds since the epoch")
+
+
+class Accepted(BaseModel):
+    """The item was handed to the producer; its delivery is reported out of band."""
+
+    status: str = "accepted"
+
+
+class ErrorBody(BaseModel):
+    """Why the request failed, and whether retrying may help."""
+
+    detail: str
+    error: str
+    retriable: bool | None = None
+
+
+class ItemCount(BaseModel):
+    """How many items a name has had, from the in-process cache."""
+
+    name: str
+    count: int
+
+
+class Counts(BaseModel):
+    """Item counts per name (the busiest first) and how far the cache is behind Kafka."""
+
+    counts: dict[str, int]
+    lag: int
+
+
+_UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorBody, "description": "Kafka is unreachable or too slow; see Retry-After"},
+    413: {"model": ErrorBody, "description": "The body or the message is too large"},
+}
+
+
+def _encode_item(record: ConsumerRecord) -> str:
+    """The push payload of one consumed item."""
+    try:
+        name = json.loads(record.value)["name"]
+    except (TypeError, ValueError, KeyError):
+        name = (record.key or b"").decode(errors="replace")
+    return json.dumps(
+        {
+            "name": name,
+            "partition": record.partition,
+            "offset": record.offset,
+            "timestamp": record.timestamp,
+        }
+    )
+
+
+def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    """The reference service, configured from `settings` (default: the environment)."""
+    settings = settings or ServiceSettings()
+    metrics = ServiceMetrics()
+    topic = settings.items_topic
+    deadline = settings.request_deadline
+    out_of_band_failures = RateLimitedLog(logger)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        topics = [
+            NewTopic(
+                topic,
+                num_partitions=settings.topic_partitions,
+                replication_factor=settings.topic_replication,
+            )
+        ]
+        async with kafka_clients(
+            settings, topics, shutdown_timeout=settings.shutdown_timeout
+        ) as kafka:
+            hub = Broadcaster(
+                settings.consumer(),
+                [topic],
+                encode=_encode_item,
+                queue_size=settings.client_queue_size,
+                slow_timeout=settings.slow_client_timeout,
+            )
+            table: TopicTable[int] = TopicTable(
+                settings.consumer(**{"group.id": "kafkaloop-service-cache"}), topic, fold=count
+            )
+            await table.start()
+            await hub.start()
+            metrics.watch_producer(kafka.producer)
+            metrics.watch_gauge(
+                "kafka_cache_lag", "Records the item-count cache is behind", table.lag
+            )
+            metrics.watch_gauge(
+                "push_subscribers", "Connected WebSocket/SSE clients", lambda: hub.subscribers
+            )
+            metrics.watch_gauge(
+                "push_dropped", "Items dropped for slow push clients", lambda: hub.dropped
+            )
+            try:
+                yield {"kafka": kafka, "hub": hub, "table": table}
+            finally:
+                await hub.stop()
+                await table.stop()
+
+    app = FastAPI(
+        title="kafkaloop reference service",
+        description="Items POSTed here go to Kafka; every consumed item is pushed live.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+
+    Item = create_model(
+        "Item",
+        name=(
+            str,
+            Field(
+                min_length=1,
+                max_length=settings.max_name_length,
+                description="The item's name; also its Kafka key",
+            ),
+        ),
+    )
+
+    def message(item: BaseModel) -> tuple[bytes, str]:
+        name: str = item.name  # type: ignore[attr-defined]
+        return item.model_dump_json().encode(), name
+
+    def on_delivery_loop(err: DeliveryError | None, _md: RecordMetadata) -> None:
+        if err is not None:
+            out_of_band_failures.warning("Item not delivered (reported on the loop): %s", err)
+
+    def on_delivery_thread(err: DeliveryError | None, _md: RecordMetadata) -> None:
+        if err is not None:
+            out_of_band_failures.warning(
+                "Item not delivered (reported on the poll thread): %s", err
+            )
+
+    Producer = Annotated[AIOProducer, Depends(get_producer)]
+
+    @app.post(
+        "/items1",
+        response_model=Delivered,
+        responses=_UNAVAILABLE,
+        summary="Produce and wait for Kafka's acknowledgement",
+    )
+    async def items1(item: Item, producer: Producer) -> Delivered:
+        value, key = message(item)
+        started = time.perf_counter()
+        md = await produce_within(producer.produce(topic, value, key), deadline)
+        metrics.produce_latency.observe(time.perf_counter() - started)
+        return Delivered(
+            topic=md.topic, partition=md.partition, offset=md.offset, timestamp=md.timestamp
+        )
+
+    @app.post(
+        "/items2",
+        response_model=Accepted,
+        status_code=202,
+        responses=_UNAVAILABLE,
+        summary="Produce; the outcome is reported to a callback on the event loop",
+    )
+    async def items2(item: Item, producer: Producer) -> Accepted:
+        value, key = message(item)
+        producer.produce_nowait(topic, value, key, on_delivery=on_delivery_loop)
+        return Accepted()
+
+    @app.post(
+        "/items3",
+        response_model=Accepted,
+        status_code=202,
+        responses=_UNAVAILABLE,
+        summary="Produce; the outcome is reported to a callback on the poll thread",
+    )
+    async def items3(item: Item, producer: Producer) -> Accepted:
+        value, key = message(item)
+        producer.produce_nowait(
+            topic, value, key, on_delivery=on_delivery_thread, on_poll_thread=True
+        )
+        return Accepted()
+
+    @app.post(
+        "/items4",
+        response_model=Accepted,
+        status_code=202,
+        responses=_UNAVAILABLE,
+        summary="Produce and forget (failures are still counted and logged)",
+    )
+    async def items4(item: Item, producer: Producer) -> Accepted:
+        value, key = message(item)
+        producer.produce_nowait(topic, value, key)
+        return Accepted()
+
+    @app.post(
+        "/items5",
+        response_model=Accepted,
+        status_code=202,
+        summary="Validate the item and do nothing (the load test's reference)",
+    )
+    async def items5(item: Item) -> Accepted:
+        return Accepted()
+
+    @app.get(
+        "/items/{name}",
+        response_model=ItemCount,
+        responses={404: {"description": "No item of that name has been seen"}},
+        summary="How many items a name has had (from the cache, not from Kafka)",
+    )
+    async def item_count(name: str, request: Request) -> ItemCount | JSONResponse:
+        table: TopicTable[int] = request.state.table
+        seen = table.get(name.encode())
+        if seen is None:
+            return JSONResponse(
+                {"detail": f"No item named {name!r} has been seen"}, status_code=404
+            )
+        return ItemCount(name=name, count=seen)
+
+    @app.get("/items", response_model=Counts, summary="The 100 busiest names (from the cache)")
+    async def item_counts(request: Request) -> Counts:
+        table: TopicTable[int] = request.state.table
+        busiest = sorted(table.items(), key=lambda kv: kv[1], reverse=True)[:100]
+        return Counts(
+            counts={(k or b"").decode(errors="replace"): v for k, v in busiest}, lag=table.lag()
+        )
+
+    @app.get("/healthz", summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get(
+        "/readyz",
+        responses={503: {"description": "Not ready; see the reason"}},
+        summary="Readiness: Kafka answers and the producer can produce",
+    )
+    async def readyz(kafka: Annotated[KafkaClients, Depends(get_kafka)]) -> JSONResponse:
+        ready, reason = await kafka_ready(kafka)
+        return JSONResponse(
+            {"ready": ready, "reason": reason},
+            status_code=200 if ready else 503,
+            headers=None if ready else {"Retry-After": "1"},
+        )
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.websocket("/ws/items")
+    async def ws_items(websocket: WebSocket) -> None:
+        hub: Broadcaster = websocket.state.hub
+        await websocket.accept()
+        subscription = hub.subscribe()
+
+        async def pump() -> None:
+            while True:
+                payload = await subscription.get()
+                async with asyncio.timeout(settings.slow_client_timeout):
+                    await websocket.send_text(payload)
+
+        async def listen() -> None:
+            while (await websocket.receive())["type"] != "websocket.disconnect":
+                pass
+
+        tasks = {asyncio.create_task(pump()), asyncio.create_task(listen())}
+        try:
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            for task in done:
+                error = task.exception()
+                if isinstance(error, SlowClientError):
+                    await websocket.close(SLOW_CLIENT_CLOSE, reason=str(error)[:120])
+                elif error is not None and not isinstance(
+                    error, WebSocketDisconnect | TimeoutError | RuntimeError
+                ):
+                    raise error
+        finally:
+            for task in tasks:
+                task.cancel()
+            subscription.close()
+
+    @app.get(
+        "/sse/items",
+        response_class=StreamingResponse,
+        summary="Server-Sent Events: every consumed item as it arrives",
+    )
+    async def sse_items(request: Request) -> StreamingResponse:
+        hub: Broadcaster = request.state.hub
+        subscription = hub.subscribe()
+
+        async def stream() -> AsyncIterator[str]:
+            try:
+                yield ": connected\n\n"
+                while True:
+                    try:
+                        payload = await asyncio.wait_for(subscription.get(), 15)
+                    except TimeoutError:
+                        yield ": keep-alive\n\n"
+                        continue
+                    except SlowClientError as exc:
+                        yield f"event: close\ndata: {json.dumps(str(exc))}\n\n"
+                        return
+                    yield f"data: {payload}\n\n"
+            finally:
+                subscription.close()
+
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+
+    page = resources.files("kafkaloop.service").joinpath("index.html").read_text()
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    return app

@@ -1,0 +1,99 @@
+"""Settings from environment variables (pydantic-settings), for the reference service and yours.
+
+KAFKA_BOOTSTRAP_SERVERS=broker1:9092,broker2:9092
+KAFKALOOP_PRODUCER_CONFIG='{"acks": "all", "compression.type": "lz4"}'
+KAFKALOOP_REQUEST_DEADLINE=5
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kafkaloop._config import redact
+
+__all__ = ["KafkaSettings", "ServiceSettings"]
+
+
+class KafkaSettings(BaseSettings):
+    """Where the cluster is and how to talk to it: the part every kafkaloop app needs."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KAFKALOOP_", extra="ignore", populate_by_name=True
+    )
+
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092",
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "KAFKALOOP_BOOTSTRAP_SERVERS"),
+        description="The cluster: host:port[,host:port...]",
+    )
+    client_config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="librdkafka properties for every client (JSON), e.g. security settings",
+    )
+    producer_config: dict[str, Any] = Field(
+        default_factory=dict, description="librdkafka properties for the producer only (JSON)"
+    )
+    consumer_config: dict[str, Any] = Field(
+        default_factory=dict, description="librdkafka properties for consumers only (JSON)"
+    )
+
+    def producer(self) -> dict[str, Any]:
+        """The producer's librdkafka configuration."""
+        return {
+            "bootstrap.servers": self.bootstrap_servers,
+            **self.client_config,
+            **self.producer_config,
+        }
+
+    def consumer(self, **extra: Any) -> dict[str, Any]:
+        """A consumer's librdkafka configuration."""
+        return {
+            "bootstrap.servers": self.bootstrap_servers,
+            **self.client_config,
+            **self.consumer_config,
+            **extra,
+        }
+
+    def admin(self) -> dict[str, Any]:
+        """The admin client's librdkafka configuration."""
+        return {"bootstrap.servers": self.bootstrap_servers, **self.client_config}
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, redact(value) if isinstance(value, dict) else value
+
+
+class ServiceSettings(KafkaSettings):
+    """The reference service's settings (``kafkaloop serve``)."""
+
+    items_topic: str = Field("items", description="Where POSTed items go, keyed by name")
+    topic_partitions: int = Field(3, ge=1, description="Partitions of topics the service creates")
+    topic_replication: int = Field(
+        -1, description="Replication of topics the service creates (-1: the broker's default)"
+    )
+    request_deadline: float = Field(
+        5.0, gt=0, description="Seconds an awaited produce may take before the answer is 503"
+    )
+    max_body_bytes: int = Field(1024 * 1024, gt=0, description="Larger bodies get 413")
+    max_name_length: int = Field(256, ge=1, description="Longest item name accepted")
+    client_queue_size: int = Field(
+        256, ge=1, description="Items buffered per WebSocket/SSE client before drops begin"
+    )
+    slow_client_timeout: float = Field(
+        10.0, gt=0, description="Seconds a client may stay full before it is disconnected"
+    )
+    shutdown_timeout: float = Field(
+        30.0, gt=0, description="Seconds to flush the producer when the service stops"
+    )
+
+    @field_validator("items_topic")
+    @classmethod
+    def _topic_name(cls, value: str) -> str:
+        if not value or len(value) > 249 or not all(c.isalnum() or c in "._-" for c in value):
+            raise ValueError(
+                "a Kafka topic name is 1-249 characters of ASCII letters, digits, '.', '_', '-'"
+            )
+        return value

@@ -1,0 +1,139 @@
+"""An in-process table kept fresh from a topic: reads every partition from the beginning.
+
+    counts = TopicTable(config, "items", fold=count)      # key -> number of records
+    latest = TopicTable(config, "profiles")               # key -> latest value (compacted topic)
+    await counts.start(); await counts.ready.wait()
+    counts.get(b"alice")
+
+Reads happen without touching Kafka. The table is as fresh as its consumer: behind the topic by
+the consumer's lag (usually milliseconds); after a restart it is rebuilt from the topic, and
+``ready`` is set once it has caught up with where the topic ended at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
+
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+from kafkaloop._admin import AIOAdminClient
+from kafkaloop._consumer import AIOConsumer
+from kafkaloop._logging import logger
+from kafkaloop._models import ConsumerRecord
+
+__all__ = ["TopicTable", "count", "latest"]
+
+V = TypeVar("V")
+
+
+def latest(_previous: Any, record: ConsumerRecord) -> Any:
+    """Fold: the newest value wins (None, a tombstone, deletes the key)."""
+    return record.value
+
+
+def count(previous: int | None, _record: ConsumerRecord) -> int:
+    """Fold: how many records each key has had."""
+    return (previous or 0) + 1
+
+
+class TopicTable(Generic[V]):
+    """A dict from record key to ``fold(previous, record)``, kept fresh by its own consumer."""
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        topic: str,
+        *,
+        fold: Callable[[Any, ConsumerRecord], V] = latest,
+    ) -> None:
+        self._config = {
+            **config,
+            "group.id": config.get("group.id", "kafkaloop-table"),
+            "enable.auto.commit": False,
+        }
+        self.topic = topic
+        self._fold = fold
+        self._data: dict[bytes | None, V] = {}
+        self._consumer: AIOConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._targets: dict[int, int] = {}
+        self.ready = asyncio.Event()
+        """Set once the table holds everything the topic held when it started."""
+        self.applied = 0
+        """Records folded in so far."""
+
+    def get(self, key: bytes | None, default: V | None = None) -> V | None:
+        """The value for `key`, without touching Kafka."""
+        return self._data.get(key, default)
+
+    def items(self) -> Iterator[tuple[bytes | None, V]]:
+        """Every key and value (a snapshot)."""
+        return iter(list(self._data.items()))
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def lag(self) -> int:
+        """Records the table is behind its topic (0 when fresh)."""
+        if self._consumer is None or self._consumer.closed:
+            return 0
+        return sum(self._consumer.lag().values())
+
+    async def start(self) -> None:
+        """Assign every partition from the beginning and start folding records in."""
+        admin_config = {
+            k: v
+            for k, v in self._config.items()
+            if k not in ("group.id", "enable.auto.commit", "auto.offset.reset")
+        }
+        async with AIOAdminClient(admin_config) as admin:
+            info = (await admin.describe_topics([self.topic]))[self.topic]
+        consumer = AIOConsumer(self._config)
+        partitions = [TopicPartition(self.topic, p.id, OFFSET_BEGINNING) for p in info.partitions]
+        consumer.assign(partitions)
+        self._consumer = consumer
+        for partition in partitions:
+            _low, high = await consumer.watermarks(partition)
+            if high > 0:
+                self._targets[partition.partition] = high
+        if not self._targets:
+            self.ready.set()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="kafkaloop-table")
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        fold, data, targets = self._fold, self._data, self._targets
+        while True:
+            try:
+                records = await self._consumer.getmany(max_records=5000, timeout=1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("TopicTable(%s) failed a read; reading goes on", self.topic)
+                await asyncio.sleep(1.0)
+                continue
+            for record in records:
+                key = record.key
+                value = fold(data.get(key), record)
+                if value is None:
+                    data.pop(key, None)
+                else:
+                    data[key] = value
+            self.applied += len(records)
+            if targets and records:
+                for record in records:
+                    target = targets.get(record.partition)
+                    if target is not None and record.offset + 1 >= target:
+                        del targets[record.partition]
+                if not targets:
+                    self.ready.set()
+
+    async def stop(self) -> None:
+        """Stop folding and close the consumer."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._consumer is not None:
+            await self._consumer.close()

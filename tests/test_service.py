@@ -1,0 +1,274 @@
+"""The reference service over real HTTP, against the real broker: endpoints, errors, push."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+from kafkaloop import AIOConsumer, ConsumerRecord
+from kafkaloop.broker import LocalKafka
+from tests.service_helpers import serve_process, service
+
+
+async def read_topic(
+    bootstrap: str, topic: str, count: int, timeout: float = 30
+) -> list[ConsumerRecord]:
+    """Every record of partition 0 of `topic`, waiting until there are `count`."""
+    config = {"bootstrap.servers": bootstrap, "group.id": f"check-{time.monotonic_ns()}"}
+    async with AIOConsumer(config) as consumer:
+        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        records: list[ConsumerRecord] = []
+        deadline = time.monotonic() + timeout
+        while len(records) < count and time.monotonic() < deadline:
+            records += await consumer.getmany(timeout=0.5)
+        records += await consumer.getmany(timeout=0.5)  # anything more is a duplicate
+        return records
+
+
+async def test_awaited_endpoint_answers_with_where_kafka_stored_it(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    async with service(kafka_bootstrap, topic_name) as (_url, client):
+        response = await client.post("/items1", json={"name": "alice"})
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["topic"] == topic_name
+    assert isinstance(body["partition"], int)
+    assert isinstance(body["offset"], int)
+    assert abs(body["timestamp"] - time.time() * 1000) < 60_000
+    [record] = await read_topic(kafka_bootstrap, topic_name, 1)
+    assert record.key == b"alice"
+    assert json.loads(record.value) == {"name": "alice"}
+
+
+async def test_out_of_band_and_fire_and_forget_endpoints_deliver_and_no_op_does_not(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    async with service(kafka_bootstrap, topic_name) as (_url, client):
+        answers = [await client.post(f"/items{n}", json={"name": f"n{n}"}) for n in (2, 3, 4, 5)]
+
+    assert [a.status_code for a in answers] == [202, 202, 202, 202]
+    assert all(a.json() == {"status": "accepted"} for a in answers)
+    records = await read_topic(kafka_bootstrap, topic_name, 3)
+    assert sorted(r.key for r in records) == [b"n2", b"n3", b"n4"]
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        (b"{}", {}),
+        (b'{"name": 5}', {}),
+        (b'{"name": ""}', {}),
+        (b"not json", {}),
+        (b'{"name": "\xff\xfe"}', {}),
+        (json.dumps({"name": "x" * 300}).encode(), {}),
+        (b'{"name": "a"}', {"content-type": "text/plain"}),
+    ],
+    ids=[
+        "missing",
+        "not-a-string",
+        "empty",
+        "invalid-json",
+        "invalid-utf8",
+        "too-long",
+        "not-json-content-type",
+    ],
+)
+async def test_a_bad_body_is_a_clear_4xx_never_a_500(
+    kafka_bootstrap: str, topic_name: str, body: bytes, headers: dict[str, str]
+) -> None:
+    async with service(kafka_bootstrap, topic_name) as (_url, client):
+        response = await client.post(
+            "/items1", content=body, headers={"content-type": "application/json", **headers}
+        )
+
+    # 400: the body could not be parsed at all (invalid UTF-8); 422: it is not an Item.
+    assert response.status_code in (400, 422)
+    assert response.json()["detail"]
+
+
+async def test_an_oversized_body_is_refused_before_it_is_read(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    async with service(kafka_bootstrap, topic_name, max_body_bytes=4096) as (url, client):
+        declared = await client.post(
+            "/items1",
+            content=b"{" + b" " * 10_000 + b"}",
+            headers={"content-type": "application/json"},
+        )
+        # A chunked body with no Content-Length: refused once 4 KiB have arrived, though the
+        # client has more to send (so the answer comes over a raw socket, mid-upload).
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"POST /items1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        for _ in range(8):
+            writer.write(b"400\r\n" + b" " * 1024 + b"\r\n")
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+    assert declared.status_code == 413
+    assert "4096-byte limit" in declared.json()["detail"]
+    assert status_line.startswith(b"HTTP/1.1 413")
+
+
+async def test_health_readiness_metrics_and_openapi(kafka_bootstrap: str, topic_name: str) -> None:
+    async with service(kafka_bootstrap, topic_name) as (_url, client):
+        await client.post("/items1", json={"name": "m"})
+        health = await client.get("/healthz")
+        ready = await client.get("/readyz")
+        metrics = (await client.get("/metrics")).text
+        schema = (await client.get("/openapi.json")).json()
+
+    assert health.json() == {"status": "ok"}
+    assert ready.status_code == 200
+    assert ready.json()["ready"] is True
+    assert 'http_requests_total{method="POST",route="/items1",status="200"} 1.0' in metrics
+    assert "kafka_produce_latency_seconds_count 1.0" in metrics
+    assert "kafka_messages_delivered_total 1.0" in metrics
+    assert "kafka_messages_in_flight 0.0" in metrics
+    assert "kafka_cache_lag" in metrics
+    items1 = schema["paths"]["/items1"]["post"]
+    assert set(items1["responses"]) >= {"200", "413", "422", "503"}
+    delivered = schema["components"]["schemas"]["Delivered"]
+    assert set(delivered["required"]) >= {"topic", "partition", "offset"}
+    item = schema["components"]["schemas"]["Item"]
+    assert item["properties"]["name"]["maxLength"] == 256
+
+
+async def test_counts_come_from_the_cache(kafka_bootstrap: str, topic_name: str) -> None:
+    async with service(kafka_bootstrap, topic_name) as (_url, client):
+        for _ in range(3):
+            await client.post("/items1", json={"name": "carol"})
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            one = await client.get("/items/carol")
+            if one.status_code == 200 and one.json()["count"] == 3:
+                break
+            await asyncio.sleep(0.1)
+        everyone = await client.get("/items")
+        unknown = await client.get("/items/nobody")
+
+    assert one.json() == {"name": "carol", "count": 3}
+    assert everyone.json()["counts"] == {"carol": 3}
+    assert unknown.status_code == 404
+
+
+async def test_websocket_and_sse_clients_receive_items_posted_over_http(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    async with service(kafka_bootstrap, topic_name) as (url, client):
+        ws_url = url.replace("http://", "ws://") + "/ws/items"
+        async with (
+            websockets.connect(ws_url) as ws,
+            client.stream("GET", "/sse/items") as sse,
+        ):
+            lines = sse.aiter_lines()
+            assert await anext(lines) == ": connected"
+            await asyncio.sleep(1.5)  # the fan-out consumer is at the end of the topic
+            for name in ("x1", "x2"):
+                assert (await client.post("/items1", json={"name": name})).status_code == 200
+
+            pushed = [json.loads(await asyncio.wait_for(ws.recv(), 20)) for _ in range(2)]
+            events: list[dict[str, Any]] = []
+            while len(events) < 2:
+                line = await asyncio.wait_for(anext(lines), 20)
+                if line.startswith("data: "):
+                    events.append(json.loads(line[len("data: ") :]))
+
+    assert sorted(p["name"] for p in pushed) == ["x1", "x2"]
+    assert sorted(e["name"] for e in events) == ["x1", "x2"]
+    assert all(isinstance(p["offset"], int) for p in pushed)
+
+
+@pytest.mark.slow
+async def test_unreachable_kafka_is_a_503_within_the_deadline_and_recovers(
+    tmp_path: Path, topic_name: str
+) -> None:
+    kafka = LocalKafka(1, state_dir=tmp_path / "kafka")
+    await asyncio.to_thread(kafka.start)
+    try:
+        async with service(kafka.bootstrap_servers, topic_name, request_deadline=1.5) as (
+            _url,
+            client,
+        ):
+            assert (await client.post("/items1", json={"name": "up"})).status_code == 200
+            await asyncio.to_thread(kafka.stop_node, 0, hard=True)
+
+            started = time.monotonic()
+            down = await client.post("/items1", json={"name": "down"})
+            waited = time.monotonic() - started
+            ready = await _eventually(client, "/readyz", 503)
+
+            await asyncio.to_thread(kafka.start_node, 0)
+            ready_again = await _eventually(client, "/readyz", 200)
+            back = await client.post("/items1", json={"name": "back"})
+    finally:
+        await asyncio.to_thread(kafka.stop)
+
+    assert down.status_code == 503
+    assert down.headers["Retry-After"] == "1"
+    assert "did not acknowledge" in down.json()["detail"]
+    assert waited < 3
+    assert ready.json()["ready"] is False
+    assert ready_again.status_code == 200
+    assert back.status_code == 200
+
+
+async def _eventually(client: httpx.AsyncClient, path: str, status: int) -> httpx.Response:
+    deadline = time.monotonic() + 60
+    while True:
+        response = await client.get(path)
+        if response.status_code == status or time.monotonic() > deadline:
+            return response
+        await asyncio.sleep(0.5)
+
+
+@pytest.mark.slow
+async def test_sigterm_under_load_loses_no_acknowledged_item(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    acknowledged: list[str] = []
+    with serve_process(kafka_bootstrap, topic_name) as (proc, url):
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+
+            async def user(n: int) -> None:
+                for i in range(10_000):
+                    name = f"u{n}-{i}"
+                    endpoint = "/items1" if i % 2 else "/items4"  # awaited and fire-and-forget
+                    try:
+                        response = await client.post(endpoint, json={"name": name})
+                    except httpx.TransportError:
+                        return
+                    if response.status_code // 100 == 2:
+                        acknowledged.append(name)
+
+            users = [asyncio.create_task(user(n)) for n in range(20)]
+            await asyncio.sleep(3)
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.gather(*users)
+            exit_code = await asyncio.to_thread(proc.wait, 60)
+
+    # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status tells why.
+    assert exit_code in (0, -signal.SIGTERM)
+    assert len(acknowledged) > 100
+    records = await read_topic(kafka_bootstrap, topic_name, len(acknowledged))
+    stored = [r.key.decode() for r in records]
+    assert set(acknowledged) <= set(stored)
+    assert len(stored) == len(set(stored))
