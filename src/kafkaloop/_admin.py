@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from confluent_kafka import (
     ConsumerGroupTopicPartitions,
@@ -45,6 +45,8 @@ from kafkaloop._logging import librdkafka_logger, logger
 from kafkaloop._models import BrokerInfo, ClusterInfo, PartitionInfo, TopicInfo
 
 __all__ = ["AIOAdminClient"]
+
+T = TypeVar("T")
 
 
 def _kafka_error(exc: BaseException) -> KafkaError:
@@ -193,13 +195,15 @@ class AIOAdminClient:
         names = [spec.topic for spec in specs]
         existing = set(await self.list_topics(internal=True))
         missing = [spec for spec in specs if spec.topic not in existing]
+        created = [spec.topic for spec in missing]
         if missing:
             # Another process creating the same topics at the same time is fine.
             try:
                 await self.create_topics(missing)
             except TopicAlreadyExistsError:
-                pass
+                created = []
             except AdminErrorGroup as group:
+                created = group.succeeded
                 failures = [
                     e
                     for e in group.exceptions
@@ -227,7 +231,7 @@ class AIOAdminClient:
             raise mismatches[0]
         if mismatches:
             raise AdminErrorGroup("ensure_topics found topics shaped otherwise", mismatches)
-        return [spec.topic for spec in missing]
+        return created
 
     async def delete_records(
         self, before: Mapping[TopicPartition, int] | Iterable[TopicPartition]
@@ -269,7 +273,7 @@ class AIOAdminClient:
     async def describe_cluster(self) -> ClusterInfo:
         """The cluster id, the controller and every broker."""
         self._check_open()
-        result = await self._bridge.wrap_future(self._admin.describe_cluster())
+        result = await self._single("describe_cluster", self._admin.describe_cluster())
         return ClusterInfo(
             result.cluster_id,
             result.controller.id if result.controller is not None else -1,
@@ -314,7 +318,7 @@ class AIOAdminClient:
     async def list_consumer_groups(self) -> list[str]:
         """Ids of the cluster's consumer groups, sorted."""
         self._check_open()
-        result = await self._bridge.wrap_future(self._admin.list_consumer_groups())
+        result = await self._single("list_consumer_groups", self._admin.list_consumer_groups())
         return sorted(group.group_id for group in result.valid)
 
     async def describe_consumer_groups(
@@ -333,6 +337,13 @@ class AIOAdminClient:
         return {TopicPartition(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions}
 
     # -- plumbing --------------------------------------------------------------------------
+
+    async def _single(self, operation: str, future: Future[T]) -> T:
+        """Await one cluster-wide operation; its failure as an AdminError."""
+        try:
+            return await self._bridge.wrap_future(future)
+        except KafkaException as exc:
+            raise AdminError.from_kafka(_kafka_error(exc), operation, None) from None
 
     async def _metadata(self, topic: str | None) -> Any:
         self._check_open()

@@ -35,6 +35,16 @@ T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
 
+def _run_job(
+    job: tuple[Callable[..., Any], tuple[Any, ...], concurrent.futures.Future[Any]],
+) -> None:
+    func, args, outcome = job
+    try:
+        outcome.set_result(func(*args))
+    except BaseException as exc:  # handed to the awaiting coroutine
+        outcome.set_exception(exc)
+
+
 def _copy_outcome(target: concurrent.futures.Future[Any], task: asyncio.Future[Any]) -> None:
     if task.cancelled():
         target.cancel()
@@ -117,7 +127,9 @@ class LoopBridge:
         self._wakeup_scheduled = False
         pending = self._pending
         popleft = pending.popleft
-        while pending:
+        # Only what is queued now: a burst arriving meanwhile waits for the next drain, so
+        # other work on the loop gets its turn in between.
+        for _ in range(len(pending)):
             call = popleft()
             try:
                 if len(call) == 4:  # a delivery report: (handler, future, err, msg)
@@ -129,6 +141,9 @@ class LoopBridge:
                 logger.exception(
                     "%s: a callback raised; the callbacks after it still run", self._name
                 )
+        if pending and not self._wakeup_scheduled:
+            self._wakeup_scheduled = True
+            self.loop.call_soon(self._drain)
 
     async def run_blocking(self, func: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
         """Run a blocking call on the bridge's own thread and await its result."""
@@ -194,19 +209,31 @@ class LoopBridge:
             task = asyncio.ensure_future(result, loop=self.loop)
             task.add_done_callback(functools.partial(_copy_outcome, done))
 
-        done.add_done_callback(lambda _done: inbox.put(None))
-        self._inbox = inbox
-        try:
-            self.call_soon(run)
-            while (job := inbox.get()) is not None:
-                func, func_args, outcome = job
-                try:
-                    outcome.set_result(func(*func_args))
-                except BaseException as exc:
-                    outcome.set_exception(exc)
-        finally:
+        def finished(_done: concurrent.futures.Future[Any]) -> None:
+            # Close the inbox first: a call made from now on goes to its lane instead.
             self._inbox = None
+            inbox.put(None)
+
+        if self.loop.is_closed():
+            raise RuntimeError(f"{self._name}: the event loop is closed")
+        done.add_done_callback(finished)
+        self._inbox = inbox
+        self.call_soon(run)
+        while (job := inbox.get()) is not None:
+            _run_job(job)
+        while True:  # calls that slipped in just before the inbox closed
+            try:
+                job = inbox.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                _run_job(job)
         return done.result()
+
+    @property
+    def in_callback(self) -> bool:
+        """Whether a librdkafka thread is waiting in :meth:`call_and_wait` right now."""
+        return self._inbox is not None
 
     async def run_blocking_here(self, lane: str, func: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
         """Like :meth:`run_blocking_on`, but on the thread waiting in :meth:`call_and_wait`

@@ -11,7 +11,9 @@ records that were fetched but not yet handed over. Set ``enable.auto.offset.stor
 to store offsets yourself (``store_offsets``) after processing.
 
 Rebalance callbacks (``on_assign``, ``on_revoke``, ``on_lost``) run on the loop, and may be
-coroutines; librdkafka waits for them before it completes the rebalance.
+coroutines; librdkafka waits for them before it completes the rebalance. They may call the
+consumer (commit, seek, watermarks: those calls run on the waiting librdkafka thread), and
+``on_assign`` may set ``offset`` on the partitions it is given to choose where each starts.
 """
 
 from __future__ import annotations
@@ -124,6 +126,7 @@ class AIOConsumer:
         conf.setdefault("error_cb", self._on_error)
         self._bootstrap = str(conf.get("bootstrap.servers", ""))
         self.group_id = str(conf.get("group.id", ""))
+        self._cooperative = "cooperative" in str(conf.get("partition.assignment.strategy", ""))
         try:
             self._consumer = Consumer(conf)
         except (KafkaException, ValueError, TypeError) as exc:
@@ -205,6 +208,11 @@ class AIOConsumer:
         self._check_open()
         return list(self._consumer.assignment())
 
+    def position(self, partitions: Sequence[TopicPartition]) -> list[TopicPartition]:
+        """The next offset to be fetched for each partition (-1001 while unknown)."""
+        self._check_open()
+        return list(self._consumer.position(list(partitions)))
+
     def _rebalance(self, name: str) -> Callable[[Consumer, list[TopicPartition]], None]:
         def on_rebalance(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
             # On the consume thread: librdkafka waits here until the loop has run the callback.
@@ -217,6 +225,13 @@ class AIOConsumer:
                 self._bridge.call_and_wait(callback, self, partitions)
             except Exception:
                 logger.exception("The consumer's %s callback raised; the rebalance goes on", name)
+            if name == "on_assign":
+                # Here, on the consume thread, with the list the callback saw: offsets it set
+                # on those partitions (where to start) are the ones assigned.
+                if self._cooperative:
+                    _consumer.incremental_assign(partitions)
+                else:
+                    _consumer.assign(partitions)
 
         return on_rebalance
 
@@ -318,18 +333,29 @@ class AIOConsumer:
                 # the loop ran the callbacks, which may themselves need a blocking call).
                 self._bridge.run_blocking_on("consume", self._consume_batch, count, timeout)
             )
-        inflight = self._inflight
+        return await self._take_inflight(self._inflight)
+
+    async def _take_inflight(
+        self, inflight: asyncio.Future[tuple[list[Message], bool]]
+    ) -> tuple[list[Message], bool]:
+        """Wait for the batch in flight; the first one back takes it, the others get nothing.
+
+        Shielded: if the caller is cancelled the batch still lands, for the next read.
+        """
         try:
-            # Shielded: if our caller is cancelled the batch still lands, for the next read.
-            return await asyncio.shield(inflight)
+            result = await asyncio.shield(inflight)
         except KafkaException as exc:
+            if self._inflight is not inflight:
+                return [], False
+            self._inflight = None
             error = exc.args[0]
             raise ConsumerError(
                 f"Consuming failed: {error.str()} ({error.name()})", error=error
             ) from None
-        finally:
-            if inflight.done() and self._inflight is inflight:
-                self._inflight = None
+        if self._inflight is not inflight:
+            return [], False  # another reader (or pause/seek/close) took this batch
+        self._inflight = None
+        return result
 
     def _consume_batch(self, count: int, timeout: float) -> tuple[list[Message], bool]:
         """On the consumer's thread: what is queued now, else the first message to arrive
@@ -564,12 +590,14 @@ class AIOConsumer:
         return result
 
     async def _settle_inflight(self) -> None:
-        if self._inflight is not None:
-            try:
-                messages, _one_partition = await asyncio.shield(self._inflight)
-                self._carry.extend(messages)
-            finally:
-                self._inflight = None
+        """Take the batch in flight into the carried messages, so it can be filtered.
+
+        Not from inside a rebalance callback: that batch is the very consume() call waiting
+        for the callback; librdkafka drops what it holds for moved partitions itself.
+        """
+        if self._inflight is not None and not self._bridge.in_callback:
+            messages, _one_partition = await self._take_inflight(self._inflight)
+            self._carry.extend(messages)
 
     # -- errors and closing ----------------------------------------------------------------
 

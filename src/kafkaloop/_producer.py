@@ -346,6 +346,13 @@ class AIOProducer:
             key, value = item if isinstance(item, tuple) else (None, item)
             on_delivery = functools.partial(record, index)
             while True:
+                if self._waiting or self._refusal is not None:
+                    # Earlier produce() calls wait for room: they go first. Or we are closing.
+                    if self._refusal is not None:
+                        gave_up_at = index
+                        break
+                    await self._wait_room(self._loop.time() + self._queue_full_timeout)
+                    continue
                 try:
                     produce(topic, value, key, -1, on_delivery, **extra)
                 except BufferError:
@@ -364,8 +371,12 @@ class AIOProducer:
                 break
             if gave_up_at is not None:
                 break
-        if gave_up_at is not None:  # no room came: the rest fails, and the batch still settles
-            full = KafkaError(KafkaError._QUEUE_FULL, str(self._queue_full_error()))
+        if gave_up_at is not None:  # no room came, or closing: the rest fails, the batch settles
+            full = (
+                KafkaError(KafkaError._QUEUE_FULL, str(self._queue_full_error()))
+                if self._refusal is None
+                else KafkaError(KafkaError._DESTROY, "the producer closed before it was sent")
+            )
             self._produced += len(items) - gave_up_at
             for rest in range(gave_up_at, len(items)):
                 record(rest, full, None)

@@ -234,11 +234,11 @@ def _pid_is_ours(pid: int, node_dir: Path) -> bool:
         return state not in ("Z", "X") and _marker(node_dir).encode() in cmdline
     if sys.platform.startswith("linux"):
         return False
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
+    # No /proc: ask ps for the command line, so a reused pid is not taken for ours.
+    result = subprocess.run(
+        ["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, check=False
+    )
+    return result.returncode == 0 and _marker(node_dir) in result.stdout
 
 
 @dataclasses.dataclass
@@ -314,18 +314,20 @@ class LocalKafka:
         if not state:
             return
         if state.get("version") != self.version or len(state["nodes"]) != self.nodes:
-            alive = [
-                n
+            alive = any(
+                n.get("pid") and _pid_is_ours(n["pid"], self.node_dir(n["index"]))
                 for n in state["nodes"]
-                if n.get("pid") and _pid_is_ours(n["pid"], self.node_dir(n["index"]))
-            ]
-            if alive:
-                raise LocalKafkaError(
-                    f"A {len(state['nodes'])}-node Kafka {state.get('version')} cluster is "
-                    f"already running in {self.state_dir}; stop it first "
-                    "(`kafkaloop broker down`) or use another --name."
+            )
+            raise LocalKafkaError(
+                f"A {len(state['nodes'])}-node Kafka {state.get('version')} cluster "
+                f"{'is running' if alive else 'keeps its data'} in {self.state_dir}. "
+                + (
+                    "Stop it first (`kafkaloop broker down`), or"
+                    if alive
+                    else "Delete it first (`kafkaloop broker down --purge`), or"
                 )
-            return
+                + " use another --name."
+            )
         self._cluster_id = state["cluster_id"]
         self._nodes = [_Node(**node) for node in state["nodes"]]
 
@@ -399,11 +401,17 @@ class LocalKafka:
             lib = resolve_kafka(self.version, progress=self._progress)
             if not self._nodes:
                 self._create(java, lib)
-            for node in self._nodes:
-                if not self.is_running(node.index):
-                    self._launch(java, lib, node)
-            self._save()
-        self._wait_ready(range(self.nodes), timeout)
+            try:
+                for node in self._nodes:
+                    if not self.is_running(node.index):
+                        self._launch(java, lib, node)
+            finally:
+                self._save()  # every pid launched is on record, even if a later one failed
+        try:
+            self._wait_ready(range(self.nodes), timeout)
+        except BaseException:
+            self.stop()  # leave no JVM behind a failed start
+            raise
         return self.bootstrap_servers
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:

@@ -133,7 +133,8 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         log_level=args.log_level,
         access_log=args.access_log,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout),
+        # Half the shutdown budget to finish requests, half to flush the producer.
+        timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout / 2)),
         ws="websockets-sansio",
         loop=loop,
         http=http,

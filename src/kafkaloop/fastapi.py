@@ -79,7 +79,11 @@ async def kafka_clients(
     Messages still undelivered after `shutdown_timeout` seconds are logged with their count.
     """
     admin = AIOAdminClient(settings.admin())
-    producer = AIOProducer(settings.producer())
+    try:
+        producer = AIOProducer(settings.producer())
+    except BaseException:
+        await admin.close()
+        raise
     try:
         if topics:
             created = await admin.ensure_topics(topics)

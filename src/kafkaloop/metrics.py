@@ -14,6 +14,8 @@ from kafkaloop._producer import AIOProducer
 
 __all__ = ["RequestMetrics", "ServiceMetrics"]
 
+# Clients choose the method: anything else is "OTHER", so labels stay bounded.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
@@ -118,5 +120,6 @@ class RequestMetrics:
         finally:
             route: Any = scope.get("route")
             template = getattr(route, "path", "unmatched")
-            self._requests.labels(scope["method"], template, str(status)).inc()
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+            self._requests.labels(method, template, str(status)).inc()
             self._latency.labels(template).observe(time.perf_counter() - started)

@@ -19,11 +19,23 @@ from kafkaloop._consumer import AIOConsumer
 from kafkaloop._logging import logger
 from kafkaloop._models import ConsumerRecord
 
-__all__ = ["Broadcaster", "SlowClientError", "Subscription"]
+__all__ = ["GOING_AWAY", "TOO_SLOW", "Broadcaster", "SlowClientError", "Subscription"]
+
+
+# WebSocket close codes: "try again later" for a client too slow, "going away" at shutdown.
+TOO_SLOW = 1013
+GOING_AWAY = 1001
 
 
 class SlowClientError(Exception):
-    """A subscriber stayed full too long and was disconnected (WebSocket close code 1013)."""
+    """The subscription ended: the client stayed full too long, or the service is stopping.
+
+    ``code`` is the WebSocket close code to send: 1013 (too slow) or 1001 (going away).
+    """
+
+    def __init__(self, reason: str, code: int = TOO_SLOW) -> None:
+        super().__init__(reason)
+        self.code = code
 
 
 class Subscription:
@@ -39,6 +51,7 @@ class Subscription:
         self.dropped = 0
         """Payloads this client missed because its queue was full."""
         self.closed_reason: str | None = None
+        self.close_code = TOO_SLOW
 
     def offer(self, payload: str) -> None:
         """Queue a payload, or drop it (and count it) when this client is full."""
@@ -57,10 +70,11 @@ class Subscription:
         elif now - self._full_since > self._slow_timeout:
             self.close(f"too slow: {self.dropped} items dropped")
 
-    def close(self, reason: str = "closed") -> None:
+    def close(self, reason: str = "closed", code: int = TOO_SLOW) -> None:
         """Stop this subscription; the reader's next wait raises :class:`SlowClientError`."""
         if self.closed_reason is None:
             self.closed_reason = reason
+            self.close_code = code
             self._hub._subscribers.discard(self)
             self._ready.set()
 
@@ -68,7 +82,7 @@ class Subscription:
         """The next payload; raises SlowClientError once the subscription was closed."""
         while not self._items:
             if self.closed_reason is not None:
-                raise SlowClientError(self.closed_reason)
+                raise SlowClientError(self.closed_reason, self.close_code)
             self._ready.clear()
             await self._ready.wait()
         return self._items.popleft()
@@ -105,6 +119,7 @@ class Broadcaster:
         self._subscribers: set[Subscription] = set()
         self._task: asyncio.Task[None] | None = None
         self._assigned = asyncio.Event()
+        self._stopping = False
         self.delivered = 0
         """Payloads handed to subscribers' queues."""
         self.dropped = 0
@@ -112,7 +127,8 @@ class Broadcaster:
 
     async def _on_assign(self, consumer: AIOConsumer, partitions: list[TopicPartition]) -> None:
         # Start each partition at its end as of now, explicitly: "latest" would be resolved
-        # only at the first fetch, and a message produced in between would be missed.
+        # only at the first fetch, and a message produced in between would be missed. (The
+        # consumer assigns the partitions with the offsets set here.)
         for partition in partitions:
             _low, partition.offset = await consumer.watermarks(partition)
         self._assigned.set()
@@ -125,8 +141,18 @@ class Broadcaster:
     def subscribe(self) -> Subscription:
         """A new client's subscription; close it when the client goes."""
         subscription = Subscription(self, self._queue_size, self._slow_timeout)
-        self._subscribers.add(subscription)
+        if self._stopping:
+            subscription.close("the service is stopping", GOING_AWAY)
+        else:
+            self._subscribers.add(subscription)
         return subscription
+
+    def close_all(self, reason: str = "the service is stopping") -> None:
+        """End every subscription (and any new one) with "going away": streams end, so a
+        server draining its connections before shutdown is not held up by them."""
+        self._stopping = True
+        for subscription in list(self._subscribers):
+            subscription.close(reason, GOING_AWAY)
 
     async def start(self, timeout: float = 30.0) -> None:
         """Start reading; return once the partitions are assigned (or after `timeout`)."""
@@ -171,8 +197,7 @@ class Broadcaster:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        for subscription in list(self._subscribers):
-            subscription.close("the service is stopping")
+        self.close_all()
         await self._consumer.close()
 
     def stats(self) -> dict[str, Any]:

@@ -86,7 +86,7 @@ class ServiceSettings(KafkaSettings):
         10.0, gt=0, description="Seconds a client may stay full before it is disconnected"
     )
     shutdown_timeout: float = Field(
-        30.0, gt=0, description="Seconds to flush the producer when the service stops"
+        30.0, gt=0, description="Seconds to stop: half to finish requests, half to flush"
     )
 
     @field_validator("items_topic")

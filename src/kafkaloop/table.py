@@ -95,8 +95,8 @@ class TopicTable(Generic[V]):
         consumer.assign(partitions)
         self._consumer = consumer
         for partition in partitions:
-            _low, high = await consumer.watermarks(partition)
-            if high > 0:
+            low, high = await consumer.watermarks(partition)
+            if high > low:  # nothing to wait for in an empty (or emptied) partition
                 self._targets[partition.partition] = high
         if not self._targets:
             self.ready.set()
@@ -122,11 +122,13 @@ class TopicTable(Generic[V]):
                 else:
                     data[key] = value
             self.applied += len(records)
-            if targets and records:
-                for record in records:
-                    target = targets.get(record.partition)
-                    if target is not None and record.offset + 1 >= target:
-                        del targets[record.partition]
+            if targets:
+                # Positions, not record offsets: a transaction marker may end a partition.
+                for position in self._consumer.position(
+                    [TopicPartition(self.topic, p) for p in targets]
+                ):
+                    if position.offset >= targets[position.partition]:
+                        del targets[position.partition]
                 if not targets:
                     self.ready.set()
 

@@ -7,10 +7,13 @@ annotations`` here: FastAPI reads the endpoints' annotations, some of them local
 
 import asyncio
 import contextlib
+import heapq
 import json
+import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
+from types import FrameType
 from typing import Annotated, Any
 
 from confluent_kafka.admin import NewTopic
@@ -40,9 +43,6 @@ from kafkaloop.settings import ServiceSettings
 from kafkaloop.table import TopicTable, count
 
 __all__ = ["create_app"]
-
-# WebSocket close code for a client too slow to keep up: "try again later".
-SLOW_CLIENT_CLOSE = 1013
 
 
 class Delivered(BaseModel):
@@ -104,6 +104,33 @@ def _encode_item(record: ConsumerRecord) -> str:
     )
 
 
+def _end_streams_on_stop_signals(hub: Broadcaster) -> Callable[[], None]:
+    """On SIGTERM/SIGINT, end the WebSocket and SSE streams, then let the server's own handler
+    run: it waits for open responses before it shuts down, and those streams never end alone.
+    Returns what puts the previous handlers back."""
+    loop = asyncio.get_running_loop()
+    previous: dict[int, Any] = {}
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(hub.close_all)
+        handler = previous.get(signum)
+        if callable(handler):
+            handler(signum, frame)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[signum] = signal.signal(signum, on_signal)
+        except ValueError:  # not the main thread: the server handles signals elsewhere
+            break
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(signum, handler)
+
+    return restore
+
+
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     """The reference service, configured from `settings` (default: the environment)."""
     settings = settings or ServiceSettings()
@@ -122,7 +149,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             )
         ]
         async with kafka_clients(
-            settings, topics, shutdown_timeout=settings.shutdown_timeout
+            settings, topics, shutdown_timeout=settings.shutdown_timeout / 2
         ) as kafka:
             hub = Broadcaster(
                 settings.consumer(),
@@ -136,6 +163,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             )
             await table.start()
             await hub.start()
+            restore_signals = _end_streams_on_stop_signals(hub)
             metrics.watch_producer(kafka.producer)
             metrics.watch_gauge(
                 "kafka_cache_lag", "Records the item-count cache is behind", table.lag
@@ -149,6 +177,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             try:
                 yield {"kafka": kafka, "hub": hub, "table": table}
             finally:
+                restore_signals()
                 await hub.stop()
                 await table.stop()
 
@@ -267,7 +296,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     @app.get("/items", response_model=Counts, summary="The 100 busiest names (from the cache)")
     async def item_counts(request: Request) -> Counts:
         table: TopicTable[int] = request.state.table
-        busiest = sorted(table.items(), key=lambda kv: kv[1], reverse=True)[:100]
+        busiest = heapq.nlargest(100, table.items(), key=lambda kv: kv[1])
         return Counts(
             counts={(k or b"").decode(errors="replace"): v for k, v in busiest}, lag=table.lag()
         )
@@ -318,7 +347,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             for task in done:
                 error = task.exception()
                 if isinstance(error, SlowClientError):
-                    await websocket.close(SLOW_CLIENT_CLOSE, reason=str(error)[:120])
+                    await websocket.close(error.code, reason=str(error)[:120])
                 elif error is not None and not isinstance(
                     error, WebSocketDisconnect | TimeoutError | RuntimeError
                 ):
