@@ -144,6 +144,7 @@ async def test_health_readiness_metrics_and_openapi(kafka_bootstrap: str, topic_
     assert "kafka_messages_delivered_total 1.0" in metrics
     assert "kafka_messages_in_flight 0.0" in metrics
     assert "\nkafka_cache_lag 0.0\n" in metrics
+    assert "\nkafka_push_lag 0.0\n" in metrics
     items1 = schema["paths"]["/items1"]["post"]
     assert set(items1["responses"]) >= {"200", "413", "422", "503"}
     delivered = schema["components"]["schemas"]["Delivered"]

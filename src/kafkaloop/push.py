@@ -200,6 +200,10 @@ class Broadcaster:
         self.close_all()
         await self._consumer.close()
 
+    def lag(self) -> int:
+        """Records the push consumer is behind its topics."""
+        return 0 if self._consumer.closed else sum(self._consumer.lag().values())
+
     def stats(self) -> dict[str, Any]:
         """Subscribers, delivered and dropped counts."""
         return {

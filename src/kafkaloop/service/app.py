@@ -169,6 +169,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 "kafka_cache_lag", "Records the item-count cache is behind", table.lag
             )
             metrics.watch_gauge(
+                "kafka_push_lag", "Records the live-push consumer is behind", hub.lag
+            )
+            metrics.watch_gauge(
                 "push_subscribers", "Connected WebSocket/SSE clients", lambda: hub.subscribers
             )
             metrics.watch_gauge(
