@@ -37,7 +37,6 @@ from kafkaloop._exceptions import (
     AdminError,
     AdminErrorGroup,
     ClientClosedError,
-    NoRunningLoopError,
     TopicAlreadyExistsError,
     TopicMismatchError,
 )
@@ -64,14 +63,7 @@ class AIOAdminClient:
     """
 
     def __init__(self, config: Mapping[str, Any], *, operation_timeout: float = 30.0) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise NoRunningLoopError(
-                "AIOAdminClient must be created inside a running event loop "
-                "(in an async function, e.g. a FastAPI lifespan)."
-            ) from None
-        self._bridge = LoopBridge(loop, name="kafkaloop-admin")
+        self._bridge = LoopBridge.for_running_loop("AIOAdminClient")
         self._operation_timeout = operation_timeout
         conf = dict(config)
         conf.setdefault("logger", librdkafka_logger)

@@ -29,6 +29,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar, TypeVarTuple, Unpack
 
+from kafkaloop._exceptions import NoRunningLoopError
+
 logger = logging.getLogger("kafkaloop")
 
 T = TypeVar("T")
@@ -87,6 +89,18 @@ class PollThread:
 
 class LoopBridge:
     """Runs calls from any thread on one event loop, in order, batching the wake-ups."""
+
+    @classmethod
+    def for_running_loop(cls, client: str) -> LoopBridge:
+        """A bridge to the running loop, or NoRunningLoopError naming `client`."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise NoRunningLoopError(
+                f"{client} must be created inside a running event loop: in an async function "
+                "(a FastAPI lifespan, a coroutine under asyncio.run()), not at import time."
+            ) from None
+        return cls(loop, name=f"kafkaloop-{client.removeprefix('AIO').lower()}")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, name: str = "kafkaloop") -> None:
         self.loop = loop

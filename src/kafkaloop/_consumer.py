@@ -42,7 +42,6 @@ from kafkaloop._exceptions import (
     ClientClosedError,
     ConsumerError,
     DeserializationError,
-    NoRunningLoopError,
 )
 from kafkaloop._logging import RateLimitedLog, librdkafka_logger, logger
 from kafkaloop._models import ConsumerRecord
@@ -78,6 +77,17 @@ _RAISED = frozenset(
 )
 
 
+def _next_offsets(
+    records: Iterable[ConsumerRecord], offsets: Sequence[TopicPartition]
+) -> list[TopicPartition]:
+    """What to store or commit: past the newest of `records` in each partition, plus `offsets`."""
+    latest: dict[tuple[str, int], int] = {}
+    for record in records:
+        key = (record.topic, record.partition)
+        latest[key] = max(record.offset, latest.get(key, -1))
+    return [TopicPartition(t, p, o + 1) for (t, p), o in latest.items()] + list(offsets)
+
+
 class _State(enum.Enum):
     OPEN = "open"
     CLOSING = "closing"
@@ -106,15 +116,9 @@ class AIOConsumer:
         on_deserialization_error: Literal["raise", "skip"] = "raise",
         batch_size: int = 5000,
     ) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise NoRunningLoopError(
-                "AIOConsumer must be created inside a running event loop "
-                "(in an async function, e.g. a FastAPI lifespan)."
-            ) from None
+        self._bridge = LoopBridge.for_running_loop("AIOConsumer")
+        loop = self._bridge.loop
         self._loop = loop
-        self._bridge = LoopBridge(loop, name="kafkaloop-consumer")
         conf = dict(config)
         self._store_on_handout = bool(conf.get("enable.auto.offset.store", True))
         conf["enable.auto.offset.store"] = False
@@ -486,13 +490,7 @@ class AIOConsumer:
     ) -> None:
         """Mark records as processed: the next commit covers them (up to each one's offset)."""
         self._check_not_closed()
-        latest: dict[tuple[str, int], int] = {}
-        for record in records:
-            latest[record.topic, record.partition] = max(
-                record.offset, latest.get((record.topic, record.partition), -1)
-            )
-        partitions = [TopicPartition(t, p, o + 1) for (t, p), o in latest.items()]
-        partitions += list(offsets)
+        partitions = _next_offsets(records, offsets)
         if partitions:
             self._consumer.store_offsets(offsets=partitions)
 
@@ -503,13 +501,7 @@ class AIOConsumer:
 
         Allowed while closing, so an ``on_revoke`` callback can commit on the way out."""
         self._check_not_closed()
-        latest: dict[tuple[str, int], int] = {}
-        for record in records:
-            latest[record.topic, record.partition] = max(
-                record.offset, latest.get((record.topic, record.partition), -1)
-            )
-        partitions = [TopicPartition(t, p, o + 1) for (t, p), o in latest.items()]
-        partitions += list(offsets)
+        partitions = _next_offsets(records, offsets)
         if not partitions:
             self._store_handed_out()
         try:

@@ -38,7 +38,6 @@ from kafkaloop._bridge import LoopBridge, PollThread
 from kafkaloop._config import configuration_error
 from kafkaloop._exceptions import (
     DeliveryError,
-    NoRunningLoopError,
     ProducerClosedError,
     QueueFullError,
 )
@@ -135,15 +134,9 @@ class AIOProducer:
         queue_full_timeout: float = 30.0,
         max_waiting: int = 10_000,
     ) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise NoRunningLoopError(
-                "AIOProducer must be created inside a running event loop: in an async function "
-                "(a FastAPI lifespan, a coroutine under asyncio.run()), not at import time."
-            ) from None
+        self._bridge = LoopBridge.for_running_loop("AIOProducer")
+        loop = self._bridge.loop
         self._loop = loop
-        self._bridge = LoopBridge(loop, name="kafkaloop-producer")
         self._queue_full_timeout = queue_full_timeout
         self._max_waiting = max_waiting
         self._user_callbacks: dict[str, Callable[..., Any]] = {}
