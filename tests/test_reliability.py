@@ -9,12 +9,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from confluent_kafka.admin import NewTopic
 
-from kafkaloop import AIOAdminClient, AIOConsumer, AIOProducer, DeliveryError, RecordMetadata
+from kafkaloop import (
+    AIOAdminClient,
+    AIOConsumer,
+    AIOProducer,
+    DeliveryError,
+    QueueFullError,
+    RecordMetadata,
+)
 from kafkaloop.broker import LocalKafka
 
 
@@ -125,3 +133,76 @@ async def test_leader_killed_under_load_loses_and_duplicates_nothing(
     assert len(acked) + len(failed) == total  # every produce had exactly one outcome
     assert lost == set()
     assert duplicates == 0
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * 4096
+
+
+@pytest.mark.slow
+async def test_frozen_broker_keeps_memory_bounded_and_every_produce_resolves(
+    tmp_path: Path, topic_name: str
+) -> None:
+    kafka = LocalKafka(1, state_dir=tmp_path / "kafka")
+    await asyncio.to_thread(kafka.start)
+    outcomes: Counter[str] = Counter()
+    try:
+        config = {
+            "bootstrap.servers": kafka.bootstrap_servers,
+            "message.timeout.ms": 8000,
+            "queue.buffering.max.messages": 20_000,
+        }
+        async with AIOProducer(config, queue_full_timeout=1.0, max_waiting=1000) as producer:
+            await producer.produce(topic_name, b"warm-up")
+            baseline = peak = _rss_bytes()
+            kafka.pause_node(0)
+            stop_at = time.monotonic() + 6
+
+            async def flood() -> None:  # fire-and-forget, as fast as it will go
+                while time.monotonic() < stop_at:
+                    try:
+                        producer.produce_nowait(topic_name, b"x" * 100)
+                    except QueueFullError:
+                        outcomes["nowait: queue full"] += 1
+                        await asyncio.sleep(0.001)
+
+            async def user() -> None:  # awaited produces
+                while time.monotonic() < stop_at:
+                    try:
+                        await producer.produce(topic_name, b"y" * 100)
+                        outcomes["awaited: delivered"] += 1
+                    except QueueFullError:
+                        outcomes["awaited: queue full"] += 1
+                    except DeliveryError as exc:
+                        outcomes[f"awaited: {exc.error.name()}"] += 1
+
+            async def sample() -> None:
+                nonlocal peak
+                while time.monotonic() < stop_at + 10:
+                    peak = max(peak, _rss_bytes())
+                    await asyncio.sleep(0.2)
+
+            sampler = asyncio.create_task(sample())
+            await asyncio.gather(flood(), *(user() for _ in range(100)))
+            kafka.resume_node(0)
+            after = await producer.produce(topic_name, b"after")
+            remaining = await producer.flush(30)
+            sampler.cancel()
+            metrics = producer.metrics
+    finally:
+        await asyncio.to_thread(kafka.stop)
+
+    growth = (peak - baseline) / 2**20
+    print(f"\nfrozen 6 s: {dict(outcomes)}; RSS +{growth:.0f} MiB; {metrics}")
+    assert outcomes["nowait: queue full"] > 0
+    assert (
+        outcomes["awaited: queue full"]
+        + sum(n for k, n in outcomes.items() if k.startswith("awaited: _"))
+        > 0
+    )
+    assert growth < 200
+    assert after.offset >= 1
+    assert remaining == 0
+    assert metrics.in_flight == 0
+    assert metrics.produced == metrics.delivered + metrics.failed
