@@ -7,11 +7,18 @@ are no duplicates. Figures are printed (run with -s) and recorded in docs/reliab
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import gc
+import json
+import os
+import socket
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
+import websockets
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from confluent_kafka.admin import NewTopic
 
@@ -24,6 +31,7 @@ from kafkaloop import (
     RecordMetadata,
 )
 from kafkaloop.broker import LocalKafka
+from tests.service_helpers import service
 
 
 async def _leader(admin: AIOAdminClient, topic: str) -> int:
@@ -136,6 +144,10 @@ async def test_leader_killed_under_load_loses_and_duplicates_nothing(
 
 
 def _rss_bytes() -> int:
+    """Resident memory, after handing freed heap memory back to the system (glibc keeps it
+    otherwise, and RSS would measure the allocator's cache, not what is in use)."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * 4096
 
@@ -206,3 +218,79 @@ async def test_frozen_broker_keeps_memory_bounded_and_every_produce_resolves(
     assert remaining == 0
     assert metrics.in_flight == 0
     assert metrics.produced == metrics.delivered + metrics.failed
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.slow
+async def test_websocket_clients_fast_slow_and_churning(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    # Large items (10 kB each): the client that never reads backs the server up within a few
+    # MB, past what the socket buffers take.
+    async with service(
+        kafka_bootstrap,
+        topic_name,
+        client_queue_size=64,
+        slow_client_timeout=1.0,
+        max_name_length=20_000,
+    ) as (url, client):
+        ws_url = url.replace("http://", "ws://") + "/ws/items"
+        # One client that never reads (a tiny receive buffer, so the server feels it soon),
+        # and 100 that do.
+        slow = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.sendall(
+            b"GET /ws/items HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        fast = [await websockets.connect(ws_url) for _ in range(100)]
+        try:
+            await asyncio.sleep(1.0)
+            rss_before = _rss_bytes()
+            names = [f"n{i}-{'x' * 10_000}" for i in range(600)]
+            for start in range(0, len(names), 50):
+                await asyncio.gather(
+                    *(client.post("/items4", json={"name": n}) for n in names[start : start + 50])
+                )
+
+            async def receive_all(ws: Any) -> list[str]:
+                got: list[str] = []  # the prefixes only: 100 copies of 6 MB would be the RSS
+                while len(got) < len(names):
+                    name = json.loads(await asyncio.wait_for(ws.recv(), 30))["name"]
+                    got.append(name.split("-", 1)[0])
+                return got
+
+            received = await asyncio.gather(*(receive_all(ws) for ws in fast))
+            growth = (_rss_bytes() - rss_before) / 2**20
+            metrics = (await client.get("/metrics")).text
+        finally:
+            for ws in fast:
+                await ws.close()
+            slow.close()
+
+        wanted = sorted(name.split("-", 1)[0] for name in names)
+        assert all(sorted(got) == wanted for got in received)
+        assert growth < 200
+        dropped = float(metrics.split("\npush_dropped ")[1].split()[0])
+        assert dropped > 0  # the one that never read: its drops were counted, and it was cut
+
+        # Churn: connections that come and go leave nothing behind.
+        await asyncio.sleep(0.5)
+        fds, tasks = _open_fds(), len(asyncio.all_tasks())
+        for _ in range(1000):
+            ws = await websockets.connect(ws_url)
+            await ws.close()
+        await asyncio.sleep(1.0)
+        subscribers = await client.get("/metrics")
+        print(
+            f"\n100 readers got all {len(names)} items; {dropped:.0f} dropped for the one that "
+            f"never read; RSS +{growth:.1f} MiB; fds "
+            f"{fds} -> {_open_fds()}, tasks {tasks} -> {len(asyncio.all_tasks())}"
+        )
+        assert _open_fds() <= fds + 5
+        assert len(asyncio.all_tasks()) <= tasks + 2
+        assert "\npush_subscribers 0.0\n" in subscribers.text
