@@ -10,6 +10,7 @@ import asyncio
 import ctypes
 import gc
 import json
+import logging
 import os
 import socket
 import time
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 import websockets
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from kafkaloop import (
@@ -294,3 +295,48 @@ async def test_websocket_clients_fast_slow_and_churning(
         assert _open_fds() <= fds + 5
         assert len(asyncio.all_tasks()) <= tasks + 2
         assert "\npush_subscribers 0.0\n" in subscribers.text
+
+
+@pytest.mark.slow
+async def test_credentials_right_ones_produce_wrong_ones_fail_fast_and_never_leak(
+    tmp_path: Path, topic_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret, wrong = "s3cret-alice-pw", "not-the-pw-42"
+    kafka = LocalKafka(1, state_dir=tmp_path / "kafka", sasl_users={"alice": secret})
+    await asyncio.to_thread(kafka.start)
+
+    def config(password: str) -> dict[str, Any]:
+        return {
+            "bootstrap.servers": kafka.sasl_bootstrap_servers,
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanism": "PLAIN",
+            "sasl.username": "alice",
+            "sasl.password": password,
+            "message.timeout.ms": 30_000,
+        }
+
+    try:
+        async with AIOProducer(config(secret)) as good:
+            delivered = await good.produce(topic_name, b"with the right password")
+            good_repr = repr(good)
+
+        async with AIOProducer(config(wrong)) as bad:
+            started = time.monotonic()
+            with pytest.raises(DeliveryError) as caught:
+                await bad.produce(topic_name, b"with a wrong password")
+            failed_after = time.monotonic() - started
+            with pytest.raises(DeliveryError):
+                bad.produce(topic_name, b"again")  # refused at once from now on
+            bad_repr = repr(bad)
+    finally:
+        await asyncio.to_thread(kafka.stop)
+
+    print(f"\nwrong password failed after {failed_after:.2f}s: {caught.value}")
+    assert delivered.offset == 0
+    assert failed_after < 10  # not message.timeout.ms (30 s)
+    assert caught.value.code in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED)
+    assert "credentials" in str(caught.value)
+    everything = caplog.text + good_repr + bad_repr + str(caught.value) + repr(caught.value)
+    assert secret not in everything
+    assert wrong not in everything

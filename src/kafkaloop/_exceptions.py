@@ -87,6 +87,8 @@ _POSSIBLY_PERSISTED = frozenset(
 )
 
 
+_CREDENTIALS = frozenset({KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED})
+
 _UNREACHABLE = frozenset(
     {
         KafkaError._MSG_TIMED_OUT,
@@ -138,7 +140,9 @@ class DeliveryError(ProduceError, KafkaException):
         where = self.topic or "?"
         if self.partition is not None and self.partition >= 0:
             where += f"[{self.partition}]"
-        if self.fatal:
+        if self.error.code() in _CREDENTIALS:
+            advice = "check the credentials (sasl.username, sasl.password, sasl.mechanism)"
+        elif self.fatal:
             advice = "the producer cannot continue; close it and create a new one"
         elif self.error.code() in _UNREACHABLE:
             advice = "Kafka did not acknowledge it in time; check the brokers are reachable"

@@ -420,6 +420,8 @@ class AIOProducer:
                 self._on_room()
             return
         self._failed_loop += 1
+        if self._fatal_error is not None and err.code() == KafkaError._PURGE_QUEUE:
+            err = self._fatal_error  # purged because of it: say why
         error = DeliveryError(err, msg.topic(), msg.partition())
         if future.done():  # cancelled: nobody else will hear of it
             self._failure_log.warning(
@@ -570,6 +572,13 @@ class AIOProducer:
             self._fatal_error = err
             self._refusal = "fatal"
             logger.error("Kafka producer fatal error, it cannot continue: %s", err.str())
+        elif err.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):
+            # Wrong credentials do not fix themselves: fail fast, as the Java client does,
+            # instead of letting every message wait out message.timeout.ms.
+            self._fatal_error = err
+            self._refusal = "fatal"
+            logger.error("Kafka producer: %s; check sasl.username / sasl.password", err.str())
+            self._producer.purge(in_queue=True, in_flight=False, blocking=False)
         elif err.code() == KafkaError._ALL_BROKERS_DOWN:
             logger.warning("Kafka producer: all brokers are down: %s", err.str())
         else:

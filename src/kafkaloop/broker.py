@@ -247,6 +247,7 @@ class _Node:
     broker_port: int
     controller_port: int
     pid: int | None = None
+    sasl_port: int | None = None
 
     @property
     def node_id(self) -> int:
@@ -255,6 +256,20 @@ class _Node:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.broker_port}"
+
+    def listeners(self) -> tuple[str, str, str]:
+        """listeners, advertised.listeners and the security protocol map."""
+        listeners = [
+            f"PLAINTEXT://127.0.0.1:{self.broker_port}",
+            f"CONTROLLER://127.0.0.1:{self.controller_port}",
+        ]
+        advertised = [f"PLAINTEXT://127.0.0.1:{self.broker_port}"]
+        protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+        if self.sasl_port is not None:
+            listeners.append(f"SASL://127.0.0.1:{self.sasl_port}")
+            advertised.append(f"SASL://127.0.0.1:{self.sasl_port}")
+            protocols.append("SASL:SASL_PLAINTEXT")
+        return ",".join(listeners), ",".join(advertised), ",".join(protocols)
 
 
 class LocalKafka:
@@ -273,6 +288,7 @@ class LocalKafka:
         heap: str | None = None,
         version: str = KAFKA_VERSION,
         properties: Mapping[str, str] | None = None,
+        sasl_users: Mapping[str, str] | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> None:
         if nodes is not None and nodes < 1:
@@ -284,6 +300,8 @@ class LocalKafka:
         self.heap = heap or os.environ.get("KAFKALOOP_BROKER_HEAP", DEFAULT_HEAP)
         self.version = version
         self.properties = dict(properties or {})
+        # SASL/PLAIN users (name -> password) of an extra listener, e.g. for credential tests.
+        self.sasl_users = dict(sasl_users or {})
         self._progress = progress
         self._cluster_id = ""
         self._nodes: list[_Node] = []
@@ -351,6 +369,13 @@ class LocalKafka:
         if not self._nodes:
             raise LocalKafkaError(f"{self!r} has never been started; call start() first.")
         return ",".join(node.address for node in self._nodes)
+
+    @property
+    def sasl_bootstrap_servers(self) -> str:
+        """``127.0.0.1:PORT[,...]`` of the SASL_PLAINTEXT (PLAIN) listener of every node."""
+        if not self._nodes or self._nodes[0].sasl_port is None:
+            raise LocalKafkaError(f"{self!r} has no SASL listener: pass sasl_users.")
+        return ",".join(f"127.0.0.1:{node.sasl_port}" for node in self._nodes)
 
     def node_address(self, index: int) -> str:
         """The bootstrap address of node `index` alone."""
@@ -473,7 +498,8 @@ class LocalKafka:
                     )
             else:
                 broker_port = _free_port()
-            self._nodes.append(_Node(index, broker_port, _free_port()))
+            sasl_port = _free_port() if self.sasl_users else None
+            self._nodes.append(_Node(index, broker_port, _free_port(), sasl_port=sasl_port))
         (self.state_dir / "log4j2.properties").write_text(_LOG4J2)
         voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self._nodes)
         formatters = []
@@ -512,16 +538,26 @@ class LocalKafka:
 
     def _server_properties(self, node: _Node, voters: str) -> str:
         replicas = min(3, self.nodes)
+        listeners, advertised, protocols = node.listeners()
+        sasl: dict[str, str] = {}
+        if self.sasl_users:
+            users = " ".join(f'user_{name}="{secret}"' for name, secret in self.sasl_users.items())
+            sasl = {
+                "sasl.enabled.mechanisms": "PLAIN",
+                "listener.name.sasl.sasl.enabled.mechanisms": "PLAIN",
+                "listener.name.sasl.plain.sasl.jaas.config": (
+                    f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};"
+                ),
+            }
         props = {
             "process.roles": "broker,controller",
             "node.id": str(node.node_id),
             "controller.quorum.voters": voters,
-            "listeners": f"PLAINTEXT://127.0.0.1:{node.broker_port},"
-            f"CONTROLLER://127.0.0.1:{node.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.broker_port}",
+            "listeners": listeners,
+            "advertised.listeners": advertised,
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": protocols,
             "log.dirs": str(self.node_dir(node.index) / "data"),
             "num.partitions": "1",
             "default.replication.factor": str(replicas),
@@ -537,6 +573,7 @@ class LocalKafka:
             # Two cores: a few threads each, not one per core of a server.
             "num.network.threads": "2",
             "num.io.threads": "4",
+            **sasl,
             **self.properties,
         }
         return "".join(f"{key}={value}\n" for key, value in props.items())
