@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -273,3 +274,33 @@ async def test_sigterm_under_load_loses_no_acknowledged_item(
     stored = [r.key.decode() for r in records]
     assert set(acknowledged) <= set(stored)
     assert len(stored) == len(set(stored))
+
+
+@pytest.mark.slow
+async def test_schemathesis_finds_no_server_error_and_no_response_off_the_schema(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    async with service(kafka_bootstrap, topic_name) as (url, _client):
+        proc = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).with_name("schemathesis")),
+            "run",
+            f"{url}/openapi.json",
+            "--checks",
+            "all",
+            "--max-examples",
+            "40",
+            "--seed",
+            "1",
+            # Endless streams (SSE) and the text metrics are no JSON operations to fuzz.
+            "--exclude-path",
+            "/sse/items",
+            "--exclude-path",
+            "/metrics",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await asyncio.wait_for(proc.communicate(), 240)
+
+    report = output.decode(errors="replace")
+    assert proc.returncode == 0, report[-3000:]
+    assert "generated" in report

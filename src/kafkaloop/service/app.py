@@ -82,9 +82,20 @@ class Counts(BaseModel):
     lag: int
 
 
-_UNAVAILABLE: dict[int | str, dict[str, Any]] = {
-    503: {"model": ErrorBody, "description": "Kafka is unreachable or too slow; see Retry-After"},
+class Detail(BaseModel):
+    """What was wrong with the request."""
+
+    detail: str
+
+
+# Every POST: the body may be unparseable (400) or too large (413), besides invalid (422).
+_BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Detail, "description": "The body could not be parsed (e.g. not UTF-8)"},
     413: {"model": ErrorBody, "description": "The body or the message is too large"},
+}
+_UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    **_BODY_ERRORS,
+    503: {"model": ErrorBody, "description": "Kafka is unreachable or too slow; see Retry-After"},
 }
 
 
@@ -276,6 +287,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         "/items5",
         response_model=Accepted,
         status_code=202,
+        responses=_BODY_ERRORS,
         summary="Validate the item and do nothing (the load test's reference)",
     )
     async def items5(item: Item) -> Accepted:
