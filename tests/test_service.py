@@ -224,6 +224,10 @@ async def test_unreachable_kafka_is_a_503_within_the_deadline_and_recovers(
     finally:
         await asyncio.to_thread(kafka.stop)
 
+    print(
+        f"\nKafka down: 503 after {waited:.2f}s (deadline 1.5 s); readyz {ready.status_code}, "
+        f"then {ready_again.status_code} and {back.status_code} once it is back"
+    )
     assert down.status_code == 503
     assert down.headers["Retry-After"] == "1"
     assert "did not acknowledge" in down.json()["detail"]
@@ -272,6 +276,11 @@ async def test_sigterm_under_load_loses_no_acknowledged_item(
     assert len(acknowledged) > 100
     records = await read_topic(kafka_bootstrap, topic_name, len(acknowledged))
     stored = [r.key.decode() for r in records]
+    forgotten = sum(1 for name in acknowledged if int(name.rsplit("-", 1)[1]) % 2 == 0)
+    print(
+        f"\nSIGTERM under load: {len(acknowledged)} answered 2xx ({forgotten} fire-and-forget),"
+        f" {len(stored)} in Kafka, missing {len(set(acknowledged) - set(stored))}"
+    )
     assert set(acknowledged) <= set(stored)
     assert len(stored) == len(set(stored))
 
@@ -304,3 +313,36 @@ async def test_schemathesis_finds_no_server_error_and_no_response_off_the_schema
     report = output.decode(errors="replace")
     assert proc.returncode == 0, report[-3000:]
     assert "generated" in report
+
+
+async def test_a_message_over_kafkas_size_limit_is_a_413_not_a_500(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    # Under the body limit (1 MiB), over librdkafka's message.max.bytes (1,000,000).
+    name = "x" * 1_040_000
+    async with service(kafka_bootstrap, topic_name, max_name_length=2_000_000) as (_url, client):
+        awaited = await client.post("/items1", json={"name": name})
+        forgotten = await client.post("/items4", json={"name": name})
+
+    for response in (awaited, forgotten):
+        assert response.status_code == 413
+        assert response.json()["error"] == "DeliveryError"
+        assert "too large" in response.json()["detail"].lower()
+
+
+async def test_a_flood_of_headers_is_a_4xx_not_a_500(kafka_bootstrap: str, topic_name: str) -> None:
+    headers = [(f"x-h{i}", "v" * 50) for i in range(2000)]
+    async with service(kafka_bootstrap, topic_name) as (url, _client):
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        request = "POST /items5 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        request += "".join(f"{k}: {v}\r\n" for k, v in headers)
+        request += 'Content-Length: 13\r\n\r\n{"name": "a"}'
+        writer.write(request.encode())
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+    assert status_line.startswith(b"HTTP/1.1 431"), status_line

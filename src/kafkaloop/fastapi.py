@@ -43,9 +43,9 @@ from kafkaloop._producer import AIOProducer
 from kafkaloop.settings import KafkaSettings
 
 __all__ = [
-    "BodySizeLimit",
     "KafkaClients",
     "KafkaUnavailable",
+    "RequestLimits",
     "get_kafka",
     "get_producer",
     "install_error_handlers",
@@ -186,19 +186,39 @@ def install_error_handlers(app: FastAPI, retry_after: int = 1) -> None:
     app.add_exception_handler(ClientClosedError, unavailable)
 
 
-class BodySizeLimit:
-    """ASGI middleware: 413 for a request body over `max_bytes`, decided from Content-Length
-    before reading anything, or as soon as a streamed body passes the limit."""
+class RequestLimits:
+    """ASGI middleware: 431 for too many or too large headers; 413 for a body over
+    `max_body_bytes`, decided from Content-Length before reading anything, or as soon as a
+    streamed body passes the limit."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        max_headers: int = 100,
+        max_header_bytes: int = 16 * 1024,
+    ) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.max_bytes = max_body_bytes
+        self.max_headers = max_headers
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        for name, value in scope["headers"]:
+        headers = scope["headers"]
+        if len(headers) > self.max_headers or (
+            sum(len(name) + len(value) for name, value in headers) > self.max_header_bytes
+        ):
+            await _reply(
+                send,
+                431,
+                f"At most {self.max_headers} headers and "
+                f"{self.max_header_bytes} bytes of them are accepted",
+            )
+            return
+        for name, value in headers:
             if name == b"content-length":
                 try:
                     length = int(value)

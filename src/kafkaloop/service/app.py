@@ -28,8 +28,8 @@ from kafkaloop._logging import RateLimitedLog, logger
 from kafkaloop._models import ConsumerRecord, RecordMetadata
 from kafkaloop._producer import AIOProducer
 from kafkaloop.fastapi import (
-    BodySizeLimit,
     KafkaClients,
+    RequestLimits,
     get_kafka,
     get_producer,
     install_error_handlers,
@@ -407,6 +407,6 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
 
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
