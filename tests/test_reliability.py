@@ -7,6 +7,7 @@ are no duplicates. Figures are printed (run with -s) and recorded in docs/reliab
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import gc
 import json
@@ -30,6 +31,7 @@ from kafkaloop import (
     DeliveryError,
     QueueFullError,
     RecordMetadata,
+    UnknownTopicError,
 )
 from kafkaloop.broker import LocalKafka
 from tests.service_helpers import service
@@ -38,9 +40,10 @@ from tests.service_helpers import service
 async def _leader(admin: AIOAdminClient, topic: str) -> int:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        info = (await admin.describe_topics([topic]))[topic]
-        if info.partitions and info.partitions[0].leader >= 0:
-            return info.partitions[0].leader
+        with contextlib.suppress(UnknownTopicError):  # not yet in this broker's metadata
+            info = (await admin.describe_topics([topic]))[topic]
+            if info.partitions and info.partitions[0].leader >= 0:
+                return info.partitions[0].leader
         await asyncio.sleep(0.2)
     raise AssertionError(f"{topic} has no leader")
 

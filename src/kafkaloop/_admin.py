@@ -39,6 +39,7 @@ from kafkaloop._exceptions import (
     ClientClosedError,
     TopicAlreadyExistsError,
     TopicMismatchError,
+    UnknownTopicError,
 )
 from kafkaloop._logging import librdkafka_logger, logger
 from kafkaloop._models import BrokerInfo, ClusterInfo, PartitionInfo, TopicInfo
@@ -203,7 +204,7 @@ class AIOAdminClient:
                 ]
                 if failures:
                     raise AdminErrorGroup(group.message, failures, group.succeeded) from None
-        present = await self.describe_topics(names)
+        present = await self._describe_created(names, created)
         mismatches: list[AdminError] = []
         for spec in specs:
             info = present[spec.topic]
@@ -224,6 +225,18 @@ class AIOAdminClient:
         if mismatches:
             raise AdminErrorGroup("ensure_topics found topics shaped otherwise", mismatches)
         return created
+
+    async def _describe_created(self, names: list[str], created: list[str]) -> dict[str, TopicInfo]:
+        """describe_topics, giving brand-new topics a few seconds to reach every broker's
+        metadata (a multi-node cluster answers from whichever broker it asks)."""
+        deadline = asyncio.get_running_loop().time() + (10.0 if created else 0.0)
+        while True:
+            try:
+                return await self.describe_topics(names)
+            except (UnknownTopicError, AdminErrorGroup):
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise
+                await asyncio.sleep(0.2)
 
     async def delete_records(
         self, before: Mapping[TopicPartition, int] | Iterable[TopicPartition]
