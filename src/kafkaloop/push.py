@@ -176,6 +176,12 @@ class Broadcaster:
                 logger.exception("The push consumer failed a read; reading goes on")
                 await asyncio.sleep(1.0)
                 continue
+            if len(records) < 500:
+                # Let records gather: under load one read per 10 ms, not one per message
+                # (each read is a round trip to the consumer's thread).
+                await asyncio.sleep(0.01)
+            if not self._subscribers:
+                continue  # nobody to push to: do not even encode
             for record in records:
                 try:
                     payload = self._encode(record)
