@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: env run test lint typecheck lock bench-producer broker-up broker-down clean
+.PHONY: env run test lint typecheck lock bench-web broker-up broker-down clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -45,6 +45,12 @@ typecheck: env
 lock: $(UV)
 	$(UV) pip compile --quiet pyproject.toml --all-extras --group dev --group bench \
 		--python-version 3.11 --no-header -o requirements-lock.txt
+
+## bench-web: the load benchmark (needs siege and wrk: apt-get install siege wrk).
+bench-web: env
+	@command -v siege >/dev/null && command -v wrk >/dev/null || \
+		{ echo "bench-web needs siege and wrk: apt-get install siege wrk" >&2; exit 1; }
+	$(BIN)/python -m bench.web
 
 broker-up: env
 	$(BIN)/kafkaloop broker up

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -142,6 +143,19 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    # The benchmarks live in the repository's bench/ (they are not installed with the library).
+    if not (Path.cwd() / "bench" / f"{args.name}.py").exists():
+        print(
+            f"kafkaloop: no bench/{args.name}.py here: run this from a clone of the kafkaloop "
+            "repository.",
+            file=sys.stderr,
+        )
+        return 2
+    command = [sys.executable, "-m", f"bench.{args.name}", *args.rest]
+    return subprocess.run(command, check=False).returncode
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``kafkaloop`` command."""
     parser = argparse.ArgumentParser(prog="kafkaloop", description=__doc__)
@@ -202,6 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.set_defaults(handler=_serve)
+
+    bench = commands.add_parser(
+        "bench", help="run a benchmark from bench/: web (load test), producer, consumer"
+    )
+    bench.add_argument("name", choices=["web", "producer", "consumer"])
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options")
+    bench.set_defaults(handler=_bench)
 
     smoke = commands.add_parser(
         "smoke", help="produce messages and consume them back ($KAFKA_BOOTSTRAP_SERVERS or local)"
