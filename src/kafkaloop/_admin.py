@@ -41,7 +41,7 @@ from kafkaloop._exceptions import (
     TopicMismatchError,
     UnknownTopicError,
 )
-from kafkaloop._logging import librdkafka_logger, logger
+from kafkaloop._logging import RateLimitedLog, librdkafka_logger, logger
 from kafkaloop._models import BrokerInfo, ClusterInfo, PartitionInfo, TopicInfo
 
 __all__ = ["AIOAdminClient"]
@@ -66,6 +66,7 @@ class AIOAdminClient:
     def __init__(self, config: Mapping[str, Any], *, operation_timeout: float = 30.0) -> None:
         self._bridge = LoopBridge.for_running_loop("AIOAdminClient")
         self._operation_timeout = operation_timeout
+        self._error_log = RateLimitedLog(logger)
         conf = dict(config)
         conf.setdefault("logger", librdkafka_logger)
         conf.setdefault("error_cb", self._on_error)
@@ -83,7 +84,8 @@ class AIOAdminClient:
         return f"<AIOAdminClient bootstrap.servers={self._bootstrap!r} state={state}>"
 
     def _on_error(self, err: KafkaError) -> None:
-        logger.warning("Kafka admin client: %s", err.str())
+        # Rate-limited: a cluster that is down reports every failed connection attempt.
+        self._error_log.warning("Kafka admin client: %s", err.str())
 
     def _check_open(self) -> None:
         if self._closed:

@@ -597,7 +597,8 @@ class AIOConsumer:
         if err.fatal():
             logger.error("Kafka consumer fatal error: %s", err.str())
         else:
-            logger.warning("Kafka consumer: %s", err.str())
+            # Rate-limited: a cluster that is down reports every failed connection attempt.
+            self._bad_log.warning("Kafka consumer: %s", err.str())
 
     def _check_not_closed(self) -> None:
         if self._state is _State.CLOSED:
