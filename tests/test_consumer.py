@@ -322,7 +322,7 @@ async def test_getmany_returns_as_soon_as_a_record_arrives(
     assert waited < 3
 
 
-async def test_rebalance_callbacks_can_commit_seek_and_choose_offsets(
+async def test_rebalance_callbacks_can_commit_read_watermarks_and_choose_offsets(
     producer: AIOProducer, kafka_bootstrap: str, topic_name: str
 ) -> None:
     await producer.produce_many(topic_name, [str(i).encode() for i in range(10)])

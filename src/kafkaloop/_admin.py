@@ -206,7 +206,7 @@ class AIOAdminClient:
                 ]
                 if failures:
                     raise AdminErrorGroup(group.message, failures, group.succeeded) from None
-        present = await self._describe_created(names, created)
+        present = await self._describe_created(names, fresh=bool(missing))
         mismatches: list[AdminError] = []
         for spec in specs:
             info = present[spec.topic]
@@ -228,15 +228,18 @@ class AIOAdminClient:
             raise AdminErrorGroup("ensure_topics found topics shaped otherwise", mismatches)
         return created
 
-    async def _describe_created(self, names: list[str], created: list[str]) -> dict[str, TopicInfo]:
-        """describe_topics, giving brand-new topics a few seconds to reach every broker's
-        metadata (a multi-node cluster answers from whichever broker it asks)."""
-        deadline = asyncio.get_running_loop().time() + (10.0 if created else 0.0)
+    async def _describe_created(self, names: list[str], *, fresh: bool) -> dict[str, TopicInfo]:
+        """describe_topics, giving brand-new topics (ours or a concurrent creator's) a few
+        seconds to reach every broker's metadata: a multi-node cluster answers from
+        whichever broker it asks."""
+        deadline = asyncio.get_running_loop().time() + (10.0 if fresh else 0.0)
         while True:
             try:
                 return await self.describe_topics(names)
-            except (UnknownTopicError, AdminErrorGroup):
-                if asyncio.get_running_loop().time() >= deadline:
+            except (UnknownTopicError, AdminErrorGroup) as exc:
+                errors = exc.exceptions if isinstance(exc, AdminErrorGroup) else (exc,)
+                unknown_only = all(isinstance(e, UnknownTopicError) for e in errors)
+                if not unknown_only or asyncio.get_running_loop().time() >= deadline:
                     raise
                 await asyncio.sleep(0.2)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextvars
 import functools
 import inspect
 import logging
@@ -35,6 +36,48 @@ logger = logging.getLogger("kafkaloop")
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
+
+
+class _Inbox:
+    """Blocking calls for a thread that waits in call_and_wait; closed once it stops waiting."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self.is_open = True
+
+    def put(
+        self, job: tuple[Callable[..., Any], tuple[Any, ...], concurrent.futures.Future[Any]]
+    ) -> bool:
+        """Queue `job`; False once closed (the caller must run it elsewhere)."""
+        with self._lock:
+            if self.is_open:
+                self._queue.put(job)
+            return self.is_open
+
+    def close(self) -> None:
+        with self._lock:
+            self.is_open = False
+            self._queue.put(None)
+
+    def get(self) -> Any:
+        return self._queue.get()
+
+    def leftovers(self) -> list[Any]:
+        jobs: list[Any] = []
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return jobs
+            if job is not None:
+                jobs.append(job)
+
+
+# The inbox of the call_and_wait whose callback is running, in that callback's context only.
+_callback_inbox: contextvars.ContextVar[_Inbox | None] = contextvars.ContextVar(
+    "kafkaloop_callback_inbox", default=None
+)
 
 
 def _run_job(
@@ -109,7 +152,6 @@ class LoopBridge:
         self._pending: collections.deque[tuple[Any, ...]] = collections.deque()
         self._wakeup_scheduled = False
         self._executors: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
-        self._inbox: queue.SimpleQueue[Any] | None = None
         self._closed = False
 
     def call_soon(self, *call: Any) -> None:
@@ -201,62 +243,53 @@ class LoopBridge:
 
         A coroutine (or other awaitable) result is awaited on the loop first. Its exception is
         raised here. Used where librdkafka must not go on before the application has acted,
-        e.g. rebalance callbacks. While this thread waits, blocking calls sent through
-        :meth:`run_blocking_here` run on it: librdkafka lets a client be called from inside
-        its own callback, and from no other thread until that callback returns.
-        Never call it from the loop's own thread.
+        e.g. rebalance callbacks. While this thread waits, blocking calls that the callback
+        (and only it) sends through :meth:`run_blocking_here` run on it: librdkafka lets a
+        client be called from inside its own callback, and from no other thread until that
+        callback returns. Never call it from the loop's own thread.
         """
         done: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        inbox: queue.SimpleQueue[
-            tuple[Callable[..., Any], tuple[Any, ...], concurrent.futures.Future[Any]] | None
-        ] = queue.SimpleQueue()
+        inbox = _Inbox()
 
         def run() -> None:
+            token = _callback_inbox.set(inbox)  # seen by the callback and the task it starts
             try:
                 result = callback(*args)
+                if inspect.isawaitable(result):
+                    task = asyncio.ensure_future(result, loop=self.loop)
+                    task.add_done_callback(functools.partial(_copy_outcome, done))
+                    return
             except BaseException as exc:  # handed to the waiting thread, not swallowed
                 done.set_exception(exc)
                 return
-            if not inspect.isawaitable(result):
-                done.set_result(result)
-                return
-            task = asyncio.ensure_future(result, loop=self.loop)
-            task.add_done_callback(functools.partial(_copy_outcome, done))
-
-        def finished(_done: concurrent.futures.Future[Any]) -> None:
-            # Close the inbox first: a call made from now on goes to its lane instead.
-            self._inbox = None
-            inbox.put(None)
+            finally:
+                _callback_inbox.reset(token)
+            done.set_result(result)
 
         if self.loop.is_closed():
             raise RuntimeError(f"{self._name}: the event loop is closed")
-        done.add_done_callback(finished)
-        self._inbox = inbox
+        done.add_done_callback(lambda _done: inbox.close())
         self.call_soon(run)
         while (job := inbox.get()) is not None:
             _run_job(job)
-        while True:  # calls that slipped in just before the inbox closed
-            try:
-                job = inbox.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                _run_job(job)
+        for job in inbox.leftovers():  # calls that slipped in just before the inbox closed
+            _run_job(job)
         return done.result()
 
     @property
     def in_callback(self) -> bool:
-        """Whether a librdkafka thread is waiting in :meth:`call_and_wait` right now."""
-        return self._inbox is not None
+        """Whether the calling task runs inside a callback that a librdkafka thread awaits."""
+        inbox = _callback_inbox.get()
+        return inbox is not None and inbox.is_open
 
     async def run_blocking_here(self, lane: str, func: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
-        """Like :meth:`run_blocking_on`, but on the thread waiting in :meth:`call_and_wait`
-        when there is one (so a rebalance callback can commit, for instance)."""
-        inbox = self._inbox
-        if inbox is None:
-            return await self.run_blocking_on(lane, func, *args)
+        """Like :meth:`run_blocking_on`, but from inside a callback that a librdkafka thread
+        waits for (:meth:`call_and_wait`), on that very thread: a rebalance callback may then
+        commit, for instance."""
+        inbox = _callback_inbox.get()
         outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
-        inbox.put((func, args, outcome))
+        if inbox is None or not inbox.put((func, args, outcome)):
+            return await self.run_blocking_on(lane, func, *args)
         return await self.wrap_future(outcome)
 
     def close(self) -> None:

@@ -12,7 +12,7 @@ to store offsets yourself (``store_offsets``) after processing.
 
 Rebalance callbacks (``on_assign``, ``on_revoke``, ``on_lost``) run on the loop, and may be
 coroutines; librdkafka waits for them before it completes the rebalance. They may call the
-consumer (commit, seek, watermarks: those calls run on the waiting librdkafka thread), and
+consumer (commit, watermarks: those calls run on the waiting librdkafka thread), and
 ``on_assign`` may set ``offset`` on the partitions it is given to choose where each starts.
 """
 
@@ -130,7 +130,11 @@ class AIOConsumer:
         conf.setdefault("error_cb", self._on_error)
         self._bootstrap = str(conf.get("bootstrap.servers", ""))
         self.group_id = str(conf.get("group.id", ""))
-        self._cooperative = "cooperative" in str(conf.get("partition.assignment.strategy", ""))
+        # Incremental assignment: a cooperative assignor, or the KIP-848 group protocol.
+        self._cooperative = (
+            "cooperative" in str(conf.get("partition.assignment.strategy", ""))
+            or str(conf.get("group.protocol", "")).lower() == "consumer"
+        )
         try:
             self._consumer = Consumer(conf)
         except (KafkaException, ValueError, TypeError) as exc:
@@ -331,6 +335,8 @@ class AIOConsumer:
             self._one_partition = one_partition
 
     async def _consume(self, count: int, timeout: float) -> tuple[list[Message], bool]:
+        if self._state is not _State.OPEN:  # close() is on its way: start no consume()
+            raise ClientClosedError(f"This AIOConsumer is {self._state.value}.")
         if self._inflight is None:
             self._inflight = asyncio.ensure_future(
                 # A lane of its own: consume() blocks for long (and, during a rebalance, until

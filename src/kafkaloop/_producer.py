@@ -339,14 +339,12 @@ class AIOProducer:
             key, value = item if isinstance(item, tuple) else (None, item)
             on_delivery = functools.partial(record, index)
             while True:
-                if self._waiting or self._refusal is not None:
-                    # Earlier produce() calls wait for room: they go first. Or we are closing.
-                    if self._refusal is not None:
-                        gave_up_at = index
-                        break
-                    await self._wait_room(self._loop.time() + self._queue_full_timeout)
-                    continue
+                if self._refusal is not None:  # closing, or the producer failed
+                    gave_up_at = index
+                    break
                 try:
+                    if self._waiting:  # earlier produce() calls wait for room: they go first
+                        raise BufferError
                     produce(topic, value, key, -1, on_delivery, **extra)
                 except BufferError:
                     # queue_full_timeout bounds a wait without progress, not the whole batch.
@@ -559,9 +557,11 @@ class AIOProducer:
         self._room.clear()
         self._room_wanted = True
         left = min(deadline - self._loop.time(), 0.05)
-        if left > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._room.wait(), left)
+        if left <= 0:
+            await asyncio.sleep(0)  # always let the loop run: deliveries make the room
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._room.wait(), left)
 
     # -- client-level callbacks ------------------------------------------------------------
 
@@ -615,6 +615,11 @@ class AIOProducer:
     def closed(self) -> bool:
         """Whether close() has begun."""
         return self._state is not _State.OPEN
+
+    @property
+    def fatal_error(self) -> KafkaError | None:
+        """What made this producer refuse all messages (a fatal or authentication error)."""
+        return self._fatal_error
 
     async def flush(self, timeout: float | None = None) -> int:
         """Wait until every message so far is delivered or failed; return how many are not.

@@ -327,11 +327,16 @@ class LocalKafka:
     def _recorded_nodes(self) -> int:
         return len(self._read_state().get("nodes", []))
 
-    def _load(self) -> None:
+    def _load(self, *, strict: bool = False) -> None:
+        """Read the state file. A cluster of another shape or version is left alone, and
+        refused only when `strict` (starting would have to wipe it)."""
         state = self._read_state()
         if not state:
             return
         if state.get("version") != self.version or len(state["nodes"]) != self.nodes:
+            if not strict:
+                self._nodes = [_Node(**node) for node in state["nodes"]]
+                return
             alive = any(
                 n.get("pid") and _pid_is_ours(n["pid"], self.node_dir(n["index"]))
                 for n in state["nodes"]
@@ -419,7 +424,7 @@ class LocalKafka:
         Starting a running cluster does nothing and returns the same address.
         """
         with _locked(self.state_dir):
-            self._load()
+            self._load(strict=True)
             if self.is_running():
                 return self.bootstrap_servers
             java = find_java()
@@ -430,8 +435,12 @@ class LocalKafka:
                 for node in self._nodes:
                     if not self.is_running(node.index):
                         self._launch(java, lib, node)
+            except BaseException:
+                # Leave no JVM behind: stop the nodes this call launched before the failure.
+                self._signal_and_wait(list(range(len(self._nodes))), signal.SIGTERM, STOP_TIMEOUT)
+                raise
             finally:
-                self._save()  # every pid launched is on record, even if a later one failed
+                self._save()  # every pid launched is on record
         try:
             self._wait_ready(range(self.nodes), timeout)
         except BaseException:
@@ -583,8 +592,8 @@ class LocalKafka:
 
     def _launch(self, java: str, lib: Path, node: _Node) -> None:
         node_dir = self.node_dir(node.index)
-        for port in (node.broker_port, node.controller_port):
-            if _port_in_use(port):
+        for port in (node.broker_port, node.controller_port, node.sasl_port):
+            if port is not None and _port_in_use(port):
                 raise LocalKafkaError(
                     f"Node {node.index} cannot start: port {port} on 127.0.0.1 is taken by "
                     f"another program. Run `kafkaloop broker down --purge` to start afresh "

@@ -153,9 +153,9 @@ async def kafka_ready(
         except (TimeoutError, KafkaloopError) as exc:
             ready, reason = False, f"the cluster did not answer within {timeout:g}s ({exc})"
         else:
-            last = producer.last_error
-            if last is not None and last.fatal():
-                ready, reason = False, f"the producer failed: {last.str()}"
+            failure = producer.fatal_error
+            if failure is not None:
+                ready, reason = False, f"the producer refuses messages: {failure.str()}"
             else:
                 ready, reason = True, f"{len(cluster.brokers)} broker(s) answering"
     kafka._ready_cache = (now, ready, reason)
@@ -259,7 +259,8 @@ class RequestLimits:
 
 
 async def _reply(send: Send, status: int, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
+    error = "RequestTooLarge" if status in (413, 431) else "BadRequest"
+    body = json.dumps({"detail": detail, "error": error}).encode()
     await send(
         {
             "type": "http.response.start",

@@ -37,7 +37,7 @@ from kafkaloop.fastapi import (
     produce_within,
 )
 from kafkaloop.metrics import RequestMetrics, ServiceMetrics
-from kafkaloop.push import Broadcaster, SlowClientError
+from kafkaloop.push import TOO_SLOW, Broadcaster, SlowClientError
 from kafkaloop.settings import ServiceSettings
 from kafkaloop.table import TopicTable, count
 
@@ -91,6 +91,7 @@ class Detail(BaseModel):
 _BODY_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Detail, "description": "The body could not be parsed (e.g. not UTF-8)"},
     413: {"model": ErrorBody, "description": "The body or the message is too large"},
+    431: {"model": ErrorBody, "description": "Too many headers, or too large"},
 }
 _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     **_BODY_ERRORS,
@@ -126,6 +127,9 @@ def _end_streams_on_stop_signals(hub: Broadcaster) -> Callable[[], None]:
         handler = previous.get(signum)
         if callable(handler):
             handler(signum, frame)
+        elif handler != signal.SIG_IGN:  # the default: stop, as if we had not been here
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         try:
@@ -358,8 +362,13 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         async def pump() -> None:
             while True:
                 payload = await subscription.get()
-                async with asyncio.timeout(settings.slow_client_timeout):
-                    await websocket.send_text(payload)
+                try:
+                    async with asyncio.timeout(settings.slow_client_timeout):
+                        await websocket.send_text(payload)
+                except TimeoutError:
+                    raise SlowClientError(
+                        f"too slow: a send waited {settings.slow_client_timeout:g}s", TOO_SLOW
+                    ) from None
 
         async def listen() -> None:
             while (await websocket.receive())["type"] != "websocket.disconnect":
@@ -374,7 +383,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             for task in done:
                 error = task.exception()
                 if isinstance(error, SlowClientError):
-                    await websocket.close(error.code, reason=str(error)[:120])
+                    # A client that does not read may not take the close frame either.
+                    with contextlib.suppress(TimeoutError, RuntimeError):
+                        async with asyncio.timeout(1.0):
+                            await websocket.close(error.code, reason=str(error)[:120])
                 elif error is not None and not isinstance(
                     error, WebSocketDisconnect | TimeoutError | RuntimeError
                 ):
