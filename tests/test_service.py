@@ -351,3 +351,26 @@ async def test_a_flood_of_headers_is_a_4xx_not_a_500(kafka_bootstrap: str, topic
             await writer.wait_closed()
 
     assert status_line.startswith(b"HTTP/1.1 431"), status_line
+
+
+async def test_live_push_and_the_cache_can_be_switched_off(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    async with service(kafka_bootstrap, topic_name, live_push=False, item_cache=False) as (
+        url,
+        client,
+    ):
+        produced = await client.post("/items1", json={"name": "plain"})
+        counts = await client.get("/items")
+        one = await client.get("/items/plain")
+        sse = await client.get("/sse/items")
+        metrics = (await client.get("/metrics")).text
+        with pytest.raises(websockets.exceptions.InvalidStatus):
+            await websockets.connect(url.replace("http://", "ws://") + "/ws/items")
+
+    assert produced.status_code == 200
+    assert (counts.status_code, one.status_code, sse.status_code) == (404, 404, 404)
+    assert "KAFKALOOP_ITEM_CACHE=false" in counts.json()["detail"]
+    assert "KAFKALOOP_LIVE_PUSH=false" in sse.json()["detail"]
+    assert "kafka_cache_lag" not in metrics
+    assert "push_subscribers" not in metrics

@@ -85,6 +85,12 @@ class ServiceSettings(KafkaSettings):
     slow_client_timeout: float = Field(
         10.0, gt=0, description="Seconds a client may stay full before it is disconnected"
     )
+    live_push: bool = Field(
+        True, description="Push consumed items to WebSocket/SSE clients (a consumer per process)"
+    )
+    item_cache: bool = Field(
+        True, description="Keep the item counts cache (a consumer per process reading the topic)"
+    )
     shutdown_timeout: float = Field(
         30.0, gt=0, description="Seconds to stop: half to finish requests, half to flush"
     )

@@ -115,6 +115,12 @@ def _encode_item(record: ConsumerRecord) -> str:
     )
 
 
+def _off(feature: str, variable: str) -> JSONResponse:
+    return JSONResponse(
+        {"detail": f"{feature} is switched off ({variable}=false)"}, status_code=404
+    )
+
+
 def _end_streams_on_stop_signals(hub: Broadcaster) -> Callable[[], None]:
     """On SIGTERM/SIGINT, end the WebSocket and SSE streams, then let the server's own handler
     run: it waits for open responses before it shuts down, and those streams never end alone.
@@ -165,39 +171,46 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         async with kafka_clients(
             settings, topics, shutdown_timeout=settings.shutdown_timeout / 2
         ) as kafka:
-            hub = Broadcaster(
-                settings.consumer(),
-                [topic],
-                encode=_encode_item,
-                queue_size=settings.client_queue_size,
-                slow_timeout=settings.slow_client_timeout,
-            )
-            table: TopicTable[int] = TopicTable(
-                settings.consumer(**{"group.id": "kafkaloop-service-cache"}), topic, fold=count
-            )
-            await table.start()
-            await hub.start()
-            restore_signals = _end_streams_on_stop_signals(hub)
             clients["producer"] = kafka.producer
             metrics.watch_producer(kafka.producer)
-            metrics.watch_gauge(
-                "kafka_cache_lag", "Records the item-count cache is behind", table.lag
-            )
-            metrics.watch_gauge(
-                "kafka_push_lag", "Records the live-push consumer is behind", hub.lag
-            )
-            metrics.watch_gauge(
-                "push_subscribers", "Connected WebSocket/SSE clients", lambda: hub.subscribers
-            )
-            metrics.watch_gauge(
-                "push_dropped", "Items dropped for slow push clients", lambda: hub.dropped
-            )
-            try:
-                yield {"kafka": kafka, "hub": hub, "table": table}
-            finally:
-                restore_signals()
-                await hub.stop()
-                await table.stop()
+            async with contextlib.AsyncExitStack() as stack:
+                state: dict[str, Any] = {"kafka": kafka, "hub": None, "table": None}
+                if settings.item_cache:
+                    table: TopicTable[int] = TopicTable(
+                        settings.consumer(**{"group.id": "kafkaloop-service-cache"}),
+                        topic,
+                        fold=count,
+                    )
+                    await table.start()
+                    stack.push_async_callback(table.stop)
+                    metrics.watch_gauge(
+                        "kafka_cache_lag", "Records the item-count cache is behind", table.lag
+                    )
+                    state["table"] = table
+                if settings.live_push:
+                    hub = Broadcaster(
+                        settings.consumer(),
+                        [topic],
+                        encode=_encode_item,
+                        queue_size=settings.client_queue_size,
+                        slow_timeout=settings.slow_client_timeout,
+                    )
+                    await hub.start()
+                    stack.push_async_callback(hub.stop)
+                    stack.callback(_end_streams_on_stop_signals(hub))
+                    metrics.watch_gauge(
+                        "kafka_push_lag", "Records the live-push consumer is behind", hub.lag
+                    )
+                    metrics.watch_gauge(
+                        "push_subscribers",
+                        "Connected WebSocket/SSE clients",
+                        lambda: hub.subscribers,
+                    )
+                    metrics.watch_gauge(
+                        "push_dropped", "Items dropped for slow push clients", lambda: hub.dropped
+                    )
+                    state["hub"] = hub
+                yield state
 
     app = FastAPI(
         title="kafkaloop reference service",
@@ -312,11 +325,13 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     @app.get(
         "/items/{name}",
         response_model=ItemCount,
-        responses={404: {"description": "No item of that name has been seen"}},
+        responses={404: {"description": "No item of that name seen, or the cache is off"}},
         summary="How many items a name has had (from the cache, not from Kafka)",
     )
     async def item_count(name: str, request: Request) -> ItemCount | JSONResponse:
-        table: TopicTable[int] = request.state.table
+        table: TopicTable[int] | None = request.state.table
+        if table is None:
+            return _off("the item cache", "KAFKALOOP_ITEM_CACHE")
         seen = table.get(name.encode())
         if seen is None:
             return JSONResponse(
@@ -324,9 +339,16 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             )
         return ItemCount(name=name, count=seen)
 
-    @app.get("/items", response_model=Counts, summary="The 100 busiest names (from the cache)")
-    async def item_counts(request: Request) -> Counts:
-        table: TopicTable[int] = request.state.table
+    @app.get(
+        "/items",
+        response_model=Counts,
+        responses={404: {"description": "The item cache is switched off"}},
+        summary="The 100 busiest names (from the cache)",
+    )
+    async def item_counts(request: Request) -> Counts | JSONResponse:
+        table: TopicTable[int] | None = request.state.table
+        if table is None:
+            return _off("the item cache", "KAFKALOOP_ITEM_CACHE")
         busiest = heapq.nlargest(100, table.items(), key=lambda kv: kv[1])
         return Counts(
             counts={(k or b"").decode(errors="replace"): v for k, v in busiest}, lag=table.lag()
@@ -355,7 +377,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @app.websocket("/ws/items")
     async def ws_items(websocket: WebSocket) -> None:
-        hub: Broadcaster = websocket.state.hub
+        hub: Broadcaster | None = websocket.state.hub
+        if hub is None:
+            await websocket.close(1008, reason="live push is off (KAFKALOOP_LIVE_PUSH)")
+            return
         await websocket.accept()
         subscription = hub.subscribe()
 
@@ -399,10 +424,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     @app.get(
         "/sse/items",
         response_class=StreamingResponse,
+        response_model=None,
+        responses={404: {"description": "Live push is switched off"}},
         summary="Server-Sent Events: every consumed item as it arrives",
     )
-    async def sse_items(request: Request) -> StreamingResponse:
-        hub: Broadcaster = request.state.hub
+    async def sse_items(request: Request) -> Response:
+        hub: Broadcaster | None = request.state.hub
+        if hub is None:
+            return _off("live push", "KAFKALOOP_LIVE_PUSH")
         subscription = hub.subscribe()
 
         async def stream() -> AsyncIterator[str]:
