@@ -1,1 +1,17 @@
 """The web benchmark's other contenders: each a FastAPI app run by uvicorn as a process."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+from fastapi import FastAPI
+
+
+def serve(app: FastAPI, description: str | None) -> None:
+    """Run `app` as the benchmark runs every app: one uvicorn worker, log level warning."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args()
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", workers=1)

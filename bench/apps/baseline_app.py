@@ -11,7 +11,6 @@ topic is ``items`` unless ``BENCH_ITEMS_TOPIC`` says otherwise.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -20,11 +19,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import uvicorn
 from confluent_kafka import KafkaException
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
+from bench.apps import serve
 from bench.baseline import BaselineProducer
 
 BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092")
@@ -137,13 +136,5 @@ async def create_item5(item: Item) -> dict[str, Any]:
     return {"timestamp": time.time()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    args = parser.parse_args()
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", workers=1)
-
-
 if __name__ == "__main__":
-    main()
+    serve(app, __doc__)

@@ -10,18 +10,18 @@ lifespan starts and stops the broker connection. The topic is ``items`` unless
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import uvicorn
 from aiokafka.errors import KafkaError
 from fastapi import FastAPI, HTTPException
 from faststream.kafka import KafkaBroker
 from pydantic import BaseModel
+
+from bench.apps import serve
 
 BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092")
 TOPIC = os.environ.get("BENCH_ITEMS_TOPIC", "items")
@@ -63,13 +63,5 @@ async def create_item5(item: Item) -> dict[str, Any]:
     return {"timestamp": time.time()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    args = parser.parse_args()
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", workers=1)
-
-
 if __name__ == "__main__":
-    main()
+    serve(app, __doc__)
