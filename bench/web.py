@@ -1,6 +1,6 @@
 """Web load: the reference service against the design note's app and FastStream, same run.
 
-    .venv/bin/python -m bench.web            # 3 rounds x 6 levels x 12 endpoints x 2 tools
+    .venv/bin/python -m bench.web            # 3 rounds x 6 levels x 13 endpoints x 2 tools
     .venv/bin/python -m bench.web --quick    # 1 round, 3 s cells, concurrency 10 and 400
     .venv/bin/python -m bench.web --apps kafkaloop baseline --generators wrk --concurrency 400
 
@@ -10,6 +10,8 @@ one core and the load generator (siege as in the note, and wrk) to the other, so
 take turns on one core; the broker's JVM runs wherever the scheduler puts it. For every
 (round, concurrency, app, endpoint, generator): a warm-up, then a timed run; the order of the
 apps' endpoints rotates every round so drift hits all alike. Figures are medians over rounds.
+The reference service also gets /items0, the asyncio floor (bench/apps/kafkaloop_app.py): its
+no-op plus one await and no Kafka, the most any awaited endpoint can keep of the no-op here.
 
 Throughput counts 2xx answers only. wrk gives latency percentiles; siege gives only the mean
 (computed here from its concurrency and elapsed time, as its own `response_time` has 10 ms
@@ -22,7 +24,7 @@ that holds even when something else shared the core.
 Delivery is checked against Kafka: per cell, the topic's messages (high watermarks) must grow
 by at least the 2xx answers of a producing endpoint, and by no more than those plus what was
 in flight when the generator stopped (at most its concurrency at each cut-off, plus its errors
-and non-2xx answers); a no-op endpoint must produce nothing. At the end, a fixed number of
+and non-2xx answers); the no-op and the floor must produce nothing. At the end, a fixed number of
 requests that all complete gives the exact check: messages == 2xx answers, per endpoint.
 
 Writes bench/results/web.csv, web.png (the note's chart, a panel per generator) and web.md (what
@@ -72,7 +74,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BODY = b'{"name": "bench"}'
 PARTITIONS = 3  # the reference service's default for the topics it creates
 NOOP = "items5"
+FLOOR = "items0"  # kafkaloop's app only: the no-op plus one await, no Kafka (bench/apps)
+SILENT = (FLOOR, NOOP)  # endpoints that produce nothing
 ENDPOINT_KINDS = {
+    FLOOR: "asyncio floor",
     "items1": "awaited",
     "items2": "callback on loop",
     "items3": "callback on poll thread",
@@ -101,9 +106,9 @@ PYTHON = sys.executable
 APPS = {
     "kafkaloop": App(
         "kafkaloop",
-        (PYTHON, "-m", "kafkaloop", "serve", "--log-level", "warning"),
+        (PYTHON, "-m", "bench.apps.kafkaloop_app"),
         "KAFKALOOP_ITEMS_TOPIC",
-        ("items1", "items2", "items3", "items4", "items5"),
+        (FLOOR, "items1", "items2", "items3", "items4", "items5"),
         ("GET", "/readyz"),
         # Stopping must not outlast the benchmark's patience; the flush gets half of it.
         {"KAFKALOOP_TOPIC_PARTITIONS": str(PARTITIONS), "KAFKALOOP_SHUTDOWN_TIMEOUT": "20"},
@@ -588,7 +593,7 @@ class Cell:
     def delivery(self) -> str:
         if self.warm.failure or self.measured.failure:
             return "n/a (generator failed)"
-        if self.endpoint == NOOP:
+        if self.endpoint in SILENT:
             return "ok" if self.kafka_delta == 0 else f"{self.kafka_delta} unexpected"
         excess = self.kafka_delta - self.answered_ok
         if excess < 0:
@@ -783,7 +788,7 @@ def exact_check(
     statuses = asyncio.run(post_many(server.port, f"/{endpoint}", total=1000, connections=20))
     delta = marks.settled(server.topic) - before
     ok = sum(n for code, n in statuses.items() if 200 <= code < 300)
-    expected = ok if endpoint != NOOP else 0
+    expected = ok if endpoint not in SILENT else 0
     others = sum(statuses.values()) - ok
     verdict = "ok" if delta == expected and not others else "MISMATCH"
     return [server.app.name, f"/{endpoint}", ok, others, delta, verdict]
@@ -914,6 +919,13 @@ def targets(rows: Sequence[dict[str, Any]], levels: Sequence[int]) -> list[str]:
             if r["generator"] == generator and r["concurrency"] == level and r["rps"] != ""
         }
         found = [_target(at, "kafkaloop awaited / no-op", awaited, noop, 0.95)]
+        floor = at.get(("kafkaloop", f"/{FLOOR}"))
+        if floor and at.get(noop) and at.get(awaited):
+            found.append(
+                f"(the asyncio floor, /{FLOOR}: {floor['rps'] / at[noop]['rps']:.2f}x no-op, "
+                "the most an awaited endpoint can keep on this stack; awaited / floor "
+                f"{at[awaited]['rps'] / floor['rps']:.2f})"
+            )
         for endpoint in OUT_OF_BAND:
             label = f"kafkaloop /{endpoint} {ENDPOINT_KINDS[endpoint]} / no-op"
             found.append(_target(at, label, ("kafkaloop", f"/{endpoint}"), noop, 0.98))
@@ -1036,7 +1048,7 @@ def report(
     totals: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
     for cell in cells:
         totals[cell.app][0] += cell.kafka_delta
-        totals[cell.app][1] += cell.answered_ok if cell.endpoint != NOOP else 0
+        totals[cell.app][1] += cell.answered_ok if cell.endpoint not in SILENT else 0
     text = "\n".join(
         [
             f"## Requests/second (median of {args.rounds} round(s), {args.duration} s cells)\n",

@@ -15,7 +15,7 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
-from kafkaloop._consumer import AIOConsumer
+from kafkaloop._consumer import BACKGROUND_FETCH, AIOConsumer
 from kafkaloop._logging import logger
 from kafkaloop._models import ConsumerRecord
 
@@ -112,7 +112,9 @@ class Broadcaster:
         queue_size: int = 256,
         slow_timeout: float = 10.0,
     ) -> None:
-        self._consumer = AIOConsumer.fan_out(config, topics, on_assign=self._on_assign)
+        self._consumer = AIOConsumer.fan_out(
+            {**BACKGROUND_FETCH, **config}, topics, on_assign=self._on_assign
+        )
         self._encode = encode
         self._queue_size = queue_size
         self._slow_timeout = slow_timeout

@@ -91,6 +91,11 @@ class ServiceSettings(KafkaSettings):
     item_cache: bool = Field(
         True, description="Keep the item counts cache (a consumer per process reading the topic)"
     )
+    gc_tuning: bool = Field(
+        True,
+        description="Freeze start-up objects out of the garbage collector's walks and collect "
+        "young objects less often while serving (kafkaloop.fastapi.serving_gc)",
+    )
     shutdown_timeout: float = Field(
         30.0, gt=0, description="Seconds to stop: half to finish requests, half to flush"
     )

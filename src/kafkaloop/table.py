@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from kafkaloop._admin import AIOAdminClient
-from kafkaloop._consumer import AIOConsumer
+from kafkaloop._consumer import BACKGROUND_FETCH, AIOConsumer
 from kafkaloop._logging import logger
 from kafkaloop._models import ConsumerRecord
 
@@ -49,6 +49,7 @@ class TopicTable(Generic[V]):
         fold: Callable[[Any, ConsumerRecord], V] = latest,
     ) -> None:
         self._config = {
+            **BACKGROUND_FETCH,
             **config,
             "group.id": config.get("group.id", "kafkaloop-table"),
             "enable.auto.commit": False,

@@ -35,6 +35,7 @@ from kafkaloop.fastapi import (
     kafka_clients,
     kafka_ready,
     produce_within,
+    serving_gc,
 )
 from kafkaloop.metrics import RequestMetrics, ServiceMetrics
 from kafkaloop.push import TOO_SLOW, Broadcaster, SlowClientError
@@ -210,6 +211,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                         "push_dropped", "Items dropped for slow push clients", lambda: hub.dropped
                     )
                     state["hub"] = hub
+                if settings.gc_tuning:
+                    stack.enter_context(serving_gc())
                 yield state
 
     app = FastAPI(
