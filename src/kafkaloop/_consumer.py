@@ -67,6 +67,9 @@ second per partition leader, at up to 50 ms more latency."""
 _POLL_TIMEOUT = 0.5
 """Longest one consume() blocks its thread: bounds how long close() waits for it."""
 
+_CHUNK = 256
+"""Records ``async for`` makes at a time (fewer than the garbage collector's 700)."""
+
 _new_tuple = tuple.__new__
 _error, _key, _value = Message.error, Message.key, Message.value
 _topic, _partition, _offset = Message.topic, Message.partition, Message.offset
@@ -159,8 +162,14 @@ class AIOConsumer:
         self._state = _State.OPEN
         self._close_task: asyncio.Task[None] | None = None
         self._inflight: asyncio.Future[tuple[list[Message], bool]] | None = None
-        # Fetched messages not yet converted (after an error, the bad one comes first).
+        # Fetched messages not yet converted: those carried past a bad one (it comes first),
+        # then the rest of the consumed batch from _raw_pos on. Records are made a chunk at a
+        # time: a record is a tracked object, and thousands alive at once would set off the
+        # garbage collector (every collection walking them) where a chunk does not.
         self._carry: collections.deque[Message] = collections.deque()
+        self._raw: list[Message] = []
+        self._raw_pos = 0
+        self._raw_one_partition = False
         # The current batch: records before _next are handed over, and those before _noted
         # are counted in _handed_out (partition -> last offset handed over, not yet stored).
         self._batch: list[ConsumerRecord] = []
@@ -256,6 +265,12 @@ class AIOConsumer:
         self._drop(gone)
         self._store_handed_out(only=gone)
 
+    def _spill_raw(self) -> None:
+        """Move the unconverted rest of the consumed batch to the carried messages."""
+        if self._raw_pos < len(self._raw):
+            self._carry.extend(self._raw[self._raw_pos :])
+        self._raw, self._raw_pos = [], 0
+
     def _drop(self, partitions: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Drop unread records of `partitions`; return the first dropped offset of each."""
         self._note_upto(self._next)
@@ -267,6 +282,7 @@ class AIOConsumer:
                 first.setdefault(key, record.offset)
             else:
                 kept.append(record)
+        self._spill_raw()
         carried: collections.deque[Message] = collections.deque()
         for msg in self._carry:
             key = (msg.topic() or "", msg.partition() or 0)
@@ -318,7 +334,7 @@ class AIOConsumer:
             # Asking for more means every record handed out so far has been dealt with.
             self._note_upto(self._next)
             self._store_handed_out()
-            await self._fill(self._batch_size, _POLL_TIMEOUT)
+            await self._fill(_CHUNK, _POLL_TIMEOUT)
         self._next += 1
         return self._batch[self._next - 1]
 
@@ -330,16 +346,23 @@ class AIOConsumer:
         if self._carry:
             self._convert()
             return
-        messages, one_partition = await self._consume(max(count, self._batch_size), timeout)
-        if not messages:
-            return
-        records = self._convert_fast(messages)
+        if self._raw_pos >= len(self._raw):
+            messages, one_partition = await self._consume(max(count, self._batch_size), timeout)
+            if not messages:
+                return
+            self._raw, self._raw_pos, self._raw_one_partition = messages, 0, one_partition
+        start = self._raw_pos
+        chunk = self._raw[start : start + count] if start or count < len(self._raw) else self._raw
+        self._raw_pos = start + len(chunk)
+        if self._raw_pos >= len(self._raw):
+            self._raw, self._raw_pos = [], 0
+        records = self._convert_fast(chunk)
         if records is None:
-            self._carry.extend(messages)
+            self._carry.extend(chunk)
             self._convert()
         else:
             self._batch = records
-            self._one_partition = one_partition
+            self._one_partition = self._raw_one_partition
 
     async def _consume(self, count: int, timeout: float) -> tuple[list[Message], bool]:
         if self._state is not _State.OPEN:  # close() is on its way: start no consume()
@@ -602,6 +625,7 @@ class AIOConsumer:
         """
         if self._inflight is not None and not self._bridge.in_callback:
             messages, _one_partition = await self._take_inflight(self._inflight)
+            self._spill_raw()
             self._carry.extend(messages)
 
     # -- errors and closing ----------------------------------------------------------------
