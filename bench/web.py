@@ -920,7 +920,7 @@ def targets(rows: Sequence[dict[str, Any]], levels: Sequence[int]) -> list[str]:
         }
         found = [_target(at, "kafkaloop awaited / no-op", awaited, noop, 0.95)]
         floor = at.get(("kafkaloop", f"/{FLOOR}"))
-        if floor and at.get(noop) and at.get(awaited):
+        if floor and floor["rps"] and at.get(noop) and at.get(awaited) and at[noop]["rps"]:
             found.append(
                 f"(the asyncio floor, /{FLOOR}: {floor['rps'] / at[noop]['rps']:.2f}x no-op, "
                 "the most an awaited endpoint can keep on this stack; awaited / floor "

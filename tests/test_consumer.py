@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from kafkaloop import (
@@ -297,6 +297,33 @@ async def test_lag_counts_what_is_left_to_read(
 def test_consumer_outside_a_running_loop_is_refused() -> None:
     with pytest.raises(NoRunningLoopError):
         AIOConsumer({"bootstrap.servers": "127.0.0.1:1", "group.id": "g"})
+
+
+async def test_getmany_refuses_a_max_records_below_one() -> None:
+    async with AIOConsumer({"bootstrap.servers": "127.0.0.1:1", "group.id": "g"}) as consumer:
+        with pytest.raises(ValueError, match="max_records must be at least 1"):
+            await consumer.getmany(max_records=0, timeout=5)
+
+
+async def test_async_for_hands_over_records_in_order_with_a_small_batch_size(
+    producer: AIOProducer, kafka_bootstrap: str, topic_name: str
+) -> None:
+    await asyncio.gather(
+        *(producer.produce(topic_name, b"%d" % i, partition=0) for i in range(700))
+    )
+    config = {**consumer_config(kafka_bootstrap, f"g-{topic_name}"), "enable.auto.commit": False}
+    async with AIOConsumer(config, batch_size=10) as consumer:
+        consumer.assign([TopicPartition(topic_name, 0, OFFSET_BEGINNING)])
+        seen = []
+        async for record in consumer:
+            seen.append(int(record.value))
+            if len(seen) == 700:
+                break
+        # Made 10 at a time (the batch size, under the 256 of a chunk): the position is just
+        # past what was consumed, and what was handed over is exactly what was produced.
+        position = consumer.position([TopicPartition(topic_name, 0)])[0].offset
+    assert seen == list(range(700))
+    assert 700 <= position <= 710
 
 
 async def test_getmany_returns_as_soon_as_a_record_arrives(

@@ -61,8 +61,8 @@ BACKGROUND_FETCH: dict[str, Any] = {"fetch.min.bytes": 65536, "fetch.wait.max.ms
 """Fetch settings of the readers that run beside a web app (``push.Broadcaster``,
 ``table.TopicTable``), under the application's own config. librdkafka's defaults answer a
 fetch as soon as one byte is there: under load that is a fetch per handful of records, and
-each costs the app's process CPU. Waiting for 64 KiB or 50 ms makes it at most 20 fetches a
-second per partition leader, at up to 50 ms more latency."""
+each costs the app's process CPU. The broker now answers once 64 KiB are there or 50 ms have
+passed: a few fetches a second per broker at web rates, at up to 50 ms more latency."""
 
 _POLL_TIMEOUT = 0.5
 """Longest one consume() blocks its thread: bounds how long close() waits for it."""
@@ -299,6 +299,8 @@ class AIOConsumer:
     async def getmany(self, max_records: int = 500, timeout: float = 1.0) -> list[ConsumerRecord]:
         """Up to `max_records` records, as soon as there are any, or none after `timeout` s."""
         self._check_open()
+        if max_records < 1:
+            raise ValueError(f"max_records must be at least 1, not {max_records}")
         deadline = self._loop.time() + timeout
         while self._next >= len(self._batch):
             await self._fill(
@@ -334,7 +336,7 @@ class AIOConsumer:
             # Asking for more means every record handed out so far has been dealt with.
             self._note_upto(self._next)
             self._store_handed_out()
-            await self._fill(_CHUNK, _POLL_TIMEOUT)
+            await self._fill(min(_CHUNK, self._batch_size), _POLL_TIMEOUT)
         self._next += 1
         return self._batch[self._next - 1]
 

@@ -134,6 +134,12 @@ async def produce_within(awaitable: Awaitable[T], deadline: float) -> T:
         ) from None
 
 
+# serving_gc's state: lifespans may nest or overlap (tests, several apps in one process); the
+# collector is tuned on the first entry and put back on the last exit.
+_serving_depth = 0
+_saved_gc: tuple[tuple[int, int, int], bool] | None = None
+
+
 @contextlib.contextmanager
 def serving_gc(young_threshold: int = 50_000) -> Iterator[None]:
     """Tune the garbage collector for serving while the block runs (wrap a lifespan's yield).
@@ -142,22 +148,34 @@ def serving_gc(young_threshold: int = 50_000) -> Iterator[None]:
     that answers at once frees them before any collection sees them. Those survivors set off
     young collections and get promoted, and the older collections then walk the whole heap:
     every route, model and schema built at start-up. On the reference service that cost the
-    awaited endpoint about a third of its throughput (bench/README.md, "Where the time goes").
+    awaited endpoint about a third of its throughput (bench/README.md, the web load section).
 
     So: collect once, ``gc.freeze()`` what start-up left (never walked again), and collect the
-    young generation every `young_threshold` allocations instead of every 700. Reference
-    cycles are still collected; between collections at most that many more objects wait.
-    Both are undone when the block exits.
+    young generation every `young_threshold` allocations instead of every 700 (a collector
+    switched off, threshold 0, or a higher threshold is left alone). Reference cycles are
+    still collected; between collections at most that many more objects wait. Undone when the
+    outermost such block exits; objects frozen before it (a pre-fork ``gc.freeze()``) stay so.
     """
-    gc.collect()
-    gc.freeze()
-    thresholds = gc.get_threshold()
-    gc.set_threshold(young_threshold, *thresholds[1:])
+    global _serving_depth, _saved_gc
+    if _serving_depth == 0:
+        thresholds = gc.get_threshold()
+        nothing_frozen = gc.get_freeze_count() == 0
+        gc.collect()
+        gc.freeze()
+        if 0 < thresholds[0] < young_threshold:
+            gc.set_threshold(young_threshold, *thresholds[1:])
+        _saved_gc = (thresholds, nothing_frozen)
+    _serving_depth += 1
     try:
         yield
     finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
+        _serving_depth -= 1
+        if _serving_depth == 0 and _saved_gc is not None:
+            thresholds, nothing_frozen = _saved_gc
+            _saved_gc = None
+            gc.set_threshold(*thresholds)
+            if nothing_frozen:
+                gc.unfreeze()
 
 
 async def kafka_ready(
