@@ -375,7 +375,13 @@ class AIOConsumer:
                 # the loop ran the callbacks, which may themselves need a blocking call).
                 self._bridge.run_blocking_on("consume", self._consume_batch, count, timeout)
             )
-        return await self._take_inflight(self._inflight)
+        result = await self._take_inflight(self._inflight)
+        if result[0] and self._state is _State.OPEN and self._inflight is None:
+            # Prefetch: the next batch is fetched while this one is handed over.
+            self._inflight = asyncio.ensure_future(
+                self._bridge.run_blocking_on("consume", self._consume_batch, count, 0.0)
+            )
+        return result
 
     async def _take_inflight(
         self, inflight: asyncio.Future[tuple[list[Message], bool]]
