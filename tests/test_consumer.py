@@ -128,6 +128,35 @@ async def test_two_consumers_in_one_group_share_the_topic_and_see_each_message_o
     assert assigned
 
 
+async def test_a_member_joining_mid_read_takes_over_partitions_without_loss_or_repeats(
+    producer: AIOProducer, kafka_bootstrap: str, topic_name: str
+) -> None:
+    # No rebalance callbacks: the first member takes fetched records on the loop itself, so
+    # the revocation may be served there, in the middle of its queued records.
+    await create(kafka_bootstrap, topic_name, 4)
+    group = f"g-{topic_name}"
+    await producer.produce_many(topic_name, [(str(i % 4), str(i)) for i in range(4000)])
+    async with AIOConsumer(consumer_config(kafka_bootstrap, group), [topic_name]) as a:
+        got_a = await read(a, 50)
+        async with AIOConsumer(consumer_config(kafka_bootstrap, group), [topic_name]) as b:
+            got_b: list[ConsumerRecord] = []
+            deadline = time.monotonic() + 60
+            while len(got_a) + len(got_b) < 4000 and time.monotonic() < deadline:
+                # A reads slowly until B is in, so records are left for B to take over.
+                more_a, more_b = await asyncio.gather(
+                    a.getmany(100 if b.assignment() else 1, timeout=0.2),
+                    b.getmany(100, timeout=0.2),
+                )
+                got_a += more_a
+                got_b += more_b
+            both_assigned = bool(a.assignment()) and bool(b.assignment())
+
+    values = sorted(int(r.value) for r in got_a + got_b)
+    assert values == list(range(4000))  # each once: handed-over offsets committed on revoke
+    assert both_assigned
+    assert got_b
+
+
 async def test_committed_position_survives_a_restart(
     producer: AIOProducer, kafka_bootstrap: str, topic_name: str
 ) -> None:

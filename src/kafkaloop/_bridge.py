@@ -276,6 +276,13 @@ class LoopBridge:
             _run_job(job)
         return done.result()
 
+    def on_loop_thread(self) -> bool:
+        """Whether the caller runs on the loop's own thread (there, never wait for the loop)."""
+        try:
+            return asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            return False
+
     @property
     def in_callback(self) -> bool:
         """Whether the calling task runs inside a callback that a librdkafka thread awaits."""

@@ -111,6 +111,11 @@ class AIOConsumer:
     or call :meth:`subscribe` or :meth:`assign` later. Deserializers turn a key or value's
     bytes into objects; when one raises, :class:`DeserializationError` names the record, and
     ``on_deserialization_error="skip"`` logs and skips it instead.
+
+    Records librdkafka has already fetched are taken on the loop (a call that never waits),
+    as many as the reader asks for; only waiting for more happens on the consumer's thread.
+    With rebalance callbacks, every ``consume()`` runs on that thread instead, ``batch_size``
+    records at a time, the next batch fetched while one is read.
     """
 
     def __init__(
@@ -124,7 +129,7 @@ class AIOConsumer:
         on_revoke: RebalanceCallback | None = None,
         on_lost: RebalanceCallback | None = None,
         on_deserialization_error: Literal["raise", "skip"] = "raise",
-        batch_size: int = 5000,
+        batch_size: int = 500,
     ) -> None:
         self._bridge = LoopBridge.for_running_loop("AIOConsumer")
         loop = self._bridge.loop
@@ -158,7 +163,18 @@ class AIOConsumer:
             "on_revoke": on_revoke,
             "on_lost": on_lost,
         }
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         self._batch_size = batch_size
+        # Without rebalance callbacks of the application's (which may be coroutines that the
+        # rebalance must wait for), what librdkafka has already fetched is taken on the loop
+        # itself, just what the reader asks for: consume(n, 0) never waits, a thread hop per
+        # batch costs more than it, and librdkafka is served (a rebalance, for one) at every
+        # read rather than once a whole batch has been read.
+        self._take_queued_here = not any(self._rebalance_callbacks.values())
+        # How many partitions are assigned, as of which change of the assignment.
+        self._assignment_changes = 0
+        self._assigned = (-1, 0)
         self._state = _State.OPEN
         self._close_task: asyncio.Task[None] | None = None
         self._inflight: asyncio.Future[tuple[list[Message], bool]] | None = None
@@ -221,11 +237,13 @@ class AIOConsumer:
         """Leave the subscription (and the group's assignment)."""
         self._check_open()
         self._consumer.unsubscribe()
+        self._assignment_changes += 1
 
     def assign(self, partitions: Sequence[TopicPartition]) -> None:
         """Read these partitions, without group management (offsets from each TopicPartition)."""
         self._check_open()
         self._consumer.assign(list(partitions))
+        self._assignment_changes += 1
 
     def assignment(self) -> list[TopicPartition]:
         """The partitions currently assigned."""
@@ -239,10 +257,16 @@ class AIOConsumer:
 
     def _rebalance(self, name: str) -> Callable[[Consumer, list[TopicPartition]], None]:
         def on_rebalance(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
-            # On the consume thread: librdkafka waits here until the loop has run the callback.
+            # Inside consume(): on the consume thread, where librdkafka waits until the loop
+            # has run the callback; or on the loop itself, taking what was queued (only when
+            # the application set no rebalance callback).
+            self._assignment_changes += 1
             callback = self._rebalance_callbacks[name]
             if name in ("on_revoke", "on_lost"):
-                self._bridge.call_and_wait(self._forget, partitions)
+                if self._bridge.on_loop_thread():
+                    self._forget(partitions)
+                else:
+                    self._bridge.call_and_wait(self._forget, partitions)
             if callback is None:
                 return
             try:
@@ -349,7 +373,7 @@ class AIOConsumer:
             self._convert()
             return
         if self._raw_pos >= len(self._raw):
-            messages, one_partition = await self._consume(max(count, self._batch_size), timeout)
+            messages, one_partition = await self._consume(count, timeout)
             if not messages:
                 return
             self._raw, self._raw_pos, self._raw_one_partition = messages, 0, one_partition
@@ -369,6 +393,14 @@ class AIOConsumer:
     async def _consume(self, count: int, timeout: float) -> tuple[list[Message], bool]:
         if self._state is not _State.OPEN:  # close() is on its way: start no consume()
             raise ClientClosedError(f"This AIOConsumer is {self._state.value}.")
+        if self._take_queued_here:
+            if self._inflight is None:
+                queued = self._consume_batch(count, 0.0)
+                if queued[0]:
+                    return queued
+        else:
+            # On the consume thread, a batch at a time, and the next one fetched meanwhile.
+            count = max(count, self._batch_size)
         if self._inflight is None:
             self._inflight = asyncio.ensure_future(
                 # A lane of its own: consume() blocks for long (and, during a rebalance, until
@@ -376,7 +408,12 @@ class AIOConsumer:
                 self._bridge.run_blocking_on("consume", self._consume_batch, count, timeout)
             )
         result = await self._take_inflight(self._inflight)
-        if result[0] and self._state is _State.OPEN and self._inflight is None:
+        if (
+            result[0]
+            and not self._take_queued_here
+            and self._state is _State.OPEN
+            and self._inflight is None
+        ):
             # Prefetch: the next batch is fetched while this one is handed over.
             self._inflight = asyncio.ensure_future(
                 self._bridge.run_blocking_on("consume", self._consume_batch, count, 0.0)
@@ -406,7 +443,7 @@ class AIOConsumer:
         return result
 
     def _consume_batch(self, count: int, timeout: float) -> tuple[list[Message], bool]:
-        """On the consumer's thread: what is queued now, else the first message to arrive
+        """What is queued now, else (on the consumer's thread) the first message to arrive
         and what came with it (consume(n, t) alone would wait out t for n messages)."""
         consumer = self._consumer
         messages: list[Message] = consumer.consume(count, 0)
@@ -415,8 +452,14 @@ class AIOConsumer:
             if first is not None:
                 messages = [first, *consumer.consume(count - 1, 0)] if count > 1 else [first]
         # One partition assigned (manual assignment, or a group of one): every batch is from
-        # it, and the last record alone says how far the batch was handed over.
-        return messages, len(consumer.assignment()) == 1
+        # it, and the last record alone says how far the batch was handed over. Asking costs
+        # tens of microseconds, so the answer is kept until the assignment changes.
+        changes, assigned = self._assigned
+        if changes != self._assignment_changes:
+            changes = self._assignment_changes
+            assigned = len(consumer.assignment())
+            self._assigned = (changes, assigned)
+        return messages, assigned == 1
 
     def _convert_fast(self, messages: list[Message]) -> list[ConsumerRecord] | None:
         """Records for a clean batch, built in C; None if any message needs the slow path."""
