@@ -334,6 +334,11 @@ async def test_getmany_refuses_a_max_records_below_one() -> None:
             await consumer.getmany(max_records=0, timeout=5)
 
 
+async def test_a_batch_size_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        AIOConsumer({"bootstrap.servers": "127.0.0.1:1", "group.id": "g"}, batch_size=0)
+
+
 async def test_async_for_hands_over_records_in_order_with_a_small_batch_size(
     producer: AIOProducer, kafka_bootstrap: str, topic_name: str
 ) -> None:

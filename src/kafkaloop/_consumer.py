@@ -131,6 +131,8 @@ class AIOConsumer:
         on_deserialization_error: Literal["raise", "skip"] = "raise",
         batch_size: int = 500,
     ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         self._bridge = LoopBridge.for_running_loop("AIOConsumer")
         loop = self._bridge.loop
         self._loop = loop
@@ -163,8 +165,6 @@ class AIOConsumer:
             "on_revoke": on_revoke,
             "on_lost": on_lost,
         }
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         self._batch_size = batch_size
         # Without rebalance callbacks of the application's (which may be coroutines that the
         # rebalance must wait for), what librdkafka has already fetched is taken on the loop
