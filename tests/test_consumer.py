@@ -157,6 +157,38 @@ async def test_a_member_joining_mid_read_takes_over_partitions_without_loss_or_r
     assert got_b
 
 
+async def test_reading_a_backlog_gives_the_loop_a_turn_every_chunk(
+    producer: AIOProducer, kafka_bootstrap: str, topic_name: str
+) -> None:
+    await create(kafka_bootstrap, topic_name, 1)
+    await producer.produce_many(topic_name, [b"x"] * 3000)
+    since_tick = most_between_ticks = 0
+
+    async def ticker() -> None:
+        nonlocal since_tick
+        while True:
+            since_tick = 0
+            await asyncio.sleep(0)
+
+    async with AIOConsumer(consumer_config(kafka_bootstrap, f"g-{topic_name}")) as consumer:
+        consumer.assign([TopicPartition(topic_name, 0, OFFSET_BEGINNING)])
+        await read(consumer, 1)  # librdkafka now holds the rest, fetched ahead
+        await asyncio.sleep(0.5)
+        ticks = asyncio.create_task(ticker())
+        seen = 1
+        async for _record in consumer:  # a handler that never awaits
+            since_tick += 1
+            most_between_ticks = max(most_between_ticks, since_tick)
+            seen += 1
+            if seen == 3000:
+                break
+        ticks.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await ticks
+
+    assert 0 < most_between_ticks <= 256
+
+
 async def test_committed_position_survives_a_restart(
     producer: AIOProducer, kafka_bootstrap: str, topic_name: str
 ) -> None:

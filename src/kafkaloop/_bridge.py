@@ -1,9 +1,10 @@
 """The one place where work crosses between librdkafka's threads and the event loop.
 
 librdkafka reports everything (deliveries, errors, rebalances, logs) through callbacks that run
-on whichever thread calls ``poll()``, ``flush()`` or ``consume()``: never the event loop's.
-Futures and most of asyncio are not thread-safe, so those callbacks hand their work to the loop
-through a :class:`LoopBridge`.
+on whichever thread calls ``poll()``, ``flush()`` or ``consume()``: a producer's poll thread, a
+consumer's thread (and, for a consumer's ``consume(n, 0)`` of records already fetched, the loop
+itself: :meth:`LoopBridge.on_loop_thread`). Futures and most of asyncio are not thread-safe, so
+callbacks off the loop hand their work to it through a :class:`LoopBridge`.
 
 The handoff is batched. ``call_soon_threadsafe`` writes to the loop's self-pipe on every call,
 which is a system call and a loop wake-up per message when done once per delivery. The bridge
@@ -11,9 +12,9 @@ keeps a queue of pending calls and at most one scheduled wake-up: the first call
 schedules it, later calls only append, and one drain on the loop runs everything that arrived
 since. Under load that is one wake-up per batch of deliveries instead of one per message.
 
-Blocking librdkafka calls (``flush``, ``consume``, transactions) go the other way, through
-:meth:`LoopBridge.run_blocking`, onto a thread of the bridge's own so they never hold up the loop
-and never queue behind the application's use of the default executor.
+Blocking librdkafka calls (``flush``, a ``consume`` that waits, transactions) go the other
+way, through :meth:`LoopBridge.run_blocking`, onto a thread of the bridge's own so they never
+hold up the loop and never queue behind the application's use of the default executor.
 """
 
 from __future__ import annotations

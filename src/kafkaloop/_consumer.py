@@ -1,8 +1,13 @@
-"""AIOConsumer: confluent-kafka's Consumer for asyncio, consuming in batches off the loop.
+"""AIOConsumer: confluent-kafka's Consumer for asyncio, consuming in batches.
 
-``consume(n, timeout)`` runs on a thread of the consumer's own, one batch at a time, so the
-loop pays one thread hop per batch, never one per message. The batch in flight is shielded: a
-cancelled reader loses nothing, and the next read (or ``close()``) picks it up.
+Records librdkafka has already fetched are taken on the loop with ``consume(n, 0)``, which
+does not wait for the network, as many as the reader asks for: no thread hop, and librdkafka
+is served (a rebalance, for one) at every read. Waiting for records to arrive happens on a
+thread of the consumer's own; that batch in flight is shielded: a cancelled reader loses
+nothing, and the next read (or ``close()``) picks it up. When the application gave rebalance
+callbacks or client callbacks in its config, every ``consume()`` runs on that thread instead,
+``batch_size`` records at a time, the next batch fetched while one is read: those callbacks
+run inside ``consume()`` and must never run, or wait for the loop, on the loop itself.
 
 kafkaloop stores offsets itself (librdkafka's ``enable.auto.offset.store`` is turned off): a
 record's offset is stored once the application has been handed it (``getmany``) or has asked
@@ -68,6 +73,9 @@ _POLL_TIMEOUT = 0.5
 """Longest one consume() blocks its thread: bounds how long close() waits for it."""
 
 _CHUNK = 256
+
+_CLIENT_CALLBACKS = ("error_cb", "stats_cb", "throttle_cb", "oauth_cb", "on_commit")
+"""Config callbacks of the application's that librdkafka runs inside consume()."""
 """Records ``async for`` makes at a time (fewer than the garbage collector's 700)."""
 
 _new_tuple = tuple.__new__
@@ -85,6 +93,11 @@ _RAISED = frozenset(
         KafkaError.SASL_AUTHENTICATION_FAILED,
     }
 )
+
+
+def _consume_failed(exc: KafkaException) -> ConsumerError:
+    error = exc.args[0]
+    return ConsumerError(f"Consuming failed: {error.str()} ({error.name()})", error=error)
 
 
 def _next_offsets(
@@ -112,10 +125,12 @@ class AIOConsumer:
     bytes into objects; when one raises, :class:`DeserializationError` names the record, and
     ``on_deserialization_error="skip"`` logs and skips it instead.
 
-    Records librdkafka has already fetched are taken on the loop (a call that never waits),
-    as many as the reader asks for; only waiting for more happens on the consumer's thread.
-    With rebalance callbacks, every ``consume()`` runs on that thread instead, ``batch_size``
-    records at a time, the next batch fetched while one is read.
+    Records librdkafka has already fetched are taken on the loop, as many as the reader asks
+    for; waiting for more happens on the consumer's thread. With rebalance callbacks, or
+    client callbacks in ``config`` (``error_cb``, ``stats_cb``, ``throttle_cb``,
+    ``oauth_cb``, ``on_commit``), every ``consume()`` runs on that thread instead (where
+    those callbacks run), ``batch_size`` records at a time, the next batch fetched while one
+    is read.
     """
 
     def __init__(
@@ -166,12 +181,15 @@ class AIOConsumer:
             "on_lost": on_lost,
         }
         self._batch_size = batch_size
-        # Without rebalance callbacks of the application's (which may be coroutines that the
-        # rebalance must wait for), what librdkafka has already fetched is taken on the loop
-        # itself, just what the reader asks for: consume(n, 0) never waits, a thread hop per
-        # batch costs more than it, and librdkafka is served (a rebalance, for one) at every
-        # read rather than once a whole batch has been read.
-        self._take_queued_here = not any(self._rebalance_callbacks.values())
+        # Without callbacks of the application's that run inside consume() (rebalance ones
+        # may be coroutines the rebalance must wait for; an oauth_cb may block), what
+        # librdkafka has already fetched is taken on the loop itself, just what the reader
+        # asks for: consume(n, 0) does not wait for the network, a thread hop per batch costs
+        # more than it, and librdkafka is served (a rebalance, for one) at every read rather
+        # than once a whole batch has been read.
+        self._take_queued_here = not any(self._rebalance_callbacks.values()) and not any(
+            name in config for name in _CLIENT_CALLBACKS
+        )
         # How many partitions are assigned, as of which change of the assignment.
         self._assignment_changes = 0
         self._assigned = (-1, 0)
@@ -393,14 +411,22 @@ class AIOConsumer:
     async def _consume(self, count: int, timeout: float) -> tuple[list[Message], bool]:
         if self._state is not _State.OPEN:  # close() is on its way: start no consume()
             raise ClientClosedError(f"This AIOConsumer is {self._state.value}.")
-        if self._take_queued_here:
-            if self._inflight is None:
-                queued = self._consume_batch(count, 0.0)
-                if queued[0]:
-                    return queued
-        else:
+        if not self._take_queued_here:
             # On the consume thread, a batch at a time, and the next one fetched meanwhile.
             count = max(count, self._batch_size)
+        elif self._inflight is None:
+            # A turn for the loop's other tasks first: with records queued, reading would
+            # otherwise never suspend, and a backlog would hold the loop until drained.
+            await asyncio.sleep(0)
+            if self._state is not _State.OPEN:
+                return [], False
+            if self._inflight is None:  # (another reader may have started a wait meanwhile)
+                try:
+                    queued = self._consume_batch(count, 0.0)
+                except KafkaException as exc:
+                    raise _consume_failed(exc) from None
+                if queued[0] or timeout <= 0:
+                    return queued
         if self._inflight is None:
             self._inflight = asyncio.ensure_future(
                 # A lane of its own: consume() blocks for long (and, during a rebalance, until
@@ -433,10 +459,7 @@ class AIOConsumer:
             if self._inflight is not inflight:
                 return [], False
             self._inflight = None
-            error = exc.args[0]
-            raise ConsumerError(
-                f"Consuming failed: {error.str()} ({error.name()})", error=error
-            ) from None
+            raise _consume_failed(exc) from None
         if self._inflight is not inflight:
             return [], False  # another reader (or pause/seek/close) took this batch
         self._inflight = None
