@@ -2,16 +2,19 @@
 
     .venv/bin/python -m bench.consumer            # 200k 100-byte messages, 3 rounds
     .venv/bin/python -m bench.consumer --quick
+    .venv/bin/python -m bench.consumer --serving-gc   # all under the service's GC settings
 
 Each contender reads the same pre-filled topic from the beginning by manual assignment (no
 group join to wait for) and touches every value. Time runs from the first record to the last;
-CPU is the whole process's.
+CPU is the whole process's. With --serving-gc every contender (the synchronous one too) runs
+inside kafkaloop.fastapi.serving_gc(), as the reference service's readers do.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import defaultdict
@@ -160,24 +163,44 @@ async def fill(bootstrap: str, topic: str, total: int) -> None:
             await producer.produce_many(topic, [PAYLOAD] * min(50_000, total - start))
 
 
+async def _rounds(
+    args: argparse.Namespace,
+    bootstrap: str,
+    topic: str,
+    names: list[str],
+    progress: Progress,
+    results: dict[str, list[Result]],
+) -> None:
+    for round_ in range(args.rounds):
+        progress.step(f"round {round_ + 1}: sync Consumer")
+        results["sync Consumer (ceiling)"].append(
+            await asyncio.to_thread(sync_ceiling, bootstrap, topic, args.messages)
+        )
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            progress.step(f"round {round_ + 1}: {name}")
+            results[name].append(await CONTENDERS[name](bootstrap, topic, args.messages))
+
+
 async def main(args: argparse.Namespace) -> None:
     run = uuid.uuid4().hex[:6]
     topic = f"bench-consume-{run}"
     results: dict[str, list[Result]] = defaultdict(list)
     with bench_kafka() as bootstrap:
-        print(f"# Consuming {args.messages} messages of 100 bytes, run {run}\n\n{machine_note()}\n")
+        gc_note = ", all under serving_gc()" if args.serving_gc else ""
+        print(
+            f"# Consuming {args.messages} messages of 100 bytes{gc_note}, run {run}\n\n"
+            f"{machine_note()}\n"
+        )
         await fill(bootstrap, topic, args.messages)
         names = list(CONTENDERS)
         progress = Progress(args.rounds * (len(names) + 1))
-        for round_ in range(args.rounds):
-            progress.step(f"round {round_ + 1}: sync Consumer")
-            results["sync Consumer (ceiling)"].append(
-                await asyncio.to_thread(sync_ceiling, bootstrap, topic, args.messages)
-            )
-            shift = round_ % len(names)
-            for name in names[shift:] + names[:shift]:
-                progress.step(f"round {round_ + 1}: {name}")
-                results[name].append(await CONTENDERS[name](bootstrap, topic, args.messages))
+        with contextlib.ExitStack() as stack:
+            if args.serving_gc:
+                from kafkaloop.fastapi import serving_gc
+
+                stack.enter_context(serving_gc())
+            await _rounds(args, bootstrap, topic, names, progress, results)
         progress.finish()
         async with AIOAdminClient({"bootstrap.servers": bootstrap}) as admin:
             await admin.delete_topics([topic])
@@ -197,7 +220,7 @@ async def main(args: argparse.Namespace) -> None:
             }
         )
     RESULTS.mkdir(exist_ok=True)
-    write_csv(RESULTS / "consumer.csv", rows)
+    write_csv(RESULTS / ("consumer-serving-gc.csv" if args.serving_gc else "consumer.csv"), rows)
     print(f"## Median of {args.rounds} rounds\n")
     print(
         markdown_table(
@@ -214,6 +237,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="one round of 50k messages")
+    parser.add_argument(
+        "--serving-gc",
+        action="store_true",
+        help="run every contender inside kafkaloop.fastapi.serving_gc()",
+    )
     args = parser.parse_args()
     if args.quick:
         args.messages, args.rounds = 50_000, 1
