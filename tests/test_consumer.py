@@ -157,6 +157,53 @@ async def test_a_member_joining_mid_read_takes_over_partitions_without_loss_or_r
     assert got_b
 
 
+async def test_every_partitions_offset_is_stored_as_the_assignment_shrinks_and_grows(
+    producer: AIOProducer, kafka_bootstrap: str, topic_name: str
+) -> None:
+    # With one partition assigned, the last record of a batch says how far it was read; with
+    # two, every partition's last record counts: both must end up committed, whatever the
+    # assignment was in between.
+    await create(kafka_bootstrap, topic_name, 2)
+    config = consumer_config(kafka_bootstrap, f"g-{topic_name}")
+
+    async def produce_to_both(phase: str) -> set[str]:
+        values = [f"{phase}-{p}-{i}" for p in (0, 1) for i in range(50)]
+        await asyncio.gather(
+            *(producer.produce(topic_name, v, partition=int(v.split("-")[1])) for v in values)
+        )
+        return set(values)
+
+    async def read_until(wanted: set[str], *consumers: AIOConsumer) -> None:
+        deadline = time.monotonic() + 60
+        while wanted and time.monotonic() < deadline:
+            for batch in await asyncio.gather(*(c.getmany(100, timeout=0.2) for c in consumers)):
+                wanted -= {r.value.decode() for r in batch}
+        assert not wanted
+
+    async def settle(want: dict[AIOConsumer, int]) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if all(len(c.assignment()) == n for c, n in want.items()):
+                return
+            await asyncio.gather(*(c.getmany(100, timeout=0.2) for c in want))
+        raise AssertionError("the group did not settle")
+
+    async with AIOConsumer(config, [topic_name]) as a:
+        await settle({a: 2})
+        await read_until(await produce_to_both("one"), a)
+        async with AIOConsumer(config, [topic_name]) as b:
+            await settle({a: 1, b: 1})
+            await read_until(await produce_to_both("two"), a, b)
+        await settle({a: 2})
+        await read_until(await produce_to_both("three"), a)
+        await a.commit()
+        committed = await a.committed(
+            [TopicPartition(topic_name, 0), TopicPartition(topic_name, 1)]
+        )
+
+    assert [tp.offset for tp in committed] == [150, 150]
+
+
 async def test_reading_a_backlog_gives_the_loop_a_turn_every_chunk(
     producer: AIOProducer, kafka_bootstrap: str, topic_name: str
 ) -> None:
