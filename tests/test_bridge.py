@@ -91,3 +91,16 @@ async def test_run_blocking_runs_off_the_loop_thread() -> None:
         bridge.close()
 
     assert ident != threading.get_ident()
+
+
+async def test_call_and_wait_on_the_loop_thread_runs_at_once_and_refuses_coroutines() -> None:
+    bridge = LoopBridge(asyncio.get_running_loop())
+
+    async def later() -> None:
+        return None
+
+    assert bridge.on_loop_thread()
+    assert bridge.call_and_wait(lambda a, b: a + b, 2, 3) == 5
+    with pytest.raises(RuntimeError, match="loop's own thread"):
+        bridge.call_and_wait(later)
+    assert not await asyncio.to_thread(bridge.on_loop_thread)

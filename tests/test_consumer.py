@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -195,13 +196,41 @@ async def test_every_partitions_offset_is_stored_as_the_assignment_shrinks_and_g
             await settle({a: 1, b: 1})
             await read_until(await produce_to_both("two"), a, b)
         await settle({a: 2})
-        await read_until(await produce_to_both("three"), a)
+        wanted = await produce_to_both("three")
+        await asyncio.sleep(1)  # both partitions fetched: batches mix them
+        await read_until(wanted, a)
         await a.commit()
         committed = await a.committed(
             [TopicPartition(topic_name, 0), TopicPartition(topic_name, 1)]
         )
 
     assert [tp.offset for tp in committed] == [150, 150]
+
+
+async def test_client_callbacks_in_the_config_never_run_on_the_loop(
+    producer: AIOProducer, kafka_bootstrap: str, topic_name: str
+) -> None:
+    await create(kafka_bootstrap, topic_name, 1)
+    await producer.produce_many(topic_name, [b"x"] * 2000)
+    loop_thread = threading.get_ident()
+    stats_threads: set[int] = set()
+
+    def on_stats(_stats: str) -> None:
+        stats_threads.add(threading.get_ident())
+
+    config = consumer_config(
+        kafka_bootstrap, f"g-{topic_name}", stats_cb=on_stats, **{"statistics.interval.ms": 100}
+    )
+    async with AIOConsumer(config) as consumer:
+        consumer.assign([TopicPartition(topic_name, 0, OFFSET_BEGINNING)])
+        records = await read(consumer, 2000)
+        deadline = time.monotonic() + 10
+        while not stats_threads and time.monotonic() < deadline:
+            await consumer.getmany(timeout=0.2)
+
+    assert len(records) == 2000
+    assert stats_threads
+    assert loop_thread not in stats_threads
 
 
 async def test_reading_a_backlog_gives_the_loop_a_turn_every_chunk(

@@ -13,8 +13,9 @@ schedules it, later calls only append, and one drain on the loop runs everything
 since. Under load that is one wake-up per batch of deliveries instead of one per message.
 
 Blocking librdkafka calls (``flush``, a ``consume`` that waits, transactions) go the other
-way, through :meth:`LoopBridge.run_blocking`, onto a thread of the bridge's own so they never
-hold up the loop and never queue behind the application's use of the default executor.
+way, through :meth:`LoopBridge.run_blocking` or :meth:`LoopBridge.run_blocking_on` (a lane, a
+thread, of their own), so they never hold up the loop and never queue behind the
+application's use of the default executor.
 """
 
 from __future__ import annotations
@@ -247,8 +248,18 @@ class LoopBridge:
         e.g. rebalance callbacks. While this thread waits, blocking calls that the callback
         (and only it) sends through :meth:`run_blocking_here` run on it: librdkafka lets a
         client be called from inside its own callback, and from no other thread until that
-        callback returns. Never call it from the loop's own thread.
+        callback returns. Called on the loop's own thread (a consumer's ``consume(n, 0)`` there),
+        it runs the callback at once, which must then not return an awaitable.
         """
+        if self.on_loop_thread():
+            result = callback(*args)
+            if inspect.isawaitable(result):
+                if inspect.iscoroutine(result):
+                    result.close()
+                raise RuntimeError(
+                    f"{self._name}: cannot wait for a coroutine from the loop's own thread"
+                )
+            return result
         done: concurrent.futures.Future[Any] = concurrent.futures.Future()
         inbox = _Inbox()
 

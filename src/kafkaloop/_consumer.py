@@ -6,8 +6,10 @@ is served (a rebalance, for one) at every read. Waiting for records to arrive ha
 thread of the consumer's own; that batch in flight is shielded: a cancelled reader loses
 nothing, and the next read (or ``close()``) picks it up. When the application gave rebalance
 callbacks or client callbacks in its config, every ``consume()`` runs on that thread instead,
-``batch_size`` records at a time, the next batch fetched while one is read: those callbacks
-run inside ``consume()`` and must never run, or wait for the loop, on the loop itself.
+``batch_size`` records at a time (or as many as one read asks for, if more), the next batch
+fetched while one is read: those callbacks run inside ``consume()`` and must never run, or
+wait for the loop, on the loop itself. (A ``logger`` given in the config is called from
+whichever thread consumes, the loop's included.)
 
 kafkaloop stores offsets itself (librdkafka's ``enable.auto.offset.store`` is turned off): a
 record's offset is stored once the application has been handed it (``getmany``) or has asked
@@ -73,10 +75,10 @@ _POLL_TIMEOUT = 0.5
 """Longest one consume() blocks its thread: bounds how long close() waits for it."""
 
 _CHUNK = 256
+"""Records ``async for`` makes at a time (fewer than the garbage collector's 700)."""
 
 _CLIENT_CALLBACKS = ("error_cb", "stats_cb", "throttle_cb", "oauth_cb", "on_commit")
 """Config callbacks of the application's that librdkafka runs inside consume()."""
-"""Records ``async for`` makes at a time (fewer than the garbage collector's 700)."""
 
 _new_tuple = tuple.__new__
 _error, _key, _value = Message.error, Message.key, Message.value
@@ -129,8 +131,8 @@ class AIOConsumer:
     for; waiting for more happens on the consumer's thread. With rebalance callbacks, or
     client callbacks in ``config`` (``error_cb``, ``stats_cb``, ``throttle_cb``,
     ``oauth_cb``, ``on_commit``), every ``consume()`` runs on that thread instead (where
-    those callbacks run), ``batch_size`` records at a time, the next batch fetched while one
-    is read.
+    those callbacks run), ``batch_size`` records at a time (more if one read asks for more),
+    the next batch fetched while one is read.
     """
 
     def __init__(
@@ -281,10 +283,7 @@ class AIOConsumer:
             self._assignment_changes += 1
             callback = self._rebalance_callbacks[name]
             if name in ("on_revoke", "on_lost"):
-                if self._bridge.on_loop_thread():
-                    self._forget(partitions)
-                else:
-                    self._bridge.call_and_wait(self._forget, partitions)
+                self._bridge.call_and_wait(self._forget, partitions)
             if callback is None:
                 return
             try:

@@ -26,6 +26,9 @@ from kafkaloop._models import ConsumerRecord
 
 __all__ = ["TopicTable", "count", "latest"]
 
+_READ = 1000
+"""Most records folded per read: the fold runs on the loop, so one read never holds it long."""
+
 V = TypeVar("V")
 
 
@@ -109,14 +112,14 @@ class TopicTable(Generic[V]):
         fold, data, targets = self._fold, self._data, self._targets
         while True:
             try:
-                records = await self._consumer.getmany(max_records=5000, timeout=1.0)
+                records = await self._consumer.getmany(max_records=_READ, timeout=1.0)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("TopicTable(%s) failed a read; reading goes on", self.topic)
                 await asyncio.sleep(1.0)
                 continue
-            if len(records) < 5000:
+            if len(records) < _READ:
                 # Let records gather (the table trails by up to 50 ms more): one read per
                 # 50 ms under load, not one per message.
                 await asyncio.sleep(0.05)
