@@ -45,7 +45,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -69,6 +68,7 @@ from bench._common import (
     median,
     write_csv,
 )
+from kafkaloop.broker import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = b'{"name": "bench"}'
@@ -130,13 +130,6 @@ APPS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class Server:
     """One app's process: started pinned, stopped with SIGTERM, its CPU time readable."""
 
@@ -145,7 +138,7 @@ class Server:
     ) -> None:
         self.app = app
         self.topic = topic
-        self.port = _free_port()
+        self.port = free_port()
         self.log_path = log_path
         env = {
             **os.environ,

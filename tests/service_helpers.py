@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +15,9 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
+from kafkaloop.broker import free_port
 from kafkaloop.service import create_app
 from kafkaloop.settings import ServiceSettings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def service_settings(bootstrap: str, topic: str, **overrides: Any) -> ServiceSettings:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from kafkaloop.broker import LocalKafka, cache_dir, find_java, resolve_kafka
+from kafkaloop.broker import LocalKafka, cache_dir, find_java, free_port, resolve_kafka
 
 
 def _our_jvms(marker: str) -> list[int]:
@@ -274,3 +275,12 @@ def _unused_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def test_free_ports_are_outside_the_range_outgoing_connections_take_theirs_from() -> None:
+    ephemeral_start = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {free_port() for _ in range(20)}
+    assert all(20000 <= port < ephemeral_start for port in ports)
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))

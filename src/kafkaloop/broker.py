@@ -20,6 +20,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -39,6 +40,7 @@ __all__ = [
     "KAFKA_VERSION",
     "LocalKafka",
     "cache_dir",
+    "free_port",
     "resolve_kafka",
 ]
 
@@ -201,11 +203,38 @@ def _locked(directory: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _free_port() -> int:
+_PORTS_FROM = 20000
+"""Where free_port() starts looking: ports the kernel never hands out to outgoing connections
+(Linux's ephemeral range starts at 32768 by default)."""
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a server about to be started on it.
+
+    Chosen below the kernel's ephemeral range: a port that ``bind(0)`` hands out is one an
+    outgoing connection (a Kafka client's, say) may take as its own before the server binds.
+    """
+    end = _ephemeral_start()
+    rng = random.Random()
+    for _ in range(100 if end - _PORTS_FROM > 1000 else 0):
+        port = rng.randrange(_PORTS_FROM, end)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        found: int = sock.getsockname()[1]
+        return found
 
 
 def _port_in_use(port: int) -> bool:
@@ -506,9 +535,9 @@ class LocalKafka:
                         "Pass --port (or set KAFKALOOP_BROKER_PORT) to pick another one."
                     )
             else:
-                broker_port = _free_port()
-            sasl_port = _free_port() if self.sasl_users else None
-            self._nodes.append(_Node(index, broker_port, _free_port(), sasl_port=sasl_port))
+                broker_port = free_port()
+            sasl_port = free_port() if self.sasl_users else None
+            self._nodes.append(_Node(index, broker_port, free_port(), sasl_port=sasl_port))
         (self.state_dir / "log4j2.properties").write_text(_LOG4J2)
         voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self._nodes)
         formatters = []
