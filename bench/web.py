@@ -1036,7 +1036,10 @@ def report(
             for r in rows
         ],
     )
-    failures = sorted({c.measured.failure for c in cells if c.measured.failure})
+    failures = sorted(
+        {f"{c.measured.failure} (timed run)" for c in cells if c.measured.failure}
+        | {f"{c.warm.failure} (warm-up)" for c in cells if c.warm.failure}
+    )
     delivery_bad = [r for r in rows if r["delivery"] != "ok"] + [e for e in exact if e[-1] != "ok"]
     totals: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
     for cell in cells:
