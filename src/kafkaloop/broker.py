@@ -222,15 +222,15 @@ def free_port() -> int:
     outgoing connection (a Kafka client's, say) may take as its own before the server binds.
     """
     end = _ephemeral_start()
-    rng = random.Random()
-    for _ in range(100 if end - _PORTS_FROM > 1000 else 0):
-        port = rng.randrange(_PORTS_FROM, end)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
+    if end - _PORTS_FROM > 1000:  # else the range is moved so low that none is left below it
+        for _ in range(100):
+            port = random.randrange(_PORTS_FROM, end)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         found: int = sock.getsockname()[1]

@@ -21,6 +21,9 @@ from kafkaloop._models import ConsumerRecord
 
 __all__ = ["GOING_AWAY", "TOO_SLOW", "Broadcaster", "SlowClientError", "Subscription"]
 
+_READ = 500
+"""Most records offered per read: the encoding and offering run on the loop."""
+
 
 # WebSocket close codes: "try again later" for a client too slow, "going away" at shutdown.
 TOO_SLOW = 1013
@@ -171,14 +174,14 @@ class Broadcaster:
     async def _run(self) -> None:
         while True:
             try:
-                records = await self._consumer.getmany(max_records=500, timeout=1.0)
+                records = await self._consumer.getmany(max_records=_READ, timeout=1.0)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("The push consumer failed a read; reading goes on")
                 await asyncio.sleep(1.0)
                 continue
-            if len(records) < 500:
+            if len(records) < _READ:
                 # Let records gather: under load one read per 10 ms, not one per message
                 # (each read is a round trip to the consumer's thread).
                 await asyncio.sleep(0.01)
