@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from kafkaloop.broker import LocalKafka, cache_dir, find_java, free_port, resolve_kafka
+from kafkaloop.broker import LocalKafka, _cluster_id, cache_dir, find_java, free_port, resolve_kafka
 
 
 def _our_jvms(marker: str) -> list[int]:
@@ -284,3 +284,9 @@ def test_free_ports_are_outside_the_range_outgoing_connections_take_theirs_from(
     for port in ports:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))
+
+
+def test_cluster_ids_never_start_with_a_dash_the_storage_tool_would_take_for_an_option() -> None:
+    ids = [_cluster_id() for _ in range(2000)]  # about 31 would start with "-" by chance
+    assert not [i for i in ids if i.startswith("-")]
+    assert all(len(i) == 22 for i in ids)
