@@ -31,7 +31,6 @@ import enum
 import operator
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from itertools import repeat
 from types import TracebackType
 from typing import Any, Literal, Self, TypeAlias, cast
 
@@ -51,7 +50,7 @@ from kafkaloop._exceptions import (
     DeserializationError,
 )
 from kafkaloop._logging import RateLimitedLog, librdkafka_logger, logger
-from kafkaloop._models import ConsumerRecord
+from kafkaloop._models import ConsumerRecord, Cursor, RecordStream, make_records, new_record
 
 __all__ = ["AIOConsumer", "Deserializer", "RebalanceCallback"]
 
@@ -80,10 +79,9 @@ _CHUNK = 256
 _CLIENT_CALLBACKS = ("error_cb", "stats_cb", "throttle_cb", "oauth_cb", "on_commit")
 """Config callbacks of the application's that librdkafka runs inside consume()."""
 
-_new_tuple = tuple.__new__
 _error, _key, _value = Message.error, Message.key, Message.value
 _topic, _partition, _offset = Message.topic, Message.partition, Message.offset
-_message_of = operator.itemgetter(0)
+_message_of = operator.attrgetter("_message")
 
 
 # Message errors the application must hear of; librdkafka recovers from the others itself.
@@ -200,16 +198,17 @@ class AIOConsumer:
         self._inflight: asyncio.Future[tuple[list[Message], bool]] | None = None
         # Fetched messages not yet converted: those carried past a bad one (it comes first),
         # then the rest of the consumed batch from _raw_pos on. Records are made a chunk at a
-        # time: a record is a tracked object, and thousands alive at once would set off the
-        # garbage collector (every collection walking them) where a chunk does not.
+        # time: messages (and records, without the C extension) are objects the garbage
+        # collector counts, and thousands alive at once would set off collections (each one
+        # walking them) where a chunk does not.
         self._carry: collections.deque[Message] = collections.deque()
         self._raw: list[Message] = []
         self._raw_pos = 0
         self._raw_one_partition = False
-        # The current batch: records before _next are handed over, and those before _noted
+        # The current batch: records before _cursor.next are handed over, and those before _noted
         # are counted in _handed_out (partition -> last offset handed over, not yet stored).
-        self._batch: list[ConsumerRecord] = []
-        self._next = 0
+        self._cursor = Cursor()
+        self._stream = RecordStream(self._cursor, self._read_next)
         self._noted = 0
         self._handed_out: dict[tuple[str, int], int] = {}
         self._one_partition = False
@@ -314,10 +313,10 @@ class AIOConsumer:
 
     def _drop(self, partitions: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Drop unread records of `partitions`; return the first dropped offset of each."""
-        self._note_upto(self._next)
+        self._note_upto(self._cursor.next)
         first: dict[tuple[str, int], int] = {}
         kept: list[ConsumerRecord] = []
-        for record in self._batch[self._next :]:
+        for record in self._cursor.batch[self._cursor.next :]:
             key = (record.topic, record.partition)
             if key in partitions:
                 first.setdefault(key, record.offset)
@@ -331,7 +330,7 @@ class AIOConsumer:
                 first.setdefault(key, msg.offset() or 0)
             else:
                 carried.append(msg)
-        self._batch, self._next, self._noted, self._carry = kept, 0, 0, carried
+        self._cursor.batch, self._cursor.next, self._noted, self._carry = kept, 0, 0, carried
         self._one_partition = False
         return first
 
@@ -343,48 +342,49 @@ class AIOConsumer:
         if max_records < 1:
             raise ValueError(f"max_records must be at least 1, not {max_records}")
         deadline = self._loop.time() + timeout
-        while self._next >= len(self._batch):
+        while self._cursor.next >= len(self._cursor.batch):
             await self._fill(
                 max_records, max(0.0, min(deadline - self._loop.time(), _POLL_TIMEOUT))
             )
-            if self._next < len(self._batch) or self._loop.time() >= deadline:
+            if self._cursor.next < len(self._cursor.batch) or self._loop.time() >= deadline:
                 break
-        start, batch = self._next, self._batch
+        start, batch = self._cursor.next, self._cursor.batch
         if start == 0 and len(batch) <= max_records:
             records = batch  # the whole batch: hand the list itself over, no copy
         else:
             records = batch[start : start + max_records]
-        self._next = start + len(records)
+        self._cursor.next = start + len(records)
         if records:
-            self._note_upto(self._next)
+            self._note_upto(self._cursor.next)
             self._store_handed_out()
         if records is batch:
-            self._batch, self._next, self._noted = [], 0, 0
+            self._cursor.batch, self._cursor.next, self._noted = [], 0, 0
         return records
 
     def __aiter__(self) -> AsyncIterator[ConsumerRecord]:
-        return self
+        # A record already at hand comes without a Python frame or a coroutine (the stream is
+        # C code when the extension is built); the stream calls _read_next for more.
+        return self._stream
 
-    async def __anext__(self) -> ConsumerRecord:
+    def __anext__(self) -> Awaitable[ConsumerRecord]:
         """The next record; iteration ends when the consumer is closed."""
-        index = self._next
-        if index < len(self._batch):
-            self._next = index + 1
-            return self._batch[index]
-        while self._next >= len(self._batch):
+        return self._stream.__anext__()
+
+    async def _read_next(self) -> ConsumerRecord:
+        while self._cursor.next >= len(self._cursor.batch):
             if self._state is not _State.OPEN:
                 raise StopAsyncIteration
             # Asking for more means every record handed out so far has been dealt with.
-            self._note_upto(self._next)
+            self._note_upto(self._cursor.next)
             self._store_handed_out()
             await self._fill(min(_CHUNK, self._batch_size), _POLL_TIMEOUT)
-        self._next += 1
-        return self._batch[self._next - 1]
+        self._cursor.next += 1
+        return self._cursor.batch[self._cursor.next - 1]
 
     async def _fill(self, count: int, timeout: float) -> None:
         """Replace the (fully handed over) batch with carried messages or a fresh one."""
-        self._note_upto(self._next)
-        self._batch, self._next, self._noted = [], 0, 0
+        self._note_upto(self._cursor.next)
+        self._cursor.batch, self._cursor.next, self._noted = [], 0, 0
         self._one_partition = False
         if self._carry:
             self._convert()
@@ -404,7 +404,7 @@ class AIOConsumer:
             self._carry.extend(chunk)
             self._convert()
         else:
-            self._batch = records
+            self._cursor.batch = records
             self._one_partition = self._raw_one_partition
 
     async def _consume(self, count: int, timeout: float) -> tuple[list[Message], bool]:
@@ -484,12 +484,14 @@ class AIOConsumer:
         return messages, assigned == 1
 
     def _convert_fast(self, messages: list[Message]) -> list[ConsumerRecord] | None:
-        """Records for a clean batch, built in C; None if any message needs the slow path."""
+        """Records for a clean batch in one go; None if any message needs the slow path."""
+        key_de, value_de = self._key_deserializer, self._value_deserializer
+        if key_de is None and value_de is None:
+            return make_records(messages)
         if any(map(_error, messages)):
             return None
         keys: Iterable[Any] = map(_key, messages)
         values: Iterable[Any] = map(_value, messages)
-        key_de, value_de = self._key_deserializer, self._value_deserializer
         try:
             if key_de is not None:
                 keys = [None if k is None else key_de(k) for k in keys]
@@ -497,13 +499,11 @@ class AIOConsumer:
                 values = [None if v is None else value_de(v) for v in values]
         except Exception:
             return None  # the slow path finds the bad record and names it
-        return list(
-            map(_new_tuple, repeat(ConsumerRecord), zip(messages, keys, values, strict=True))
-        )
+        return list(map(new_record, messages, keys, values))
 
     def _convert(self) -> None:
         """Turn carried messages into the batch, record by record, stopping at a bad one."""
-        carry, batch = self._carry, self._batch
+        carry, batch = self._carry, self._cursor.batch
         append = batch.append
         key_de, value_de = self._key_deserializer, self._value_deserializer
         while carry:
@@ -539,7 +539,7 @@ class AIOConsumer:
                     self._reject(msg, exc)
                     continue
             carry.popleft()
-            append(_new_tuple(ConsumerRecord, (msg, key, value)))
+            append(new_record(msg, key, value))
 
     def _reject(self, msg: Message, exc: Exception) -> None:
         topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
@@ -563,10 +563,10 @@ class AIOConsumer:
         if index <= self._noted:
             return
         if self._one_partition:
-            last = self._batch[index - 1][0]
+            last = self._cursor.batch[index - 1]._message
             self._handed_out[last.topic() or "", last.partition() or 0] = last.offset() or 0
         else:
-            handed = list(map(_message_of, self._batch[self._noted : index]))
+            handed = list(map(_message_of, self._cursor.batch[self._noted : index]))
             last_offsets = zip(
                 zip(map(_topic, handed), map(_partition, handed), strict=True),
                 map(_offset, handed),
@@ -731,7 +731,7 @@ class AIOConsumer:
         await asyncio.shield(self._close_task)
 
     async def _close(self) -> None:
-        self._note_upto(self._next)
+        self._note_upto(self._cursor.next)
         try:
             await self._settle_inflight()
         except Exception as exc:  # closing goes on: the batch's error is no longer anyone's

@@ -1,0 +1,809 @@
+/* kafkaloop._records: the consumer's per-record hot path in C. Optional: _pyrecords.py is the
+ * pure-Python equivalent, used when this extension is not built (or KAFKALOOP_NO_EXTENSIONS=1).
+ *
+ * ConsumerRecord: three references (the confluent-kafka Message, the key, the value) and C
+ *   getters for the other attributes, read from the Message when asked for. It is not a
+ *   garbage-collector type: a batch of records allocates nothing the collector counts, so
+ *   reading a topic sets off no collections (a Python object per record set one off every few
+ *   hundred records, each walking the batch). That is safe while key and value are bytes,
+ *   str or None, which cannot refer back to the record. A record whose key or value is any
+ *   other object (a deserializer's) is made as DeserializedRecord, a subclass the collector
+ *   does track.
+ * make_records(messages): records for a list of clean messages, in one call, or None if one
+ *   of them carries an error (the caller's slow path deals with it).
+ * new_record(message, key, value): one record, of whichever of the two types it needs.
+ * Cursor, RecordStream: what ``async for`` over a consumer iterates, with no Python frame per
+ *   record: the next record of the batch at hand, or the consumer's coroutine that reads more.
+ * ready(value): an awaitable that gives `value` at once without suspending: what
+ *   ``AIOConsumer.__anext__`` returns for a record already at hand (a coroutine per record
+ *   costs more than the record itself).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *message;
+    PyObject *key;
+    PyObject *value;
+} Record;
+
+static PyObject *message_type; /* confluent_kafka.Message */
+
+/* The Message methods records call: their names, and the method descriptors looked up once
+ * (calling one directly skips a lookup per call; Message subclasses get the lookup). */
+enum { M_TOPIC, M_PARTITION, M_OFFSET, M_HEADERS, M_TIMESTAMP, M_KEY, M_VALUE, M_ERROR, M_N };
+static const char *method_names[M_N] = {"topic",     "partition", "offset", "headers",
+                                        "timestamp", "key",       "value",  "error"};
+static PyObject *method_name[M_N];
+static PyObject *method_descr[M_N];
+
+static PyObject *
+call_message(PyObject *message, int method)
+{
+    if (Py_IS_TYPE(message, (PyTypeObject *)message_type)) {
+        return PyObject_Vectorcall(method_descr[method], &message, 1, NULL);
+    }
+    return PyObject_CallMethodNoArgs(message, method_name[method]);
+}
+
+static PyTypeObject RecordType;
+static PyTypeObject DeserializedRecordType;
+
+static int
+is_atomic(PyObject *obj)
+{
+    return obj == Py_None || PyBytes_CheckExact(obj) || PyUnicode_CheckExact(obj);
+}
+
+static PyObject *
+record_make(PyObject *message, PyObject *key, PyObject *value)
+{
+    PyTypeObject *type =
+        is_atomic(key) && is_atomic(value) ? &RecordType : &DeserializedRecordType;
+    Record *self = (Record *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->message = Py_NewRef(message);
+    self->key = Py_NewRef(key);
+    self->value = Py_NewRef(value);
+    return (PyObject *)self;
+}
+
+static PyObject *
+record_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    /* A record made by hand (for tests of code that handles records). */
+    PyObject *topic, *partition, *offset, *key = Py_None, *value = Py_None;
+    PyObject *headers = Py_None, *timestamp = Py_None;
+    static char *kwlist[] = {"topic", "partition", "offset", "key", "value",
+                             "headers", "timestamp", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "UOO|OOOO:ConsumerRecord", kwlist, &topic,
+                                     &partition, &offset, &key, &value, &headers,
+                                     &timestamp)) {
+        return NULL;
+    }
+    PyObject *stamp = timestamp == Py_None ? Py_BuildValue("(ii)", 0, 0)
+                                           : Py_BuildValue("(iO)", 1, timestamp);
+    if (stamp == NULL) {
+        return NULL;
+    }
+    PyObject *kw = Py_BuildValue("{sOsOsOsOsO}", "topic", topic, "partition", partition,
+                                 "offset", offset, "headers", headers, "timestamp", stamp);
+    Py_DECREF(stamp);
+    if (kw == NULL) {
+        return NULL;
+    }
+    PyObject *empty = PyTuple_New(0);
+    PyObject *message = empty == NULL ? NULL : PyObject_Call(message_type, empty, kw);
+    Py_XDECREF(empty);
+    Py_DECREF(kw);
+    if (message == NULL) {
+        return NULL;
+    }
+    PyObject *record = record_make(message, key, value);
+    Py_DECREF(message);
+    return record;
+}
+
+static int
+record_traverse(Record *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->message);
+    Py_VISIT(self->key);
+    Py_VISIT(self->value);
+    return 0;
+}
+
+static int
+record_clear(Record *self)
+{
+    Py_CLEAR(self->key);
+    Py_CLEAR(self->value);
+    return 0;
+}
+
+static void
+record_dealloc(Record *self)
+{
+    Py_CLEAR(self->message);
+    Py_CLEAR(self->key);
+    Py_CLEAR(self->value);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static void
+deserialized_record_dealloc(Record *self)
+{
+    PyObject_GC_UnTrack(self);
+    Py_TRASHCAN_BEGIN(self, deserialized_record_dealloc)
+    record_dealloc(self);
+    Py_TRASHCAN_END
+}
+
+static PyObject *
+record_topic(Record *self, void *closure)
+{
+    PyObject *topic = call_message(self->message, M_TOPIC);
+    if (topic == Py_None) {
+        Py_DECREF(topic);
+        return PyUnicode_FromStringAndSize("", 0);
+    }
+    return topic;
+}
+
+static PyObject *
+record_call(Record *self, void *method)
+{
+    return call_message(self->message, *(int *)method);
+}
+
+static PyObject *
+record_timestamp(Record *self, void *closure)
+{
+    /* Message.timestamp() is (kind, milliseconds); kind 0 is "not available". */
+    PyObject *pair = call_message(self->message, M_TIMESTAMP);
+    if (pair == NULL) {
+        return NULL;
+    }
+    if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+        Py_DECREF(pair);
+        PyErr_SetString(PyExc_TypeError, "Message.timestamp() did not return a pair");
+        return NULL;
+    }
+    long kind = PyLong_AsLong(PyTuple_GET_ITEM(pair, 0));
+    if (kind == -1 && PyErr_Occurred()) {
+        Py_DECREF(pair);
+        return NULL;
+    }
+    PyObject *result = kind == 0 ? Py_None : PyTuple_GET_ITEM(pair, 1);
+    Py_INCREF(result);
+    Py_DECREF(pair);
+    return result;
+}
+
+static PyObject *
+record_message(Record *self, void *closure)
+{
+    return Py_NewRef(self->message);
+}
+
+static PyObject *
+record_key(Record *self, void *closure)
+{
+    return Py_NewRef(self->key != NULL ? self->key : Py_None);
+}
+
+static PyObject *
+record_value(Record *self, void *closure)
+{
+    return Py_NewRef(self->value != NULL ? self->value : Py_None);
+}
+
+static const struct {
+    int partition, offset, headers;
+} methods = {M_PARTITION, M_OFFSET, M_HEADERS};
+
+static PyGetSetDef record_getset[] = {
+    {"topic", (getter)record_topic, NULL, "The topic it was read from.", NULL},
+    {"partition", (getter)record_call, NULL, "The partition it was read from.", (void *)&methods.partition},
+    {"offset", (getter)record_call, NULL, "Its offset in the partition.", (void *)&methods.offset},
+    {"key", (getter)record_key, NULL, "The key: bytes, None, or the deserializer's.", NULL},
+    {"value", (getter)record_value, NULL,
+     "The value: bytes, None (a tombstone), or the deserializer's.", NULL},
+    {"headers", (getter)record_call, NULL, "Headers in order (names may repeat), or None.",
+     (void *)&methods.headers},
+    {"timestamp", (getter)record_timestamp, NULL,
+     "Milliseconds since the epoch (create or log-append time), or None when unknown.", NULL},
+    {"_message", (getter)record_message, NULL, "The confluent-kafka Message.", NULL},
+    {NULL},
+};
+
+static PyObject *
+record_fields(PyObject *self)
+{
+    static const char *names[] = {"topic", "partition", "offset", "key",
+                                  "value", "headers", "timestamp"};
+    PyObject *fields = PyTuple_New(7);
+    if (fields == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < 7; i++) {
+        PyObject *item = PyObject_GetAttrString(self, names[i]);
+        if (item == NULL) {
+            Py_DECREF(fields);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(fields, i, item);
+    }
+    return fields;
+}
+
+static PyObject *
+record_repr(PyObject *self)
+{
+    PyObject *f = record_fields(self);
+    if (f == NULL) {
+        return NULL;
+    }
+    PyObject *repr = PyUnicode_FromFormat(
+        "ConsumerRecord(topic=%R, partition=%S, offset=%S, key=%R, value=%R, headers=%R, "
+        "timestamp=%S)",
+        PyTuple_GET_ITEM(f, 0), PyTuple_GET_ITEM(f, 1), PyTuple_GET_ITEM(f, 2),
+        PyTuple_GET_ITEM(f, 3), PyTuple_GET_ITEM(f, 4), PyTuple_GET_ITEM(f, 5),
+        PyTuple_GET_ITEM(f, 6));
+    Py_DECREF(f);
+    return repr;
+}
+
+static PyObject *
+record_richcompare(PyObject *self, PyObject *other, int op)
+{
+    if ((op != Py_EQ && op != Py_NE) || !PyObject_TypeCheck(other, &RecordType)) {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    PyObject *mine = record_fields(self);
+    if (mine == NULL) {
+        return NULL;
+    }
+    PyObject *theirs = record_fields(other);
+    if (theirs == NULL) {
+        Py_DECREF(mine);
+        return NULL;
+    }
+    PyObject *result = PyObject_RichCompare(mine, theirs, op);
+    Py_DECREF(mine);
+    Py_DECREF(theirs);
+    return result;
+}
+
+static Py_hash_t
+record_hash(PyObject *self)
+{
+    PyObject *f = record_fields(self);
+    if (f == NULL) {
+        return -1;
+    }
+    PyObject *where = PyTuple_GetSlice(f, 0, 3); /* topic, partition, offset */
+    Py_DECREF(f);
+    if (where == NULL) {
+        return -1;
+    }
+    Py_hash_t hash = PyObject_Hash(where);
+    Py_DECREF(where);
+    return hash;
+}
+
+static PyTypeObject RecordType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kafkaloop.ConsumerRecord",
+    .tp_basicsize = sizeof(Record),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = PyDoc_STR(
+        "One consumed message: topic, partition, offset, key, value, headers and "
+        "timestamp.\n\nKey and value are bytes, or what the consumer's deserializers made of "
+        "them. The other attributes are read from the underlying confluent-kafka Message when "
+        "asked for."),
+    .tp_new = record_new,
+    .tp_dealloc = (destructor)record_dealloc,
+    .tp_repr = record_repr,
+    .tp_hash = record_hash,
+    .tp_richcompare = record_richcompare,
+    .tp_getset = record_getset,
+};
+
+static PyTypeObject DeserializedRecordType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kafkaloop._records.DeserializedRecord",
+    .tp_basicsize = sizeof(Record),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = PyDoc_STR("A ConsumerRecord whose key or value a deserializer made."),
+    .tp_base = &RecordType,
+    .tp_dealloc = (destructor)deserialized_record_dealloc,
+    .tp_traverse = (traverseproc)record_traverse,
+    .tp_clear = (inquiry)record_clear,
+};
+
+/* new_record(message, key, value) */
+static PyObject *
+new_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "new_record(message, key, value)");
+        return NULL;
+    }
+    return record_make(args[0], args[1], args[2]);
+}
+
+/* make_records(messages) -> list | None */
+static PyObject *
+make_records(PyObject *module, PyObject *messages)
+{
+    if (!PyList_Check(messages)) {
+        PyErr_SetString(PyExc_TypeError, "make_records(messages: list)");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(messages);
+    PyObject *records = PyList_New(n);
+    if (records == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(messages) && i < n; i++) {
+        PyObject *msg = PyList_GET_ITEM(messages, i);
+        PyObject *error = call_message(msg, M_ERROR);
+        if (error == NULL) {
+            goto fail;
+        }
+        Py_DECREF(error);
+        if (error != Py_None) {
+            Py_DECREF(records);
+            Py_RETURN_NONE;
+        }
+        Record *record = (Record *)RecordType.tp_alloc(&RecordType, 0);
+        if (record == NULL) {
+            goto fail;
+        }
+        /* In the list at once, so a failure below frees it with the list. */
+        PyList_SET_ITEM(records, i, (PyObject *)record);
+        record->message = Py_NewRef(msg);
+        record->key = call_message(msg, M_KEY);
+        if (record->key == NULL) {
+            goto fail;
+        }
+        record->value = call_message(msg, M_VALUE);
+        if (record->value == NULL) {
+            goto fail;
+        }
+        if (!is_atomic(record->key) || !is_atomic(record->value)) {
+            PyErr_SetString(PyExc_TypeError, "make_records: a key or value is not bytes");
+            goto fail;
+        }
+    }
+    if (PyList_GET_SIZE(messages) != n) {
+        PyErr_SetString(PyExc_RuntimeError, "make_records: the message list changed size");
+        goto fail;
+    }
+    return records;
+fail:
+    Py_DECREF(records);
+    return NULL;
+}
+
+/* ready(value): awaiting it gives value, without suspending. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *value; /* NULL once given */
+} Ready;
+
+static void
+ready_dealloc(Ready *self)
+{
+    Py_CLEAR(self->value);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+ready_await(Ready *self)
+{
+    return Py_NewRef(self);
+}
+
+static PySendResult
+ready_send(Ready *self, PyObject *arg, PyObject **result)
+{
+    if (self->value == NULL) {
+        /* Awaited twice: like an exhausted coroutine's iterator, it gives None. */
+        *result = Py_NewRef(Py_None);
+        return PYGEN_RETURN;
+    }
+    *result = self->value;
+    self->value = NULL;
+    return PYGEN_RETURN;
+}
+
+static PyObject *
+ready_iternext(Ready *self)
+{
+    /* For callers that iterate instead of sending: StopIteration carries the value. */
+    PyObject *value = NULL;
+    if (ready_send(self, Py_None, &value) != PYGEN_RETURN) {
+        return NULL;
+    }
+    PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, value);
+    Py_DECREF(value);
+    if (stop == NULL) {
+        return NULL;
+    }
+    PyErr_SetObject(PyExc_StopIteration, stop);
+    Py_DECREF(stop);
+    return NULL;
+}
+
+static PyObject *
+ready_send_method(Ready *self, PyObject *arg)
+{
+    return ready_iternext(self);
+}
+
+static PyObject *
+ready_throw(Ready *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* Never suspended, so nothing to throw into: raise it where it was thrown. */
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "throw expected at least 1 argument");
+        return NULL;
+    }
+    Py_CLEAR(self->value);
+    PyObject *exc = args[0];
+    if (PyExceptionClass_Check(exc)) {
+        PyErr_SetNone(exc);
+    }
+    else if (PyExceptionInstance_Check(exc)) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    }
+    else {
+        PyErr_SetString(PyExc_TypeError, "exceptions must derive from BaseException");
+    }
+    return NULL;
+}
+
+static PyObject *
+ready_close(Ready *self, PyObject *unused)
+{
+    Py_CLEAR(self->value);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef ready_methods[] = {
+    {"send", (PyCFunction)ready_send_method, METH_O, NULL},
+    {"throw", (PyCFunction)(void (*)(void))ready_throw, METH_FASTCALL, NULL},
+    {"close", (PyCFunction)ready_close, METH_NOARGS, NULL},
+    {NULL},
+};
+
+static PyAsyncMethods ready_as_async = {
+    .am_await = (unaryfunc)ready_await,
+    .am_send = (sendfunc)ready_send,
+};
+
+static PyTypeObject ReadyType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kafkaloop._records.Ready",
+    .tp_basicsize = sizeof(Ready),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "An awaitable that gives its value at once.",
+    .tp_dealloc = (destructor)ready_dealloc,
+    .tp_as_async = &ready_as_async,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)ready_iternext,
+    .tp_methods = ready_methods,
+};
+
+static PyObject *
+ready(PyObject *module, PyObject *value)
+{
+    /* One spare object is kept: `async for` drops each awaitable before it asks for the next,
+     * so the spare is free again (nothing else refers to it) and no allocation is made. */
+    static Ready *spare = NULL;
+    Ready *self;
+    if (spare != NULL && Py_REFCNT(spare) == 1) {
+        self = (Ready *)Py_NewRef(spare);
+        Py_XSETREF(self->value, Py_NewRef(value));
+        return (PyObject *)self;
+    }
+    self = PyObject_New(Ready, &ReadyType);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->value = Py_NewRef(value);
+    if (spare == NULL) {
+        spare = (Ready *)Py_NewRef(self);
+    }
+    return (PyObject *)self;
+}
+
+/* Cursor: the batch of records being handed over and the index of the next one. The
+ * consumer keeps it; RecordStream reads from it. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *batch; /* a list */
+    Py_ssize_t next;
+} Cursor;
+
+static int
+cursor_init(Cursor *self, PyObject *args, PyObject *kwds)
+{
+    if ((kwds != NULL && PyDict_GET_SIZE(kwds)) || !PyArg_ParseTuple(args, ":Cursor")) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "Cursor() takes no arguments");
+        }
+        return -1;
+    }
+    PyObject *empty = PyList_New(0);
+    if (empty == NULL) {
+        return -1;
+    }
+    Py_XSETREF(self->batch, empty);
+    self->next = 0;
+    return 0;
+}
+
+static void
+cursor_dealloc(Cursor *self)
+{
+    PyObject_GC_UnTrack(self);
+    Py_CLEAR(self->batch);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+cursor_traverse(Cursor *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->batch);
+    return 0;
+}
+
+static int
+cursor_clear(Cursor *self)
+{
+    Py_CLEAR(self->batch);
+    return 0;
+}
+
+static PyObject *
+cursor_get_batch(Cursor *self, void *closure)
+{
+    if (self->batch == NULL) {
+        return PyList_New(0);
+    }
+    return Py_NewRef(self->batch);
+}
+
+static int
+cursor_set_batch(Cursor *self, PyObject *value, void *closure)
+{
+    if (value == NULL || !PyList_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "Cursor.batch must be a list");
+        return -1;
+    }
+    Py_XSETREF(self->batch, Py_NewRef(value));
+    return 0;
+}
+
+static PyObject *
+cursor_get_next(Cursor *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->next);
+}
+
+static int
+cursor_set_next(Cursor *self, PyObject *value, void *closure)
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_TypeError, "Cursor.next cannot be deleted");
+        return -1;
+    }
+    Py_ssize_t next = PyLong_AsSsize_t(value);
+    if (next == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    self->next = next;
+    return 0;
+}
+
+static PyGetSetDef cursor_getset[] = {
+    {"batch", (getter)cursor_get_batch, (setter)cursor_set_batch,
+     "The records of the current batch (a list).", NULL},
+    {"next", (getter)cursor_get_next, (setter)cursor_set_next,
+     "The index of the next record to hand over.", NULL},
+    {NULL},
+};
+
+static PyTypeObject CursorType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kafkaloop._records.Cursor",
+    .tp_basicsize = sizeof(Cursor),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = PyDoc_STR("The batch being handed over and the index of the next record."),
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)cursor_init,
+    .tp_dealloc = (destructor)cursor_dealloc,
+    .tp_traverse = (traverseproc)cursor_traverse,
+    .tp_clear = (inquiry)cursor_clear,
+    .tp_getset = cursor_getset,
+};
+
+/* RecordStream(cursor, refill): what ``async for`` iterates. The next record of the cursor's
+ * batch if there is one (awaiting it does not suspend), else whatever refill() returns (the
+ * consumer's coroutine that reads more). */
+typedef struct {
+    PyObject_HEAD
+    Cursor *cursor;
+    PyObject *refill;
+} RecordStream;
+
+static PyObject *
+stream_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *cursor, *refill;
+    if ((kwds != NULL && PyDict_GET_SIZE(kwds)) ||
+        !PyArg_ParseTuple(args, "O!O:RecordStream", &CursorType, &cursor, &refill)) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "RecordStream() takes no keyword arguments");
+        }
+        return NULL;
+    }
+    RecordStream *self = (RecordStream *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->cursor = (Cursor *)Py_NewRef(cursor);
+    self->refill = Py_NewRef(refill);
+    return (PyObject *)self;
+}
+
+static void
+stream_dealloc(RecordStream *self)
+{
+    PyObject_GC_UnTrack(self);
+    Py_CLEAR(self->cursor);
+    Py_CLEAR(self->refill);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+stream_traverse(RecordStream *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->cursor);
+    Py_VISIT(self->refill);
+    return 0;
+}
+
+static int
+stream_clear(RecordStream *self)
+{
+    Py_CLEAR(self->cursor);
+    Py_CLEAR(self->refill);
+    return 0;
+}
+
+static PyObject *
+stream_aiter(RecordStream *self)
+{
+    return Py_NewRef(self);
+}
+
+static PyObject *
+stream_anext(RecordStream *self)
+{
+    if (self->cursor == NULL || self->refill == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "RecordStream was cleared");
+        return NULL;
+    }
+    Cursor *cursor = self->cursor;
+    PyObject *batch = cursor->batch;
+    if (batch != NULL && cursor->next >= 0 && cursor->next < PyList_GET_SIZE(batch)) {
+        PyObject *record = PyList_GET_ITEM(batch, cursor->next);
+        cursor->next++;
+        return ready(NULL, record);
+    }
+    return PyObject_CallNoArgs(self->refill);
+}
+
+static PyObject *
+stream_anext_method(RecordStream *self, PyObject *unused)
+{
+    return stream_anext(self);
+}
+
+static PyObject *
+stream_aiter_method(RecordStream *self, PyObject *unused)
+{
+    return stream_aiter(self);
+}
+
+static PyMethodDef stream_methods[] = {
+    {"__anext__", (PyCFunction)stream_anext_method, METH_NOARGS, NULL},
+    {"__aiter__", (PyCFunction)stream_aiter_method, METH_NOARGS, NULL},
+    {NULL},
+};
+
+static PyAsyncMethods stream_as_async = {
+    .am_aiter = (unaryfunc)stream_aiter,
+    .am_anext = (unaryfunc)stream_anext,
+};
+
+static PyTypeObject RecordStreamType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kafkaloop._records.RecordStream",
+    .tp_basicsize = sizeof(RecordStream),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = PyDoc_STR("The consumer's records, for async for."),
+    .tp_new = stream_new,
+    .tp_dealloc = (destructor)stream_dealloc,
+    .tp_traverse = (traverseproc)stream_traverse,
+    .tp_clear = (inquiry)stream_clear,
+    .tp_as_async = &stream_as_async,
+    .tp_methods = stream_methods,
+};
+
+static PyMethodDef module_methods[] = {
+    {"make_records", (PyCFunction)make_records, METH_O,
+     "make_records(messages) -> records, or None if a message carries an error."},
+    {"new_record", (PyCFunction)(void (*)(void))new_record, METH_FASTCALL,
+     "new_record(message, key, value) -> a record."},
+    {"ready", (PyCFunction)ready, METH_O,
+     "ready(value) -> an awaitable that gives value at once."},
+    {NULL},
+};
+
+static struct PyModuleDef records_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "kafkaloop._records",
+    .m_doc = "The consumer's per-record hot path in C.",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__records(void)
+{
+    if (PyType_Ready(&RecordType) < 0 || PyType_Ready(&DeserializedRecordType) < 0 ||
+        PyType_Ready(&ReadyType) < 0 || PyType_Ready(&CursorType) < 0 ||
+        PyType_Ready(&RecordStreamType) < 0) {
+        return NULL;
+    }
+    PyObject *confluent = PyImport_ImportModule("confluent_kafka");
+    if (confluent == NULL) {
+        return NULL;
+    }
+    message_type = PyObject_GetAttrString(confluent, "Message");
+    Py_DECREF(confluent);
+    if (message_type == NULL) {
+        return NULL;
+    }
+    for (int i = 0; i < M_N; i++) {
+        method_name[i] = PyUnicode_InternFromString(method_names[i]);
+        if (method_name[i] == NULL) {
+            return NULL;
+        }
+        method_descr[i] = PyObject_GetAttr(message_type, method_name[i]);
+        if (method_descr[i] == NULL) {
+            return NULL;
+        }
+    }
+    PyObject *module = PyModule_Create(&records_module);
+    if (module == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(module, "ConsumerRecord", (PyObject *)&RecordType) < 0 ||
+        PyModule_AddObjectRef(module, "DeserializedRecord",
+                              (PyObject *)&DeserializedRecordType) < 0 ||
+        PyModule_AddObjectRef(module, "Cursor", (PyObject *)&CursorType) < 0 ||
+        PyModule_AddObjectRef(module, "RecordStream", (PyObject *)&RecordStreamType) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}
