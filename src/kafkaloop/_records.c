@@ -10,7 +10,8 @@
  *   other object (a deserializer's) is made as DeserializedRecord, a subclass the collector
  *   does track.
  * make_records(messages): records for a list of clean messages, in one call, or None if one
- *   of them carries an error (the caller's slow path deals with it).
+ *   of them carries an error (the caller's slow path deals with it). Their key and value are
+ *   read from the message when asked for: a record costs one allocation and no call for them.
  * new_record(message, key, value): one record, of whichever of the two types it needs.
  * Cursor, RecordStream: what ``async for`` over a consumer iterates, with no Python frame per
  *   record: the next record of the batch at hand, or the consumer's coroutine that reads more.
@@ -24,8 +25,9 @@
 typedef struct {
     PyObject_HEAD
     PyObject *message;
-    PyObject *key;
-    PyObject *value;
+    PyObject *key;   /* when lazy: NULL, read from the message when asked for */
+    PyObject *value; /* likewise */
+    int lazy;
 } Record;
 
 static PyObject *message_type; /* confluent_kafka.Message */
@@ -192,12 +194,18 @@ record_message(Record *self, void *closure)
 static PyObject *
 record_key(Record *self, void *closure)
 {
+    if (self->lazy) {
+        return call_message(self->message, M_KEY);
+    }
     return Py_NewRef(self->key != NULL ? self->key : Py_None);
 }
 
 static PyObject *
 record_value(Record *self, void *closure)
 {
+    if (self->lazy) {
+        return call_message(self->message, M_VALUE);
+    }
     return Py_NewRef(self->value != NULL ? self->value : Py_None);
 }
 
@@ -366,19 +374,9 @@ make_records(PyObject *module, PyObject *messages)
         }
         /* In the list at once, so a failure below frees it with the list. */
         PyList_SET_ITEM(records, i, (PyObject *)record);
+        /* Key and value stay in the message (bytes or None) until asked for. */
         record->message = Py_NewRef(msg);
-        record->key = call_message(msg, M_KEY);
-        if (record->key == NULL) {
-            goto fail;
-        }
-        record->value = call_message(msg, M_VALUE);
-        if (record->value == NULL) {
-            goto fail;
-        }
-        if (!is_atomic(record->key) || !is_atomic(record->value)) {
-            PyErr_SetString(PyExc_TypeError, "make_records: a key or value is not bytes");
-            goto fail;
-        }
+        record->lazy = 1;
     }
     if (PyList_GET_SIZE(messages) != n) {
         PyErr_SetString(PyExc_RuntimeError, "make_records: the message list changed size");
