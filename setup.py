@@ -1,14 +1,12 @@
-"""The optional C extension; everything else is in pyproject.toml."""
+"""The optional C extensions; everything else is in pyproject.toml."""
 
 from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        Extension(
-            "kafkaloop._records",
-            ["src/kafkaloop/_records.c"],
-            # No compiler: the package still installs, with records in pure Python.
-            optional=True,
-        )
+        # optional: without a C compiler the package still installs, and uses each one's
+        # pure-Python twin (src/kafkaloop/_extensions.py).
+        Extension(f"kafkaloop.{name}", [f"src/kafkaloop/{name}.c"], optional=True)
+        for name in ("_records", "_handoff")
     ]
 )

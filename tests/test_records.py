@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import subprocess
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, Message
 
-from kafkaloop import _models, _pyrecords
+from kafkaloop import _extensions, _models, _pyrecords
 
 try:
     from kafkaloop import _records as native
@@ -35,7 +36,7 @@ def messages(count: int, **extra: Any) -> list[Message]:
 
 
 def test_the_c_extension_is_in_use() -> None:
-    if os.environ.get("KAFKALOOP_NO_EXTENSIONS", "") not in ("", "0"):
+    if _extensions.DISABLED:
         pytest.skip("KAFKALOOP_NO_EXTENSIONS is set")
     assert native is not None, "kafkaloop._records is not built: is a C compiler installed?"
     assert _models.NATIVE_RECORDS
@@ -96,12 +97,6 @@ def test_new_record_keeps_what_a_deserializer_made(impl: ModuleType) -> None:
     record = impl.new_record(message, "key", {"n": 1})
     assert isinstance(record, impl.ConsumerRecord)
     assert (record.key, record.value, record.offset) == ("key", {"n": 1}, 0)
-
-
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-async def test_ready_gives_its_value_without_suspending(impl: ModuleType) -> None:
-    value = object()
-    assert await impl.ready(value) is value
 
 
 @pytest.mark.skipif(native is None, reason="the C extension is not built")
@@ -206,3 +201,88 @@ def test_records_of_a_message_subclass(impl: ModuleType) -> None:
 
     (record,) = impl.make_records([Traced(topic="t", partition=4, offset=9, value=b"v")])
     assert (record.topic, record.partition, record.offset, record.value) == ("t", 4, 9, b"v")
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+async def test_a_record_is_taken_when_awaited_not_before(impl: ModuleType) -> None:
+    cursor = impl.Cursor()
+    cursor.batch = impl.make_records(messages(2))
+
+    async def refill() -> Any:
+        raise StopAsyncIteration
+
+    stream = impl.RecordStream(cursor, refill)
+    dropped: Any = stream.__anext__()
+    dropped.close()  # never awaited: nothing taken
+    pending = stream.__anext__()
+    assert cursor.next == 0
+    assert (await pending).offset == 0
+    with pytest.raises(RuntimeError):
+        await pending  # an awaitable is awaited once
+    assert (await anext(stream)).offset == 1
+    assert await anext(stream, None) is None
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+async def test_a_record_stream_suspends_in_refill_and_passes_cancellation_on(
+    impl: ModuleType,
+) -> None:
+    cursor = impl.Cursor()
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    async def refill() -> Any:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        finally:
+            stopped.set()
+
+    stream = impl.RecordStream(cursor, refill)
+
+    async def read() -> Any:
+        return await stream.__anext__()
+
+    task = asyncio.ensure_future(read())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert stopped.is_set()
+
+    async def refill_later() -> Any:
+        await asyncio.sleep(0)
+        cursor.batch, cursor.next = impl.make_records(messages(1)), 1
+        return cursor.batch[0]
+
+    stream = impl.RecordStream(cursor, refill_later)
+    assert (await stream.__anext__()).offset == 0
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_make_records_is_safe_from_a_message_that_changes_the_list(impl: ModuleType) -> None:
+    batch: list[Message] = []
+
+    class Meddling(Message):
+        def error(self) -> Any:
+            batch[:] = [Message(topic="other", partition=0, offset=99)]
+            return None
+
+    batch[:] = [Meddling(topic="t", partition=0, offset=1, value=b"v")]
+    (record,) = impl.make_records(batch)
+    assert (record.topic, record.offset, record.value) == ("t", 1, b"v")
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_headers_are_handed_out_as_copies(impl: ModuleType) -> None:
+    record = impl.ConsumerRecord("t", 0, 0, headers=[("h", b"1")])
+    record.headers.append(("x", b"2"))
+    assert record.headers == [("h", b"1")]
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_equal_and_unequal_agree(impl: ModuleType) -> None:
+    (one,) = messages(1)
+    a, b = impl.new_record(one, 1, None), impl.new_record(one, 1, None)
+    c = impl.new_record(one, 2, None)
+    assert (a == b, a != b) == (True, False)
+    assert (a == c, a != c) == (False, True)

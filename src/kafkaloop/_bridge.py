@@ -10,7 +10,10 @@ The handoff is batched. ``call_soon_threadsafe`` writes to the loop's self-pipe 
 which is a system call and a loop wake-up per message when done once per delivery. The bridge
 keeps a queue of pending calls and at most one scheduled wake-up: the first call after a drain
 schedules it, later calls only append, and one drain on the loop runs everything that arrived
-since. Under load that is one wake-up per batch of deliveries instead of one per message.
+since. Under load that is one wake-up per batch of deliveries instead of one per message. That
+queue (``PendingCalls``) is C code when kafkaloop's extension is built (``_handoff.c``; its
+pure-Python twin is ``_pyhandoff.py``): queuing a call and running it take no Python frame of
+their own.
 
 Blocking librdkafka calls (``flush``, a ``consume`` that waits, transactions) go the other
 way, through :meth:`LoopBridge.run_blocking` or :meth:`LoopBridge.run_blocking_on` (a lane, a
@@ -21,7 +24,6 @@ application's use of the default executor.
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import contextvars
 import functools
@@ -30,9 +32,15 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar, TypeVarTuple, Unpack
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, Unpack
 
 from kafkaloop._exceptions import NoRunningLoopError
+from kafkaloop._extensions import pick
+
+if TYPE_CHECKING:
+    from kafkaloop._handoff import PendingCalls
+else:
+    PendingCalls = pick("_handoff", "_pyhandoff")[0].PendingCalls
 
 logger = logging.getLogger("kafkaloop")
 
@@ -147,61 +155,32 @@ class LoopBridge:
             ) from None
         return cls(loop, name=f"kafkaloop-{client.removeprefix('AIO').lower()}")
 
+    call_soon: Callable[..., None]
+    """Run ``callback(*args)`` on the loop soon: ``bridge.call_soon(callback, *args)``.
+
+    Safe from any thread and cheap there: one append, and a wake-up only when none is
+    pending. Calls run in the order they were made. An exception from a callback is logged
+    and does not stop the calls queued after it. (The queue's own method: no Python frame
+    between a librdkafka callback and the queue.)"""
+
     def __init__(self, loop: asyncio.AbstractEventLoop, *, name: str = "kafkaloop") -> None:
         self.loop = loop
         self._name = name
-        # deque.append and popleft are atomic, so producers on other threads need no lock.
-        self._pending: collections.deque[tuple[Any, ...]] = collections.deque()
-        self._wakeup_scheduled = False
+        # A drain runs only what was queued when it started: a burst arriving meanwhile waits
+        # for the next drain, so other work on the loop gets its turn in between.
+        self._pending = PendingCalls(loop, self._callback_failed)
+        self.call_soon = self._pending.call_soon
         self._executors: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
         self._closed = False
 
-    def call_soon(self, *call: Any) -> None:
-        """Run ``callback(*args)`` on the loop soon, given ``call = (callback, *args)``.
-
-        Safe from any thread and cheap there: one append, and a wake-up only when none is
-        pending. Calls run in the order they were made. An exception from a callback is
-        logged and does not stop the calls queued after it.
-        """
-        # The call tuple is stored as is: the hot path (a delivery report) allocates nothing
-        # more than the tuple Python packs for *call.
-        self._pending.append(call)
-        if not self._wakeup_scheduled:
-            self._wakeup_scheduled = True
-            try:
-                self.loop.call_soon_threadsafe(self._drain)
-            except RuntimeError:
-                # The loop is closed: nothing will ever run there again.
-                self._wakeup_scheduled = False
-                self._pending.clear()
-
     def drain(self) -> None:
         """Run every queued call now. Only on the loop's thread (e.g. after a flush)."""
-        self._drain()
+        self._pending.drain()
 
-    def _drain(self) -> None:
-        # Clear the flag first: a call queued while draining either is run by this drain or
-        # schedules the next one, so none is left behind.
-        self._wakeup_scheduled = False
-        pending = self._pending
-        popleft = pending.popleft
-        # Only what is queued now: a burst arriving meanwhile waits for the next drain, so
-        # other work on the loop gets its turn in between.
-        for _ in range(len(pending)):
-            call = popleft()
-            try:
-                if len(call) == 4:  # a delivery report: (handler, future, err, msg)
-                    callback, a, b, c = call
-                    callback(a, b, c)
-                else:
-                    call[0](*call[1:])
-            except Exception:
-                logger.exception(
-                    "%s: a callback raised; the callbacks after it still run", self._name
-                )
-        if pending and not self._wakeup_scheduled:
-            self._wakeup_scheduled = True
-            self.loop.call_soon(self._drain)
+    def _callback_failed(self, exc: Exception) -> None:
+        logger.error(
+            "%s: a callback raised; the callbacks after it still run", self._name, exc_info=exc
+        )
 
     async def run_blocking(self, func: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
         """Run a blocking call on the bridge's own thread and await its result."""

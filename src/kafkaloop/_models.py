@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import TYPE_CHECKING, NamedTuple
+
+from kafkaloop._extensions import pick
 
 __all__ = [
     "NATIVE_RECORDS",
@@ -19,13 +20,7 @@ __all__ = [
     "TopicInfo",
     "make_records",
     "new_record",
-    "ready",
 ]
-
-NATIVE_RECORDS = False
-"""Whether consumer records come from the C extension (``_records.c``) or its pure-Python
-twin (``_pyrecords.py``): the extension when it is built, unless KAFKALOOP_NO_EXTENSIONS is
-set. Same names, same behaviour; the extension's records cost the garbage collector nothing."""
 
 if TYPE_CHECKING:
     from kafkaloop._records import (
@@ -34,38 +29,19 @@ if TYPE_CHECKING:
         RecordStream,
         make_records,
         new_record,
-        ready,
     )
-elif os.environ.get("KAFKALOOP_NO_EXTENSIONS", "") not in ("", "0"):
-    from kafkaloop._pyrecords import (
-        ConsumerRecord,
-        Cursor,
-        RecordStream,
-        make_records,
-        new_record,
-        ready,
-    )
-else:
-    try:
-        from kafkaloop._records import (
-            ConsumerRecord,
-            Cursor,
-            RecordStream,
-            make_records,
-            new_record,
-            ready,
-        )
 
-        NATIVE_RECORDS = True
-    except ImportError:  # built without a C compiler
-        from kafkaloop._pyrecords import (
-            ConsumerRecord,
-            Cursor,
-            RecordStream,
-            make_records,
-            new_record,
-            ready,
-        )
+_records, NATIVE_RECORDS = pick("_records", "_pyrecords")
+"""Whether consumer records come from the C extension (``_records.c``) or its pure-Python
+twin (``_pyrecords.py``); see _extensions.py. The extension's records cost the garbage
+collector nothing."""
+
+if not TYPE_CHECKING:
+    ConsumerRecord = _records.ConsumerRecord
+    Cursor = _records.Cursor
+    RecordStream = _records.RecordStream
+    make_records = _records.make_records
+    new_record = _records.new_record
 
 
 class RecordMetadata(NamedTuple):

@@ -23,7 +23,7 @@ import itertools
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Self, TypeAlias
+from typing import TYPE_CHECKING, Any, Self, TypeAlias
 
 from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
@@ -41,8 +41,14 @@ from kafkaloop._exceptions import (
     ProducerClosedError,
     QueueFullError,
 )
+from kafkaloop._extensions import pick
 from kafkaloop._logging import RateLimitedLog, librdkafka_logger, logger
 from kafkaloop._models import ProducerMetrics, RecordMetadata
+
+if TYPE_CHECKING:
+    from kafkaloop._handoff import Settle
+else:
+    Settle = pick("_handoff", "_pyhandoff")[0].Settle
 
 __all__ = ["AIOProducer", "DeliveryCallback", "Headers"]
 
@@ -183,7 +189,9 @@ class AIOProducer:
         self._failure_log = RateLimitedLog(logger)
         self._waiting: collections.deque[_Waiting] = collections.deque()
         self._waiting_timer: asyncio.TimerHandle | None = None
-        self._room_wanted = False
+        # Settles awaited produces on the loop (C code when kafkaloop's extension is built); its
+        # room_wanted flag says a message waits for room in librdkafka's queue.
+        self._settle = Settle(RecordMetadata, self._settle_failed, self._on_room)
         self._room = asyncio.Event()
         self._user_tasks: set[asyncio.Task[Any]] = set()
 
@@ -220,7 +228,7 @@ class AIOProducer:
         if self._refusal is not None:
             raise self._refused()
         future: asyncio.Future[RecordMetadata] = self._create_future()
-        on_delivery = functools.partial(self._call_soon, self._resolve, future)
+        on_delivery = functools.partial(self._call_soon, self._settle, future)
         if self._waiting or headers is not None or timestamp is not None:
             return self._produce_slow(
                 topic, value, key, headers, partition, timestamp, on_delivery, future
@@ -382,7 +390,7 @@ class AIOProducer:
         delivered = sum(1 for result in results if isinstance(result, RecordMetadata))
         self._delivered_loop += delivered
         self._failed_loop += len(results) - delivered
-        if self._room_wanted:
+        if self._settle.room_wanted:
             self._on_room()
 
     def _refused(self) -> Exception:
@@ -394,29 +402,11 @@ class AIOProducer:
 
     # -- delivery reports ------------------------------------------------------------------
 
-    def _resolve(
-        self, future: asyncio.Future[RecordMetadata], err: KafkaError | None, msg: Message
+    def _settle_failed(
+        self, future: asyncio.Future[RecordMetadata], err: KafkaError, msg: Message
     ) -> None:
-        """On the loop: settle an awaited produce (the hot path)."""
-        if err is None:
-            self._delivered_loop += 1
-            if not future.done():
-                ts_type, ts = msg.timestamp()
-                # _metadata(msg), inlined: this runs once per awaited message.
-                future.set_result(
-                    _new_tuple(
-                        RecordMetadata,
-                        (
-                            msg.topic(),
-                            msg.partition(),
-                            msg.offset(),
-                            None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts,
-                        ),
-                    )
-                )
-            if self._room_wanted:
-                self._on_room()
-            return
+        """On the loop: an awaited produce failed (self._settle, which called this, then
+        looks for room)."""
         self._failed_loop += 1
         if self._fatal_error is not None and err.code() == KafkaError._PURGE_QUEUE:
             err = self._fatal_error  # purged because of it: say why
@@ -427,8 +417,6 @@ class AIOProducer:
             )
         else:
             future.set_exception(error)
-        if self._room_wanted:
-            self._on_room()
 
     def _call_on_loop(
         self, callback: DeliveryCallback, err: KafkaError | None, msg: Message
@@ -438,7 +426,7 @@ class AIOProducer:
             self._run_user_callback(callback, (error, _metadata(msg)))
         except Exception:
             logger.exception("An on_delivery callback raised on the event loop")
-        if self._room_wanted:
+        if self._settle.room_wanted:
             self._on_room()
 
     def _user_task_done(self, task: asyncio.Task[Any]) -> None:
@@ -483,8 +471,8 @@ class AIOProducer:
                 self._failed_thread += 1
 
     def _notify_room(self) -> None:
-        if self._room_wanted:
-            self._room_wanted = False
+        if self._settle.room_wanted:
+            self._settle.room_wanted = False
             self._bridge.call_soon(self._on_room)
 
     # -- a full queue ----------------------------------------------------------------------
@@ -505,7 +493,7 @@ class AIOProducer:
         deadline = self._loop.time() + self._queue_full_timeout
         self._waiting.append(_Waiting(message, extra, future, deadline))
         self._produced += 1
-        self._room_wanted = True
+        self._settle.room_wanted = True
         if self._waiting_timer is None:
             self._schedule_waiting_timer()
 
@@ -527,19 +515,19 @@ class AIOProducer:
             else:
                 self._failure_log.warning("Message not produced: %s", error)
         if self._waiting:
-            self._room_wanted = True
+            self._settle.room_wanted = True
             self._schedule_waiting_timer()
 
     def _on_room(self) -> None:
         """On the loop, when deliveries may have made room: hand over waiting messages."""
-        self._room_wanted = False
+        self._settle.room_wanted = False
         waiting = self._waiting
         while waiting:
             head = waiting[0]
             try:
                 self._producer.produce(*head.message, **head.extra)
             except BufferError:
-                self._room_wanted = True
+                self._settle.room_wanted = True
                 return
             except KafkaException as exc:
                 self._failed_loop += 1
@@ -555,7 +543,7 @@ class AIOProducer:
         """Wait (for produce_many) until deliveries announce room, for 50 ms at most; the
         caller then tries again, until `deadline`."""
         self._room.clear()
-        self._room_wanted = True
+        self._settle.room_wanted = True
         left = min(deadline - self._loop.time(), 0.05)
         if left <= 0:
             await asyncio.sleep(0)  # always let the loop run: deliveries make the room
@@ -606,7 +594,7 @@ class AIOProducer:
             delivered_thread, failed_thread = self._delivered_thread, self._failed_thread
         return ProducerMetrics(
             produced=self._produced,
-            delivered=self._delivered_loop + delivered_thread,
+            delivered=self._delivered_loop + self._settle.delivered + delivered_thread,
             failed=self._failed_loop + failed_thread,
             waiting_for_room=len(self._waiting),
         )

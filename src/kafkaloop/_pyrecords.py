@@ -7,13 +7,11 @@ from __future__ import annotations
 import operator
 from collections.abc import Awaitable, Callable, Iterable
 from itertools import repeat
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_NOT_AVAILABLE, Message
 
-__all__ = ["ConsumerRecord", "Cursor", "RecordStream", "make_records", "new_record", "ready"]
-
-T = TypeVar("T")
+__all__ = ["ConsumerRecord", "Cursor", "RecordStream", "make_records", "new_record"]
 
 
 class ConsumerRecord(tuple[Message, Any, Any]):
@@ -72,8 +70,9 @@ class ConsumerRecord(tuple[Message, Any, Any]):
 
     @property
     def headers(self) -> list[tuple[str, bytes | None]] | None:
-        """Headers in order (names may repeat), or None."""
-        return cast("list[tuple[str, bytes | None]] | None", self[0].headers())
+        """Headers in order (names may repeat), or None. A copy: changing it changes no record."""
+        headers = cast("list[tuple[str, bytes | None]] | None", self[0].headers())
+        return None if headers is None else list(headers)
 
     @property
     def timestamp(self) -> int | None:
@@ -92,6 +91,11 @@ class ConsumerRecord(tuple[Message, Any, Any]):
         if not isinstance(other, ConsumerRecord):
             return NotImplemented
         return self._fields() == other._fields()
+
+    def __ne__(self, other: object) -> bool:
+        if not isinstance(other, ConsumerRecord):
+            return NotImplemented
+        return self._fields() != other._fields()
 
     def __hash__(self) -> int:
         return hash((self.topic, self.partition, self.offset))
@@ -126,11 +130,6 @@ def new_record(message: Message, key: Any, value: Any) -> ConsumerRecord:
     return _new_tuple(ConsumerRecord, (message, key, value))
 
 
-async def ready(value: T) -> T:
-    """An awaitable that gives `value` at once."""
-    return value
-
-
 class Cursor:
     """The batch being handed over and the index of the next record."""
 
@@ -142,8 +141,9 @@ class Cursor:
 
 
 class RecordStream:
-    """The consumer's records, for ``async for``: the next record of the cursor's batch if
-    there is one (awaiting it does not suspend), else what ``refill()`` returns."""
+    """The consumer's records, for ``async for``: awaiting ``__anext__()`` gives the next
+    record of the cursor's batch if there is one (without suspending), else awaits
+    ``refill()``."""
 
     __slots__ = ("_cursor", "_refill")
 
@@ -155,9 +155,13 @@ class RecordStream:
         return self
 
     def __anext__(self) -> Awaitable[ConsumerRecord]:
+        return self._next()
+
+    async def _next(self) -> ConsumerRecord:
+        # Taken when awaited, not before: an awaitable dropped unawaited loses nothing.
         cursor = self._cursor
         index = cursor.next
         if index < len(cursor.batch):
             cursor.next = index + 1
-            return ready(cursor.batch[index])
-        return self._refill()
+            return cursor.batch[index]
+        return await self._refill()

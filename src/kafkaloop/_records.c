@@ -1,23 +1,22 @@
 /* kafkaloop._records: the consumer's per-record hot path in C. Optional: _pyrecords.py is the
- * pure-Python equivalent, used when this extension is not built (or KAFKALOOP_NO_EXTENSIONS=1).
+ * pure-Python twin, used when this extension is not built (or KAFKALOOP_NO_EXTENSIONS=1).
  *
  * ConsumerRecord: three references (the confluent-kafka Message, the key, the value) and C
  *   getters for the other attributes, read from the Message when asked for. It is not a
  *   garbage-collector type: a batch of records allocates nothing the collector counts, so
  *   reading a topic sets off no collections (a Python object per record set one off every few
- *   hundred records, each walking the batch). That is safe while key and value are bytes,
- *   str or None, which cannot refer back to the record. A record whose key or value is any
- *   other object (a deserializer's) is made as DeserializedRecord, a subclass the collector
- *   does track.
- * make_records(messages): records for a list of clean messages, in one call, or None if one
- *   of them carries an error (the caller's slow path deals with it). Their key and value are
- *   read from the message when asked for: a record costs one allocation and no call for them.
+ *   hundred records, each walking the batch). That is safe because nothing a record refers to
+ *   can refer back to it: a Message that librdkafka delivered holds bytes, str and None, and
+ *   headers are handed out as copies. A record whose key or value is any other object (a
+ *   deserializer's) is made as DeserializedRecord, a subclass the collector does track.
+ * make_records(messages): records for a list of messages consume() returned, in one call, or
+ *   None if one of them carries an error (the caller's slow path deals with it). Their key and
+ *   value are read from the message when asked for: a record costs one allocation, no call.
  * new_record(message, key, value): one record, of whichever of the two types it needs.
- * Cursor, RecordStream: what ``async for`` over a consumer iterates, with no Python frame per
- *   record: the next record of the batch at hand, or the consumer's coroutine that reads more.
- * ready(value): an awaitable that gives `value` at once without suspending: what
- *   ``AIOConsumer.__anext__`` returns for a record already at hand (a coroutine per record
- *   costs more than the record itself).
+ * Cursor, RecordStream: what ``async for`` over a consumer iterates. __anext__ returns a
+ *   NextRecord, which takes the cursor's next record when it is awaited (not before: an
+ *   awaitable dropped unawaited loses nothing), without suspending; with none at hand it
+ *   awaits the consumer's coroutine that reads more. No Python frame per record.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -162,6 +161,18 @@ record_call(Record *self, void *method)
 }
 
 static PyObject *
+record_headers(Record *self, void *closure)
+{
+    PyObject *headers = call_message(self->message, M_HEADERS);
+    if (headers == NULL || !PyList_Check(headers)) {
+        return headers;
+    }
+    PyObject *copy = PyList_GetSlice(headers, 0, PyList_GET_SIZE(headers));
+    Py_DECREF(headers);
+    return copy;
+}
+
+static PyObject *
 record_timestamp(Record *self, void *closure)
 {
     /* Message.timestamp() is (kind, milliseconds); kind 0 is "not available". */
@@ -210,8 +221,8 @@ record_value(Record *self, void *closure)
 }
 
 static const struct {
-    int partition, offset, headers;
-} methods = {M_PARTITION, M_OFFSET, M_HEADERS};
+    int partition, offset;
+} methods = {M_PARTITION, M_OFFSET};
 
 static PyGetSetDef record_getset[] = {
     {"topic", (getter)record_topic, NULL, "The topic it was read from.", NULL},
@@ -220,8 +231,9 @@ static PyGetSetDef record_getset[] = {
     {"key", (getter)record_key, NULL, "The key: bytes, None, or the deserializer's.", NULL},
     {"value", (getter)record_value, NULL,
      "The value: bytes, None (a tombstone), or the deserializer's.", NULL},
-    {"headers", (getter)record_call, NULL, "Headers in order (names may repeat), or None.",
-     (void *)&methods.headers},
+    {"headers", (getter)record_headers, NULL,
+     "Headers in order (names may repeat), or None. A copy: changing it changes no record.",
+     NULL},
     {"timestamp", (getter)record_timestamp, NULL,
      "Milliseconds since the epoch (create or log-append time), or None when unknown.", NULL},
     {"_message", (getter)record_message, NULL, "The confluent-kafka Message.", NULL},
@@ -289,14 +301,18 @@ record_richcompare(PyObject *self, PyObject *other, int op)
 static Py_hash_t
 record_hash(PyObject *self)
 {
-    PyObject *f = record_fields(self);
-    if (f == NULL) {
-        return -1;
-    }
-    PyObject *where = PyTuple_GetSlice(f, 0, 3); /* topic, partition, offset */
-    Py_DECREF(f);
+    PyObject *where = PyTuple_New(3); /* (topic, partition, offset) */
     if (where == NULL) {
         return -1;
+    }
+    static const char *names[] = {"topic", "partition", "offset"};
+    for (Py_ssize_t i = 0; i < 3; i++) {
+        PyObject *item = PyObject_GetAttrString(self, names[i]);
+        if (item == NULL) {
+            Py_DECREF(where);
+            return -1;
+        }
+        PyTuple_SET_ITEM(where, i, item);
     }
     Py_hash_t hash = PyObject_Hash(where);
     Py_DECREF(where);
@@ -352,173 +368,46 @@ make_records(PyObject *module, PyObject *messages)
         PyErr_SetString(PyExc_TypeError, "make_records(messages: list)");
         return NULL;
     }
-    Py_ssize_t n = PyList_GET_SIZE(messages);
-    PyObject *records = PyList_New(n);
-    if (records == NULL) {
+    /* Our own references: error() of a Message subclass is Python code, which could change
+     * the caller's list. Every message is checked before any record is made, so no Python
+     * code runs while the new list is partly filled. */
+    PyObject *batch = PyList_GetSlice(messages, 0, PyList_GET_SIZE(messages));
+    if (batch == NULL) {
         return NULL;
     }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(messages) && i < n; i++) {
-        PyObject *msg = PyList_GET_ITEM(messages, i);
-        PyObject *error = call_message(msg, M_ERROR);
+    Py_ssize_t n = PyList_GET_SIZE(batch);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *error = call_message(PyList_GET_ITEM(batch, i), M_ERROR);
         if (error == NULL) {
-            goto fail;
+            Py_DECREF(batch);
+            return NULL;
         }
+        int clean = error == Py_None;
         Py_DECREF(error);
-        if (error != Py_None) {
-            Py_DECREF(records);
+        if (!clean) {
+            Py_DECREF(batch);
             Py_RETURN_NONE;
         }
+    }
+    PyObject *records = PyList_New(n);
+    if (records == NULL) {
+        Py_DECREF(batch);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
         Record *record = (Record *)RecordType.tp_alloc(&RecordType, 0);
         if (record == NULL) {
-            goto fail;
+            Py_DECREF(records);
+            Py_DECREF(batch);
+            return NULL;
         }
-        /* In the list at once, so a failure below frees it with the list. */
-        PyList_SET_ITEM(records, i, (PyObject *)record);
         /* Key and value stay in the message (bytes or None) until asked for. */
-        record->message = Py_NewRef(msg);
+        record->message = Py_NewRef(PyList_GET_ITEM(batch, i));
         record->lazy = 1;
+        PyList_SET_ITEM(records, i, (PyObject *)record);
     }
-    if (PyList_GET_SIZE(messages) != n) {
-        PyErr_SetString(PyExc_RuntimeError, "make_records: the message list changed size");
-        goto fail;
-    }
+    Py_DECREF(batch);
     return records;
-fail:
-    Py_DECREF(records);
-    return NULL;
-}
-
-/* ready(value): awaiting it gives value, without suspending. */
-typedef struct {
-    PyObject_HEAD
-    PyObject *value; /* NULL once given */
-} Ready;
-
-static void
-ready_dealloc(Ready *self)
-{
-    Py_CLEAR(self->value);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static PyObject *
-ready_await(Ready *self)
-{
-    return Py_NewRef(self);
-}
-
-static PySendResult
-ready_send(Ready *self, PyObject *arg, PyObject **result)
-{
-    if (self->value == NULL) {
-        /* Awaited twice: like an exhausted coroutine's iterator, it gives None. */
-        *result = Py_NewRef(Py_None);
-        return PYGEN_RETURN;
-    }
-    *result = self->value;
-    self->value = NULL;
-    return PYGEN_RETURN;
-}
-
-static PyObject *
-ready_iternext(Ready *self)
-{
-    /* For callers that iterate instead of sending: StopIteration carries the value. */
-    PyObject *value = NULL;
-    if (ready_send(self, Py_None, &value) != PYGEN_RETURN) {
-        return NULL;
-    }
-    PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, value);
-    Py_DECREF(value);
-    if (stop == NULL) {
-        return NULL;
-    }
-    PyErr_SetObject(PyExc_StopIteration, stop);
-    Py_DECREF(stop);
-    return NULL;
-}
-
-static PyObject *
-ready_send_method(Ready *self, PyObject *arg)
-{
-    return ready_iternext(self);
-}
-
-static PyObject *
-ready_throw(Ready *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    /* Never suspended, so nothing to throw into: raise it where it was thrown. */
-    if (nargs < 1) {
-        PyErr_SetString(PyExc_TypeError, "throw expected at least 1 argument");
-        return NULL;
-    }
-    Py_CLEAR(self->value);
-    PyObject *exc = args[0];
-    if (PyExceptionClass_Check(exc)) {
-        PyErr_SetNone(exc);
-    }
-    else if (PyExceptionInstance_Check(exc)) {
-        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-    }
-    else {
-        PyErr_SetString(PyExc_TypeError, "exceptions must derive from BaseException");
-    }
-    return NULL;
-}
-
-static PyObject *
-ready_close(Ready *self, PyObject *unused)
-{
-    Py_CLEAR(self->value);
-    Py_RETURN_NONE;
-}
-
-static PyMethodDef ready_methods[] = {
-    {"send", (PyCFunction)ready_send_method, METH_O, NULL},
-    {"throw", (PyCFunction)(void (*)(void))ready_throw, METH_FASTCALL, NULL},
-    {"close", (PyCFunction)ready_close, METH_NOARGS, NULL},
-    {NULL},
-};
-
-static PyAsyncMethods ready_as_async = {
-    .am_await = (unaryfunc)ready_await,
-    .am_send = (sendfunc)ready_send,
-};
-
-static PyTypeObject ReadyType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "kafkaloop._records.Ready",
-    .tp_basicsize = sizeof(Ready),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "An awaitable that gives its value at once.",
-    .tp_dealloc = (destructor)ready_dealloc,
-    .tp_as_async = &ready_as_async,
-    .tp_iter = PyObject_SelfIter,
-    .tp_iternext = (iternextfunc)ready_iternext,
-    .tp_methods = ready_methods,
-};
-
-static PyObject *
-ready(PyObject *module, PyObject *value)
-{
-    /* One spare object is kept: `async for` drops each awaitable before it asks for the next,
-     * so the spare is free again (nothing else refers to it) and no allocation is made. */
-    static Ready *spare = NULL;
-    Ready *self;
-    if (spare != NULL && Py_REFCNT(spare) == 1) {
-        self = (Ready *)Py_NewRef(spare);
-        Py_XSETREF(self->value, Py_NewRef(value));
-        return (PyObject *)self;
-    }
-    self = PyObject_New(Ready, &ReadyType);
-    if (self == NULL) {
-        return NULL;
-    }
-    self->value = Py_NewRef(value);
-    if (spare == NULL) {
-        spare = (Ready *)Py_NewRef(self);
-    }
-    return (PyObject *)self;
 }
 
 /* Cursor: the batch of records being handed over and the index of the next one. The
@@ -692,21 +581,234 @@ stream_aiter(RecordStream *self)
     return Py_NewRef(self);
 }
 
+/* NextRecord: what RecordStream.__anext__ returns. Awaited, it takes the cursor's next
+ * record and gives it without suspending; with none at hand, it awaits refill() (the
+ * consumer's coroutine that reads more), passing sends, throws and close on to it as
+ * ``yield from`` would. It can be awaited once. */
+typedef struct {
+    PyObject_HEAD
+    RecordStream *stream; /* NULL once finished */
+    PyObject *sub;        /* refill()'s coroutine, while awaiting it */
+} NextRecord;
+
+static PyTypeObject NextRecordType;
+
+static int
+next_traverse(NextRecord *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->stream);
+    Py_VISIT(self->sub);
+    return 0;
+}
+
+static int
+next_clear(NextRecord *self)
+{
+    Py_CLEAR(self->stream);
+    Py_CLEAR(self->sub);
+    return 0;
+}
+
+static void
+next_dealloc(NextRecord *self)
+{
+    PyObject_GC_UnTrack(self);
+    next_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+next_await(NextRecord *self)
+{
+    return Py_NewRef(self);
+}
+
+static PySendResult
+next_send(NextRecord *self, PyObject *arg, PyObject **result)
+{
+    if (self->sub == NULL) {
+        RecordStream *stream = self->stream;
+        if (stream == NULL) {
+            PyErr_SetString(PyExc_RuntimeError, "cannot reuse an already awaited __anext__()");
+            *result = NULL;
+            return PYGEN_ERROR;
+        }
+        self->stream = NULL;
+        Cursor *cursor = stream->cursor;
+        PyObject *batch = cursor == NULL ? NULL : cursor->batch;
+        if (batch != NULL && cursor->next >= 0 && cursor->next < PyList_GET_SIZE(batch)) {
+            *result = Py_NewRef(PyList_GET_ITEM(batch, cursor->next));
+            cursor->next++;
+            Py_DECREF(stream);
+            return PYGEN_RETURN;
+        }
+        if (stream->refill == NULL) {
+            Py_DECREF(stream);
+            PyErr_SetString(PyExc_RuntimeError, "RecordStream was cleared");
+            *result = NULL;
+            return PYGEN_ERROR;
+        }
+        PyObject *awaitable = PyObject_CallNoArgs(stream->refill);
+        Py_DECREF(stream);
+        if (awaitable == NULL) {
+            *result = NULL;
+            return PYGEN_ERROR;
+        }
+        self->sub = awaitable;
+        arg = Py_None; /* a coroutine's first send is None */
+    }
+    PySendResult status = PyIter_Send(self->sub, arg, result);
+    if (status != PYGEN_NEXT) {
+        Py_CLEAR(self->sub);
+    }
+    return status;
+}
+
+/* The outcome of a send as an iterator gives it: a yielded value, or NULL with StopIteration
+ * (the result) or the error set. */
+static PyObject *
+next_as_iterator(PySendResult status, PyObject *result)
+{
+    if (status == PYGEN_NEXT) {
+        return result;
+    }
+    if (status == PYGEN_RETURN) {
+        if (result == Py_None) {
+            PyErr_SetNone(PyExc_StopIteration);
+        }
+        else {
+            PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, result);
+            if (stop != NULL) {
+                PyErr_SetObject(PyExc_StopIteration, stop);
+                Py_DECREF(stop);
+            }
+        }
+        Py_DECREF(result);
+    }
+    return NULL;
+}
+
+static PyObject *
+next_iternext(NextRecord *self)
+{
+    PyObject *result = NULL;
+    PySendResult status = next_send(self, Py_None, &result);
+    return next_as_iterator(status, result);
+}
+
+static PyObject *
+next_send_method(NextRecord *self, PyObject *arg)
+{
+    PyObject *result = NULL;
+    PySendResult status = next_send(self, arg, &result);
+    return next_as_iterator(status, result);
+}
+
+static PyObject *
+next_throw(NextRecord *self, PyObject *args)
+{
+    if (self->sub != NULL) {
+        /* Awaiting refill()'s coroutine: it gets the exception (cancellation, say). */
+        PyObject *sub = Py_NewRef(self->sub);
+        PyObject *throw = PyObject_GetAttrString(sub, "throw");
+        PyObject *result = throw == NULL ? NULL : PyObject_Call(throw, args, NULL);
+        Py_XDECREF(throw);
+        if (result == NULL) {
+            /* Finished (StopIteration carries its result) or raised: either way done. */
+            Py_CLEAR(self->sub);
+        }
+        Py_DECREF(sub);
+        return result;
+    }
+    /* Never suspended: raise it here, as a coroutine that has not started would. */
+    Py_CLEAR(self->stream);
+    PyObject *typ, *val = NULL, *tb = NULL;
+    if (!PyArg_UnpackTuple(args, "throw", 1, 3, &typ, &val, &tb)) {
+        return NULL;
+    }
+    if (PyExceptionInstance_Check(typ)) {
+        PyErr_SetObject((PyObject *)Py_TYPE(typ), typ);
+    }
+    else if (PyExceptionClass_Check(typ)) {
+        PyErr_SetObject(typ, val);
+    }
+    else {
+        PyErr_SetString(PyExc_TypeError, "exceptions must derive from BaseException");
+    }
+    return NULL;
+}
+
+static PyObject *
+next_close(NextRecord *self, PyObject *unused)
+{
+    Py_CLEAR(self->stream);
+    if (self->sub != NULL) {
+        PyObject *sub = self->sub;
+        self->sub = NULL;
+        PyObject *result = PyObject_CallMethod(sub, "close", NULL);
+        Py_DECREF(sub);
+        return result;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef next_methods[] = {
+    {"send", (PyCFunction)next_send_method, METH_O, NULL},
+    {"throw", (PyCFunction)next_throw, METH_VARARGS, NULL},
+    {"close", (PyCFunction)next_close, METH_NOARGS, NULL},
+    {NULL},
+};
+
+static PyAsyncMethods next_as_async = {
+    .am_await = (unaryfunc)next_await,
+    .am_send = (sendfunc)next_send,
+};
+
+static PyTypeObject NextRecordType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kafkaloop._records.NextRecord",
+    .tp_basicsize = sizeof(NextRecord),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = PyDoc_STR("The next record of a RecordStream, once awaited."),
+    .tp_dealloc = (destructor)next_dealloc,
+    .tp_traverse = (traverseproc)next_traverse,
+    .tp_clear = (inquiry)next_clear,
+    .tp_as_async = &next_as_async,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)next_iternext,
+    .tp_methods = next_methods,
+};
+
+static PyObject *
+next_record(RecordStream *stream)
+{
+    /* One spare is kept: `async for` drops each NextRecord before it asks for the next, so
+     * the spare is free again (nothing else refers to it) and nothing is allocated. */
+    static NextRecord *spare = NULL;
+    NextRecord *self;
+    if (spare != NULL && Py_REFCNT(spare) == 1 && spare->sub == NULL) {
+        self = (NextRecord *)Py_NewRef(spare);
+    }
+    else {
+        self = PyObject_GC_New(NextRecord, &NextRecordType);
+        if (self == NULL) {
+            return NULL;
+        }
+        self->stream = NULL;
+        self->sub = NULL;
+        PyObject_GC_Track(self);
+        if (spare == NULL) {
+            spare = (NextRecord *)Py_NewRef(self);
+        }
+    }
+    Py_XSETREF(self->stream, (RecordStream *)Py_NewRef(stream));
+    return (PyObject *)self;
+}
+
 static PyObject *
 stream_anext(RecordStream *self)
 {
-    if (self->cursor == NULL || self->refill == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "RecordStream was cleared");
-        return NULL;
-    }
-    Cursor *cursor = self->cursor;
-    PyObject *batch = cursor->batch;
-    if (batch != NULL && cursor->next >= 0 && cursor->next < PyList_GET_SIZE(batch)) {
-        PyObject *record = PyList_GET_ITEM(batch, cursor->next);
-        cursor->next++;
-        return ready(NULL, record);
-    }
-    return PyObject_CallNoArgs(self->refill);
+    return next_record(self);
 }
 
 static PyObject *
@@ -751,8 +853,6 @@ static PyMethodDef module_methods[] = {
      "make_records(messages) -> records, or None if a message carries an error."},
     {"new_record", (PyCFunction)(void (*)(void))new_record, METH_FASTCALL,
      "new_record(message, key, value) -> a record."},
-    {"ready", (PyCFunction)ready, METH_O,
-     "ready(value) -> an awaitable that gives value at once."},
     {NULL},
 };
 
@@ -768,7 +868,7 @@ PyMODINIT_FUNC
 PyInit__records(void)
 {
     if (PyType_Ready(&RecordType) < 0 || PyType_Ready(&DeserializedRecordType) < 0 ||
-        PyType_Ready(&ReadyType) < 0 || PyType_Ready(&CursorType) < 0 ||
+        PyType_Ready(&NextRecordType) < 0 || PyType_Ready(&CursorType) < 0 ||
         PyType_Ready(&RecordStreamType) < 0) {
         return NULL;
     }

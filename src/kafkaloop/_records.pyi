@@ -1,12 +1,10 @@
 """Types of the C extension ``kafkaloop._records`` (see _records.c; _pyrecords.py is its
 pure-Python twin)."""
 
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any
 
 from confluent_kafka import Message
-
-_T = TypeVar("_T")
 
 class ConsumerRecord:
     """One consumed message: ``topic``, ``partition``, ``offset``, ``key``, ``value``,
@@ -43,9 +41,11 @@ class ConsumerRecord:
 
 class DeserializedRecord(ConsumerRecord): ...
 
+class NextRecord:
+    def __await__(self) -> Generator[Any, None, ConsumerRecord]: ...
+
 def make_records(messages: list[Message]) -> list[ConsumerRecord] | None: ...
 def new_record(message: Message, key: Any, value: Any) -> ConsumerRecord: ...
-def ready(value: _T) -> Awaitable[_T]: ...
 
 class Cursor:
     batch: list[ConsumerRecord]

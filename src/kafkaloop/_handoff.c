@@ -1,0 +1,517 @@
+/* kafkaloop._handoff: the thread-to-loop handoff's hot path in C. Optional: _pyhandoff.py is
+ * the pure-Python twin, used when this extension is not built (or KAFKALOOP_NO_EXTENSIONS=1).
+ * Only _bridge.py (PendingCalls) and _producer.py (Settle) use it.
+ *
+ * PendingCalls(loop, on_error): the bridge's queue of calls for the loop.
+ *   call_soon(callback, *args), from any thread: queue the call; the first one after a drain
+ *     also schedules a drain with loop.call_soon_threadsafe (one loop wake-up per batch).
+ *   drain(), on the loop: run every call queued so far, in order; calls queued meanwhile wait
+ *     for the drain they scheduled. A call that raises an Exception is reported to
+ *     on_error(exc) and the others still run.
+ *   Both run with the GIL held and never release it between taking and putting back the
+ *   queue, so any number of threads may call call_soon at once.
+ * Settle(metadata_type, on_failure, on_room): settles an awaited produce when its delivery
+ *   report is drained: settle(future, err, msg). Delivered: counts it and sets the future's
+ *   result to metadata_type(topic, partition, offset, timestamp or None) unless the future is
+ *   done (cancelled); failed: on_failure(future, err, msg). Either way, on_room() when the
+ *   room_wanted flag is set. Called once per awaited message, with no Python frame.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+static PyObject *str_call_soon_threadsafe, *str_done, *str_set_result;
+static PyObject *message_type; /* confluent_kafka.Message */
+static PyObject *msg_topic, *msg_partition, *msg_offset, *msg_timestamp; /* its methods */
+
+/* The raised exception, taken (normalized, with its traceback); a new reference. */
+static PyObject *
+take_exception(void)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (value != NULL && tb != NULL) {
+        PyException_SetTraceback(value, tb);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+}
+
+/* -- PendingCalls ----------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *loop;
+    PyObject *on_error;
+    PyObject *queue;    /* a list of tuples (callback, *args) */
+    PyObject *drain_cb; /* self.drain, made once */
+    int scheduled;
+} PendingCalls;
+
+static PyObject *
+pending_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *loop, *on_error;
+    static char *kwlist[] = {"loop", "on_error", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO:PendingCalls", kwlist, &loop, &on_error)) {
+        return NULL;
+    }
+    PendingCalls *self = (PendingCalls *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->loop = Py_NewRef(loop);
+    self->on_error = Py_NewRef(on_error);
+    self->queue = PyList_New(0);
+    if (self->queue == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->drain_cb = PyObject_GetAttrString((PyObject *)self, "drain");
+    if (self->drain_cb == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static int
+pending_traverse(PendingCalls *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->loop);
+    Py_VISIT(self->on_error);
+    Py_VISIT(self->queue);
+    Py_VISIT(self->drain_cb);
+    return 0;
+}
+
+static int
+pending_clear(PendingCalls *self)
+{
+    Py_CLEAR(self->loop);
+    Py_CLEAR(self->on_error);
+    Py_CLEAR(self->queue);
+    Py_CLEAR(self->drain_cb);
+    return 0;
+}
+
+static void
+pending_dealloc(PendingCalls *self)
+{
+    PyObject_GC_UnTrack(self);
+    pending_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+pending_usable(PendingCalls *self)
+{
+    if (self->queue == NULL || self->loop == NULL || self->drain_cb == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "PendingCalls was cleared");
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *
+pending_call_soon(PendingCalls *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "call_soon(callback, *args)");
+        return NULL;
+    }
+    if (!pending_usable(self)) {
+        return NULL;
+    }
+    PyObject *call = PyTuple_New(nargs);
+    if (call == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        PyTuple_SET_ITEM(call, i, Py_NewRef(args[i]));
+    }
+    int appended = PyList_Append(self->queue, call);
+    Py_DECREF(call);
+    if (appended < 0) {
+        return NULL;
+    }
+    if (self->scheduled) {
+        Py_RETURN_NONE;
+    }
+    self->scheduled = 1;
+    PyObject *handle =
+        PyObject_CallMethodOneArg(self->loop, str_call_soon_threadsafe, self->drain_cb);
+    if (handle != NULL) {
+        Py_DECREF(handle);
+        Py_RETURN_NONE;
+    }
+    self->scheduled = 0;
+    if (PyErr_ExceptionMatches(PyExc_RuntimeError)) {
+        /* The loop is closed: nothing will ever run there again. */
+        PyErr_Clear();
+        if (PyList_SetSlice(self->queue, 0, PyList_GET_SIZE(self->queue), NULL) < 0) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    return NULL;
+}
+
+static PyObject *
+pending_drain(PendingCalls *self, PyObject *unused)
+{
+    if (!pending_usable(self)) {
+        return NULL;
+    }
+    /* Clear the flag first: a call queued while draining schedules the next drain. */
+    self->scheduled = 0;
+    PyObject *batch = self->queue;
+    self->queue = PyList_New(0);
+    if (self->queue == NULL) {
+        self->queue = batch;
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(batch);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *call = PyList_GET_ITEM(batch, i);
+        PyObject *result = PyObject_Vectorcall(PyTuple_GET_ITEM(call, 0),
+                                               &PyTuple_GET_ITEM(call, 1),
+                                               PyTuple_GET_SIZE(call) - 1, NULL);
+        if (result != NULL) {
+            Py_DECREF(result);
+            continue;
+        }
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            /* KeyboardInterrupt, SystemExit: stop, and keep the calls not yet run. */
+            PyObject *type, *value, *tb;
+            PyErr_Fetch(&type, &value, &tb);
+            PyObject *rest = PyList_GetSlice(batch, i + 1, n);
+            if (rest != NULL) {
+                if (PyList_SetSlice(self->queue, 0, 0, rest) < 0) {
+                    PyErr_Clear();
+                }
+                Py_DECREF(rest);
+            }
+            else {
+                PyErr_Clear();
+            }
+            Py_DECREF(batch);
+            PyErr_Restore(type, value, tb);
+            return NULL;
+        }
+        PyObject *exc = take_exception();
+        PyObject *logged = PyObject_CallOneArg(self->on_error, exc != NULL ? exc : Py_None);
+        Py_XDECREF(exc);
+        if (logged == NULL) {
+            PyErr_WriteUnraisable(self->on_error);
+        }
+        else {
+            Py_DECREF(logged);
+        }
+    }
+    Py_DECREF(batch);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef pending_methods[] = {
+    {"call_soon", (PyCFunction)(void (*)(void))pending_call_soon, METH_FASTCALL,
+     "call_soon(callback, *args): run it on the loop soon (from any thread)."},
+    {"drain", (PyCFunction)pending_drain, METH_NOARGS,
+     "Run every call queued so far (on the loop's thread)."},
+    {NULL},
+};
+
+static Py_ssize_t
+pending_length(PendingCalls *self)
+{
+    return self->queue == NULL ? 0 : PyList_GET_SIZE(self->queue);
+}
+
+static PySequenceMethods pending_as_sequence = {
+    .sq_length = (lenfunc)pending_length,
+};
+
+static PyTypeObject PendingCallsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kafkaloop._handoff.PendingCalls",
+    .tp_basicsize = sizeof(PendingCalls),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = PyDoc_STR("Calls queued for the event loop, run in batches."),
+    .tp_new = pending_new,
+    .tp_dealloc = (destructor)pending_dealloc,
+    .tp_traverse = (traverseproc)pending_traverse,
+    .tp_clear = (inquiry)pending_clear,
+    .tp_methods = pending_methods,
+    .tp_as_sequence = &pending_as_sequence,
+};
+
+/* -- Settle ----------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *metadata_type;
+    PyObject *on_failure;
+    PyObject *on_room;
+    Py_ssize_t delivered;
+    int room_wanted;
+    vectorcallfunc vectorcall;
+} Settle;
+
+static PyObject *
+call_message(PyObject *msg, PyObject *descr, const char *name)
+{
+    if (Py_IS_TYPE(msg, (PyTypeObject *)message_type)) {
+        return PyObject_Vectorcall(descr, &msg, 1, NULL);
+    }
+    return PyObject_CallMethod(msg, name, NULL);
+}
+
+static PyObject *
+settle_metadata(Settle *self, PyObject *msg)
+{
+    PyObject *fields = PyTuple_New(4);
+    if (fields == NULL) {
+        return NULL;
+    }
+    PyObject *item = call_message(msg, msg_topic, "topic");
+    if (item == NULL) {
+        goto fail;
+    }
+    PyTuple_SET_ITEM(fields, 0, item);
+    if ((item = call_message(msg, msg_partition, "partition")) == NULL) {
+        goto fail;
+    }
+    PyTuple_SET_ITEM(fields, 1, item);
+    if ((item = call_message(msg, msg_offset, "offset")) == NULL) {
+        goto fail;
+    }
+    PyTuple_SET_ITEM(fields, 2, item);
+    PyObject *pair = call_message(msg, msg_timestamp, "timestamp");
+    if (pair == NULL) {
+        goto fail;
+    }
+    if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+        Py_DECREF(pair);
+        PyErr_SetString(PyExc_TypeError, "Message.timestamp() did not return a pair");
+        goto fail;
+    }
+    long kind = PyLong_AsLong(PyTuple_GET_ITEM(pair, 0));
+    if (kind == -1 && PyErr_Occurred()) {
+        Py_DECREF(pair);
+        goto fail;
+    }
+    /* kind 0 is TIMESTAMP_NOT_AVAILABLE */
+    PyTuple_SET_ITEM(fields, 3, Py_NewRef(kind == 0 ? Py_None : PyTuple_GET_ITEM(pair, 1)));
+    Py_DECREF(pair);
+    /* tuple.__new__(metadata_type, fields): a NamedTuple's own __new__ is a Python frame. */
+    PyObject *args = PyTuple_Pack(1, fields);
+    Py_DECREF(fields);
+    if (args == NULL) {
+        return NULL;
+    }
+    PyObject *metadata = PyTuple_Type.tp_new((PyTypeObject *)self->metadata_type, args, NULL);
+    Py_DECREF(args);
+    return metadata;
+fail:
+    Py_DECREF(fields);
+    return NULL;
+}
+
+static PyObject *
+settle_call(Settle *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 3 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "settle(future, err, msg)");
+        return NULL;
+    }
+    PyObject *future = args[0], *err = args[1], *msg = args[2];
+    if (err != Py_None) {
+        PyObject *r = PyObject_Vectorcall(self->on_failure, args, 3, NULL);
+        if (r == NULL) {
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    else {
+        self->delivered++;
+        PyObject *done = PyObject_CallMethodNoArgs(future, str_done);
+        if (done == NULL) {
+            return NULL;
+        }
+        int is_done = PyObject_IsTrue(done);
+        Py_DECREF(done);
+        if (is_done < 0) {
+            return NULL;
+        }
+        if (!is_done) {
+            PyObject *metadata = settle_metadata(self, msg);
+            if (metadata == NULL) {
+                return NULL;
+            }
+            PyObject *r = PyObject_CallMethodOneArg(future, str_set_result, metadata);
+            Py_DECREF(metadata);
+            if (r == NULL) {
+                return NULL;
+            }
+            Py_DECREF(r);
+        }
+    }
+    if (self->room_wanted) {
+        PyObject *r = PyObject_CallNoArgs(self->on_room);
+        if (r == NULL) {
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+settle_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *metadata_type, *on_failure, *on_room;
+    static char *kwlist[] = {"metadata_type", "on_failure", "on_room", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OO:Settle", kwlist, &PyType_Type,
+                                     &metadata_type, &on_failure, &on_room)) {
+        return NULL;
+    }
+    if (!PyType_IsSubtype((PyTypeObject *)metadata_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "Settle: metadata_type must be a tuple type");
+        return NULL;
+    }
+    Settle *self = (Settle *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->metadata_type = Py_NewRef(metadata_type);
+    self->on_failure = Py_NewRef(on_failure);
+    self->on_room = Py_NewRef(on_room);
+    self->vectorcall = (vectorcallfunc)settle_call;
+    return (PyObject *)self;
+}
+
+static int
+settle_traverse(Settle *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->metadata_type);
+    Py_VISIT(self->on_failure);
+    Py_VISIT(self->on_room);
+    return 0;
+}
+
+static int
+settle_clear(Settle *self)
+{
+    Py_CLEAR(self->metadata_type);
+    Py_CLEAR(self->on_failure);
+    Py_CLEAR(self->on_room);
+    return 0;
+}
+
+static void
+settle_dealloc(Settle *self)
+{
+    PyObject_GC_UnTrack(self);
+    settle_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+settle_get_room_wanted(Settle *self, void *closure)
+{
+    return PyBool_FromLong(self->room_wanted);
+}
+
+static int
+settle_set_room_wanted(Settle *self, PyObject *value, void *closure)
+{
+    int truth = value == NULL ? 0 : PyObject_IsTrue(value);
+    if (truth < 0) {
+        return -1;
+    }
+    self->room_wanted = truth;
+    return 0;
+}
+
+static PyGetSetDef settle_getset[] = {
+    {"room_wanted", (getter)settle_get_room_wanted, (setter)settle_set_room_wanted,
+     "When true, on_room() is called after each settled delivery.", NULL},
+    {NULL},
+};
+
+static PyMemberDef settle_members[] = {
+    {"delivered", T_PYSSIZET, offsetof(Settle, delivered), 0,
+     "Deliveries settled as delivered."},
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(Settle, vectorcall), READONLY},
+    {NULL},
+};
+
+static PyTypeObject SettleType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kafkaloop._handoff.Settle",
+    .tp_basicsize = sizeof(Settle),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = PyDoc_STR("Settles awaited produces from their delivery reports."),
+    .tp_new = settle_new,
+    .tp_dealloc = (destructor)settle_dealloc,
+    .tp_traverse = (traverseproc)settle_traverse,
+    .tp_clear = (inquiry)settle_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(Settle, vectorcall),
+    .tp_getset = settle_getset,
+    .tp_members = settle_members,
+};
+
+/* -- module ----------------------------------------------------------------------------- */
+
+static struct PyModuleDef handoff_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "kafkaloop._handoff",
+    .m_doc = "The thread-to-loop handoff's hot path in C.",
+    .m_size = -1,
+};
+
+static int
+get_method(PyObject **slot, const char *name)
+{
+    *slot = PyObject_GetAttrString(message_type, name);
+    return *slot == NULL ? -1 : 0;
+}
+
+PyMODINIT_FUNC
+PyInit__handoff(void)
+{
+    str_call_soon_threadsafe = PyUnicode_InternFromString("call_soon_threadsafe");
+    str_done = PyUnicode_InternFromString("done");
+    str_set_result = PyUnicode_InternFromString("set_result");
+    if (str_call_soon_threadsafe == NULL || str_done == NULL || str_set_result == NULL) {
+        return NULL;
+    }
+    PyObject *confluent = PyImport_ImportModule("confluent_kafka");
+    if (confluent == NULL) {
+        return NULL;
+    }
+    message_type = PyObject_GetAttrString(confluent, "Message");
+    Py_DECREF(confluent);
+    if (message_type == NULL || get_method(&msg_topic, "topic") < 0 ||
+        get_method(&msg_partition, "partition") < 0 || get_method(&msg_offset, "offset") < 0 ||
+        get_method(&msg_timestamp, "timestamp") < 0) {
+        return NULL;
+    }
+    if (PyType_Ready(&PendingCallsType) < 0 || PyType_Ready(&SettleType) < 0) {
+        return NULL;
+    }
+    PyObject *module = PyModule_Create(&handoff_module);
+    if (module == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(module, "PendingCalls", (PyObject *)&PendingCallsType) < 0 ||
+        PyModule_AddObjectRef(module, "Settle", (PyObject *)&SettleType) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

@@ -1,0 +1,100 @@
+"""The thread-to-loop handoff's hot path in pure Python: what kafkaloop uses when its C
+extension (``_handoff.c``, the same names and behaviour, documented there) is not built, or
+when ``KAFKALOOP_NO_EXTENSIONS`` is set. Only _bridge.py and _producer.py use it."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, Message
+
+__all__ = ["PendingCalls", "Settle"]
+
+_new_tuple = tuple.__new__
+
+
+class PendingCalls:
+    """Calls queued for the event loop, run in batches: one wake-up per batch."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, on_error: Callable[[Exception], object]
+    ) -> None:
+        self._loop = loop
+        self._on_error = on_error
+        # deque.append and popleft are atomic, so callers on other threads need no lock.
+        self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._scheduled = False
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def call_soon(self, *call: Any) -> None:
+        """Queue ``callback(*args)``, given ``call = (callback, *args)``, from any thread."""
+        self._queue.append(call)
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                self._loop.call_soon_threadsafe(self.drain)
+            except RuntimeError:
+                # The loop is closed: nothing will ever run there again.
+                self._scheduled = False
+                self._queue.clear()
+
+    def drain(self) -> None:
+        """On the loop: run every call queued so far."""
+        # Clear the flag first: a call queued while draining schedules the next drain.
+        self._scheduled = False
+        queue = self._queue
+        popleft = queue.popleft
+        for _ in range(len(queue)):
+            call = popleft()
+            try:
+                if len(call) == 4:  # a delivery report: (settle, future, err, msg)
+                    callback, a, b, c = call
+                    callback(a, b, c)
+                else:
+                    call[0](*call[1:])
+            except Exception as exc:
+                self._on_error(exc)
+
+
+class Settle:
+    """Settles awaited produces from their delivery reports: ``settle(future, err, msg)``."""
+
+    def __init__(
+        self,
+        metadata_type: type[tuple[Any, ...]],
+        on_failure: Callable[[asyncio.Future[Any], KafkaError, Message], object],
+        on_room: Callable[[], object],
+    ) -> None:
+        self._metadata_type = metadata_type
+        self._on_failure = on_failure
+        self._on_room = on_room
+        self.delivered = 0
+        """Deliveries settled as delivered."""
+        self.room_wanted = False
+        """When true, on_room() is called after each settled delivery."""
+
+    def __call__(self, future: asyncio.Future[Any], err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._on_failure(future, err, msg)
+        else:
+            self.delivered += 1
+            if not future.done():
+                ts_type, ts = msg.timestamp()
+                future.set_result(
+                    _new_tuple(
+                        self._metadata_type,
+                        (
+                            msg.topic(),
+                            msg.partition(),
+                            msg.offset(),
+                            None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts,
+                        ),
+                    )
+                )
+        if self.room_wanted:
+            self._on_room()

@@ -1,0 +1,170 @@
+"""The handoff's hot path: the C extension and its pure-Python twin behave alike."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from types import ModuleType
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, Message
+
+from kafkaloop import RecordMetadata, _bridge, _extensions, _producer, _pyhandoff
+
+try:
+    from kafkaloop import _handoff as native
+except ImportError:  # pragma: no cover - test_the_c_extension_is_in_use says why
+    native = None  # type: ignore[assignment]
+
+IMPLEMENTATIONS = [
+    pytest.param(native, id="c", marks=pytest.mark.skipif(native is None, reason="not built")),
+    pytest.param(_pyhandoff, id="python"),
+]
+
+
+def test_the_c_extension_is_in_use() -> None:
+    if _extensions.DISABLED:
+        pytest.skip("KAFKALOOP_NO_EXTENSIONS is set")
+    assert native is not None, "kafkaloop._handoff is not built: is a C compiler installed?"
+    assert vars(_bridge)["PendingCalls"] is native.PendingCalls
+    assert vars(_producer)["Settle"] is native.Settle
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+async def test_pending_calls_run_in_order_with_one_wakeup_per_burst(
+    impl: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop = asyncio.get_running_loop()
+    wakeups = 0
+    original = loop.call_soon_threadsafe
+
+    def counting(*args: Any) -> asyncio.Handle:
+        nonlocal wakeups
+        wakeups += 1
+        return original(*args)
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+    errors: list[Exception] = []
+    pending = impl.PendingCalls(loop, errors.append)
+    ran: list[tuple[Any, ...]] = []
+
+    def burst() -> None:
+        for i in range(500):
+            pending.call_soon(ran.append, (i,))
+            pending.call_soon(lambda *args: ran.append(args), i, "a", "b")
+
+    thread = threading.Thread(target=burst)
+    thread.start()
+    thread.join()  # blocks the loop on purpose: the whole burst is queued before a drain
+    assert len(pending) == 1000
+    await asyncio.sleep(0)
+    assert wakeups == 1
+    assert len(pending) == 0
+    expected: list[tuple[Any, ...]] = []
+    for i in range(500):
+        expected += [(i,), (i, "a", "b")]
+    assert ran == expected
+    assert errors == []
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+async def test_a_raising_call_is_reported_and_the_rest_still_run(impl: ModuleType) -> None:
+    errors: list[Exception] = []
+    pending = impl.PendingCalls(asyncio.get_running_loop(), errors.append)
+    ran: list[str] = []
+
+    def fail() -> None:
+        raise ValueError("bad")
+
+    pending.call_soon(fail)
+    pending.call_soon(ran.append, "after")
+    await asyncio.sleep(0)
+
+    assert ran == ["after"]
+    assert [type(e) for e in errors] == [ValueError]
+    assert errors[0].__traceback__ is not None
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+async def test_a_base_exception_stops_the_drain_and_keeps_the_rest(impl: ModuleType) -> None:
+    loop = asyncio.get_running_loop()
+    pending = impl.PendingCalls(loop, lambda exc: None)
+    ran: list[int] = []
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    pending.call_soon(ran.append, 1)
+    pending.call_soon(interrupt)
+    pending.call_soon(ran.append, 2)
+    with pytest.raises(KeyboardInterrupt):
+        pending.drain()
+    assert ran == [1]
+    assert len(pending) == 1
+    pending.drain()
+    assert ran == [1, 2]
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_calls_for_a_closed_loop_are_dropped(impl: ModuleType) -> None:
+    loop = asyncio.new_event_loop()
+    loop.close()
+    pending = impl.PendingCalls(loop, lambda exc: None)
+    pending.call_soon(print, "never")
+    assert len(pending) == 0
+
+
+def _delivered(offset: int, timestamp: tuple[int, int] = (1, 1_700_000_000_000)) -> Message:
+    return Message(topic="t", partition=2, offset=offset, timestamp=timestamp)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+async def test_settle_resolves_with_metadata_and_counts(impl: ModuleType) -> None:
+    loop = asyncio.get_running_loop()
+    failures: list[tuple[Any, ...]] = []
+    rooms: list[int] = []
+    settle = impl.Settle(
+        RecordMetadata, lambda *args: failures.append(args), lambda: rooms.append(1)
+    )
+    first, second, cancelled = loop.create_future(), loop.create_future(), loop.create_future()
+    cancelled.cancel()
+
+    settle(first, None, _delivered(7))
+    settle(second, None, _delivered(8, timestamp=(0, 0)))
+    settle(cancelled, None, _delivered(9))
+
+    assert first.result() == RecordMetadata("t", 2, 7, 1_700_000_000_000)
+    assert type(first.result()) is RecordMetadata
+    assert second.result().timestamp is None
+    assert settle.delivered == 3
+    assert failures == []
+    assert rooms == []
+
+    failed = loop.create_future()
+    err = KafkaError(KafkaError._MSG_TIMED_OUT)
+    message = _delivered(10)
+    settle.room_wanted = True
+    settle(failed, err, message)
+    assert failures == [(failed, err, message)]
+    assert not failed.done()  # on_failure decides what the future gets
+    assert settle.delivered == 3
+    assert rooms == [1]  # room is looked for after a failure too
+    settle(loop.create_future(), None, _delivered(11))
+    assert rooms == [1, 1]
+    settle.room_wanted = False
+    settle(loop.create_future(), None, _delivered(12))
+    assert rooms == [1, 1]
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+async def test_settle_passes_on_an_error_of_its_callbacks(impl: ModuleType) -> None:
+    def on_room() -> None:
+        raise RuntimeError("room")
+
+    settle = impl.Settle(RecordMetadata, lambda *args: None, on_room)
+    settle.room_wanted = True
+    future = asyncio.get_running_loop().create_future()
+    with pytest.raises(RuntimeError, match="room"):
+        settle(future, None, _delivered(1))
+    assert future.done()  # settled before on_room ran
