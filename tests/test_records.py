@@ -132,20 +132,23 @@ def test_c_records_that_refer_back_to_themselves_are_still_collected() -> None:
     assert gone() is None
 
 
-def test_the_consumer_reads_the_same_without_the_extension(
+def test_producing_and_consuming_work_the_same_without_the_extensions(
     kafka_bootstrap: str, topic_name: str
 ) -> None:
     script = textwrap.dedent(
         f"""
         import asyncio
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-        from kafkaloop import AIOConsumer, AIOProducer, _models
+        from kafkaloop import AIOConsumer, AIOProducer, _models, _producer
 
         async def main():
             assert not _models.NATIVE_RECORDS
+            assert _producer.Settle.__module__ == "kafkaloop._pyhandoff"
             config = {{"bootstrap.servers": {kafka_bootstrap!r}}}
             async with AIOProducer(config) as producer:
-                await producer.produce_many({topic_name!r}, [b"%d" % i for i in range(600)])
+                first = await producer.produce({topic_name!r}, b"0")
+                assert (first.topic, first.offset) == ({topic_name!r}, 0), first
+                await producer.produce_many({topic_name!r}, [b"%d" % i for i in range(1, 600)])
             consumer = AIOConsumer({{**config, "group.id": "g"}})
             async with consumer:
                 consumer.assign([TopicPartition({topic_name!r}, 0, OFFSET_BEGINNING)])
