@@ -102,8 +102,24 @@ async def test_a_base_exception_stops_the_drain_and_keeps_the_rest(impl: ModuleT
         pending.drain()
     assert ran == [1]
     assert len(pending) == 1
-    pending.drain()
+    await asyncio.sleep(0)  # the rest does not wait for another call_soon
     assert ran == [1, 2]
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+async def test_a_cancelled_error_from_a_call_is_reported_and_the_rest_run(
+    impl: ModuleType,
+) -> None:
+    errors: list[BaseException] = []
+    pending = impl.PendingCalls(asyncio.get_running_loop(), errors.append)
+    cancelled = asyncio.get_running_loop().create_future()
+    cancelled.cancel()
+    ran: list[int] = []
+    pending.call_soon(cancelled.result)
+    pending.call_soon(ran.append, 1)
+    await asyncio.sleep(0)
+    assert ran == [1]
+    assert [type(e) for e in errors] == [asyncio.CancelledError]
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)

@@ -289,3 +289,40 @@ def test_equal_and_unequal_agree(impl: ModuleType) -> None:
     c = impl.new_record(one, 2, None)
     assert (a == b, a != b) == (True, False)
     assert (a == c, a != c) == (False, True)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+async def test_a_next_record_refuses_to_be_closed_from_inside_its_refill(
+    impl: ModuleType,
+) -> None:
+    holder: dict[str, Any] = {}
+
+    async def refill() -> Any:
+        with pytest.raises(ValueError, match="already executing"):
+            holder["next"].close()
+        return "done"
+
+    stream = impl.RecordStream(impl.Cursor(), refill)
+    holder["next"] = stream.__anext__()
+    assert await holder["next"] == "done"
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_a_next_record_dropped_while_in_refill_closes_it(impl: ModuleType) -> None:
+    stopped: list[bool] = []
+    loop = asyncio.new_event_loop()
+
+    async def refill() -> Any:
+        try:
+            await loop.create_future()
+        finally:
+            stopped.append(True)
+
+    try:
+        pending: Any = impl.RecordStream(impl.Cursor(), refill).__anext__()
+        pending.send(None)  # suspended inside refill
+        del pending
+        gc.collect()
+        assert stopped == [True]
+    finally:
+        loop.close()

@@ -177,7 +177,7 @@ class LoopBridge:
         """Run every queued call now. Only on the loop's thread (e.g. after a flush)."""
         self._pending.drain()
 
-    def _callback_failed(self, exc: Exception) -> None:
+    def _callback_failed(self, exc: BaseException) -> None:
         logger.error(
             "%s: a callback raised; the callbacks after it still run", self._name, exc_info=exc
         )

@@ -6,8 +6,9 @@
  *   call_soon(callback, *args), from any thread: queue the call; the first one after a drain
  *     also schedules a drain with loop.call_soon_threadsafe (one loop wake-up per batch).
  *   drain(), on the loop: run every call queued so far, in order; calls queued meanwhile wait
- *     for the drain they scheduled. A call that raises an Exception is reported to
- *     on_error(exc) and the others still run.
+ *     for the drain they scheduled. A call that raises is reported to on_error(exc) and the
+ *     others still run; KeyboardInterrupt and SystemExit stop the drain, and the calls not
+ *     yet run wait for the next one (scheduled at once).
  *   Both run with the GIL held and never release it between taking and putting back the
  *   queue, so any number of threads may call call_soon at once.
  * Settle(metadata_type, on_failure, on_room): settles an awaited produce when its delivery
@@ -115,6 +116,21 @@ pending_usable(PendingCalls *self)
     return 1;
 }
 
+/* 1 if the loop is closed, 0 if not, -1 if asking failed (the error it raised is dropped:
+ * the caller reports its own). */
+static int
+loop_is_closed(PyObject *loop)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *closed = PyObject_CallMethod(loop, "is_closed", NULL);
+    int result = closed == NULL ? -1 : PyObject_IsTrue(closed);
+    Py_XDECREF(closed);
+    PyErr_Clear();
+    PyErr_Restore(type, value, tb);
+    return result;
+}
+
 static PyObject *
 pending_call_soon(PendingCalls *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -148,8 +164,8 @@ pending_call_soon(PendingCalls *self, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     }
     self->scheduled = 0;
-    if (PyErr_ExceptionMatches(PyExc_RuntimeError)) {
-        /* The loop is closed: nothing will ever run there again. */
+    if (PyErr_ExceptionMatches(PyExc_RuntimeError) && loop_is_closed(self->loop) == 1) {
+        /* Nothing will ever run on a closed loop: drop what waits for it. */
         PyErr_Clear();
         if (PyList_SetSlice(self->queue, 0, PyList_GET_SIZE(self->queue), NULL) < 0) {
             return NULL;
@@ -183,8 +199,9 @@ pending_drain(PendingCalls *self, PyObject *unused)
             Py_DECREF(result);
             continue;
         }
-        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
-            /* KeyboardInterrupt, SystemExit: stop, and keep the calls not yet run. */
+        if (PyErr_ExceptionMatches(PyExc_KeyboardInterrupt) ||
+            PyErr_ExceptionMatches(PyExc_SystemExit)) {
+            /* Stop, as asyncio does for these, and keep the calls not yet run. */
             PyObject *type, *value, *tb;
             PyErr_Fetch(&type, &value, &tb);
             PyObject *rest = PyList_GetSlice(batch, i + 1, n);
@@ -198,9 +215,21 @@ pending_drain(PendingCalls *self, PyObject *unused)
                 PyErr_Clear();
             }
             Py_DECREF(batch);
+            /* Whatever is left must not wait for a call_soon that may never come. */
+            if (PyList_GET_SIZE(self->queue) > 0 && !self->scheduled) {
+                self->scheduled = 1;
+                PyObject *handle = PyObject_CallMethodOneArg(self->loop, str_call_soon_threadsafe,
+                                                             self->drain_cb);
+                if (handle == NULL) {
+                    self->scheduled = 0;
+                    PyErr_Clear();
+                }
+                Py_XDECREF(handle);
+            }
             PyErr_Restore(type, value, tb);
             return NULL;
         }
+        /* Any other exception (a CancelledError too) is reported, and the rest run. */
         PyObject *exc = take_exception();
         PyObject *logged = PyObject_CallOneArg(self->on_error, exc != NULL ? exc : Py_None);
         Py_XDECREF(exc);

@@ -20,7 +20,7 @@ class PendingCalls:
     """Calls queued for the event loop, run in batches: one wake-up per batch."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, on_error: Callable[[Exception], object]
+        self, loop: asyncio.AbstractEventLoop, on_error: Callable[[BaseException], object]
     ) -> None:
         self._loop = loop
         self._on_error = on_error
@@ -38,10 +38,13 @@ class PendingCalls:
             self._scheduled = True
             try:
                 self._loop.call_soon_threadsafe(self.drain)
-            except RuntimeError:
-                # The loop is closed: nothing will ever run there again.
+            except BaseException as exc:
                 self._scheduled = False
-                self._queue.clear()
+                if isinstance(exc, RuntimeError) and self._loop.is_closed():
+                    # Nothing will ever run on a closed loop: drop what waits for it.
+                    self._queue.clear()
+                    return
+                raise
 
     def drain(self) -> None:
         """On the loop: run every call queued so far."""
@@ -57,7 +60,13 @@ class PendingCalls:
                     callback(a, b, c)
                 else:
                     call[0](*call[1:])
-            except Exception as exc:
+            except (KeyboardInterrupt, SystemExit):
+                # Stop, as asyncio does for these; the calls not yet run wait for a drain.
+                if queue and not self._scheduled:
+                    self._scheduled = True
+                    self._loop.call_soon_threadsafe(self.drain)
+                raise
+            except BaseException as exc:  # a CancelledError too: reported, the rest run
                 self._on_error(exc)
 
 

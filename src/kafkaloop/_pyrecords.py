@@ -113,14 +113,16 @@ class ConsumerRecord(tuple[Message, Any, Any]):
 
 
 _new_tuple = tuple.__new__
+_key, _value = operator.methodcaller("key"), operator.methodcaller("value")
 
 
 def make_records(messages: list[Message]) -> list[ConsumerRecord] | None:
     """Records for a list of clean messages, or None if one of them carries an error."""
-    if any(map(Message.error, messages)):
+    messages = list(messages)  # (a Message subclass's methods could change the caller's list)
+    if any(msg.error() for msg in messages):
         return None
     parts: Iterable[tuple[Message, Any, Any]] = zip(
-        messages, map(Message.key, messages), map(Message.value, messages), strict=True
+        messages, map(_key, messages), map(_value, messages), strict=True
     )
     return list(map(_new_tuple, repeat(ConsumerRecord), parts))
 

@@ -589,7 +589,10 @@ typedef struct {
     PyObject_HEAD
     RecordStream *stream; /* NULL once finished */
     PyObject *sub;        /* refill()'s coroutine, while awaiting it */
+    int running;          /* inside send/throw/close: re-entry is refused */
 } NextRecord;
+
+static NextRecord *free_one = NULL; /* a free-list of one, filled by next_dealloc */
 
 static PyTypeObject NextRecordType;
 
@@ -613,8 +616,22 @@ static void
 next_dealloc(NextRecord *self)
 {
     PyObject_GC_UnTrack(self);
-    next_clear(self);
+    next_clear(self); /* closes a suspended refill() coroutine, as a coroutine's finalizer would */
+    if (free_one == NULL) {
+        free_one = self;
+        return;
+    }
     Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+next_busy(NextRecord *self)
+{
+    if (self->running) {
+        PyErr_SetString(PyExc_ValueError, "__anext__() awaitable already executing");
+        return 1;
+    }
+    return 0;
 }
 
 static PyObject *
@@ -623,8 +640,25 @@ next_await(NextRecord *self)
     return Py_NewRef(self);
 }
 
+static PySendResult next_send_inner(NextRecord *self, PyObject *arg, PyObject **result);
+
 static PySendResult
 next_send(NextRecord *self, PyObject *arg, PyObject **result)
+{
+    if (next_busy(self)) {
+        *result = NULL;
+        return PYGEN_ERROR;
+    }
+    self->running = 1;
+    Py_INCREF(self);
+    PySendResult status = next_send_inner(self, arg, result);
+    self->running = 0;
+    Py_DECREF(self);
+    return status;
+}
+
+static PySendResult
+next_send_inner(NextRecord *self, PyObject *arg, PyObject **result)
 {
     if (self->sub == NULL) {
         RecordStream *stream = self->stream;
@@ -657,10 +691,12 @@ next_send(NextRecord *self, PyObject *arg, PyObject **result)
         self->sub = awaitable;
         arg = Py_None; /* a coroutine's first send is None */
     }
-    PySendResult status = PyIter_Send(self->sub, arg, result);
-    if (status != PYGEN_NEXT) {
+    PyObject *sub = Py_NewRef(self->sub);
+    PySendResult status = PyIter_Send(sub, arg, result);
+    if (status != PYGEN_NEXT && self->sub == sub) {
         Py_CLEAR(self->sub);
     }
+    Py_DECREF(sub);
     return status;
 }
 
@@ -707,13 +743,18 @@ next_send_method(NextRecord *self, PyObject *arg)
 static PyObject *
 next_throw(NextRecord *self, PyObject *args)
 {
+    if (next_busy(self)) {
+        return NULL;
+    }
     if (self->sub != NULL) {
         /* Awaiting refill()'s coroutine: it gets the exception (cancellation, say). */
         PyObject *sub = Py_NewRef(self->sub);
         PyObject *throw = PyObject_GetAttrString(sub, "throw");
+        self->running = 1;
         PyObject *result = throw == NULL ? NULL : PyObject_Call(throw, args, NULL);
+        self->running = 0;
         Py_XDECREF(throw);
-        if (result == NULL) {
+        if (result == NULL && self->sub == sub) {
             /* Finished (StopIteration carries its result) or raised: either way done. */
             Py_CLEAR(self->sub);
         }
@@ -741,11 +782,16 @@ next_throw(NextRecord *self, PyObject *args)
 static PyObject *
 next_close(NextRecord *self, PyObject *unused)
 {
+    if (next_busy(self)) {
+        return NULL;
+    }
     Py_CLEAR(self->stream);
     if (self->sub != NULL) {
         PyObject *sub = self->sub;
         self->sub = NULL;
+        self->running = 1;
         PyObject *result = PyObject_CallMethod(sub, "close", NULL);
+        self->running = 0;
         Py_DECREF(sub);
         return result;
     }
@@ -782,26 +828,24 @@ static PyTypeObject NextRecordType = {
 static PyObject *
 next_record(RecordStream *stream)
 {
-    /* One spare is kept: `async for` drops each NextRecord before it asks for the next, so
-     * the spare is free again (nothing else refers to it) and nothing is allocated. */
-    static NextRecord *spare = NULL;
+    /* `async for` drops each NextRecord before it asks for the next: next_dealloc keeps the
+     * last one freed, and it is used again here, so nothing is allocated. */
     NextRecord *self;
-    if (spare != NULL && Py_REFCNT(spare) == 1 && spare->sub == NULL) {
-        self = (NextRecord *)Py_NewRef(spare);
+    if (free_one != NULL) {
+        self = free_one;
+        free_one = NULL;
+        PyObject_Init((PyObject *)self, &NextRecordType);
     }
     else {
         self = PyObject_GC_New(NextRecord, &NextRecordType);
         if (self == NULL) {
             return NULL;
         }
-        self->stream = NULL;
-        self->sub = NULL;
-        PyObject_GC_Track(self);
-        if (spare == NULL) {
-            spare = (NextRecord *)Py_NewRef(self);
-        }
     }
-    Py_XSETREF(self->stream, (RecordStream *)Py_NewRef(stream));
+    self->stream = (RecordStream *)Py_NewRef(stream);
+    self->sub = NULL;
+    self->running = 0;
+    PyObject_GC_Track(self);
     return (PyObject *)self;
 }
 
