@@ -59,4 +59,5 @@ broker-down: env
 	$(BIN)/kafkaloop broker down
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache build src/*.egg-info
+	rm -f src/kafkaloop/*.so

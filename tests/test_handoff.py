@@ -87,8 +87,18 @@ async def test_a_raising_call_is_reported_and_the_rest_still_run(impl: ModuleTyp
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-async def test_a_base_exception_stops_the_drain_and_keeps_the_rest(impl: ModuleType) -> None:
+async def test_a_base_exception_stops_the_drain_and_keeps_the_rest(
+    impl: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
     loop = asyncio.get_running_loop()
+    scheduled: list[asyncio.Handle] = []
+    original = loop.call_soon_threadsafe
+
+    def recording(*args: Any) -> asyncio.Handle:
+        scheduled.append(original(*args))
+        return scheduled[-1]
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", recording)
     pending = impl.PendingCalls(loop, lambda exc: None)
     ran: list[int] = []
 
@@ -98,11 +108,13 @@ async def test_a_base_exception_stops_the_drain_and_keeps_the_rest(impl: ModuleT
     pending.call_soon(ran.append, 1)
     pending.call_soon(interrupt)
     pending.call_soon(ran.append, 2)
+    scheduled.pop().cancel()  # drained by hand below instead
     with pytest.raises(KeyboardInterrupt):
         pending.drain()
     assert ran == [1]
     assert len(pending) == 1
-    await asyncio.sleep(0)  # the rest does not wait for another call_soon
+    assert len(scheduled) == 1  # the rest does not wait for another call_soon
+    await asyncio.sleep(0)
     assert ran == [1, 2]
 
 

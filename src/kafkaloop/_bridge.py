@@ -11,9 +11,9 @@ which is a system call and a loop wake-up per message when done once per deliver
 keeps a queue of pending calls and at most one scheduled wake-up: the first call after a drain
 schedules it, later calls only append, and one drain on the loop runs everything that arrived
 since. Under load that is one wake-up per batch of deliveries instead of one per message. That
-queue (``PendingCalls``) is C code when kafkaloop's extension is built (``_handoff.c``; its
-pure-Python twin is ``_pyhandoff.py``): queuing a call and running it take no Python frame of
-their own.
+queue (``PendingCalls``) is C code when kafkaloop's ``_handoff`` extension is built
+(``_handoff.c``; its pure-Python twin is ``_pyhandoff.py``): queuing a call and running it
+take no Python frame of their own.
 
 Blocking librdkafka calls (``flush``, a ``consume`` that waits, transactions) go the other
 way, through :meth:`LoopBridge.run_blocking` or :meth:`LoopBridge.run_blocking_on` (a lane, a
@@ -109,6 +109,10 @@ def _copy_outcome(target: concurrent.futures.Future[Any], task: asyncio.Future[A
         target.set_result(task.result())
 
 
+def _callback_failed(bridge: str, exc: BaseException) -> None:
+    logger.error("%s: a callback raised; the callbacks after it still run", bridge, exc_info=exc)
+
+
 class PollThread:
     """A daemon thread calling a librdkafka client's ``poll(interval)`` until stopped.
 
@@ -168,7 +172,8 @@ class LoopBridge:
         self._name = name
         # A drain runs only what was queued when it started: a burst arriving meanwhile waits
         # for the next drain, so other work on the loop gets its turn in between.
-        self._pending = PendingCalls(loop, self._callback_failed)
+        # (The error reporter is not a bound method: no cycle keeps the bridge alive.)
+        self._pending = PendingCalls(loop, functools.partial(_callback_failed, name))
         self.call_soon = self._pending.call_soon
         self._executors: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
         self._closed = False
@@ -176,11 +181,6 @@ class LoopBridge:
     def drain(self) -> None:
         """Run every queued call now. Only on the loop's thread (e.g. after a flush)."""
         self._pending.drain()
-
-    def _callback_failed(self, exc: BaseException) -> None:
-        logger.error(
-            "%s: a callback raised; the callbacks after it still run", self._name, exc_info=exc
-        )
 
     async def run_blocking(self, func: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
         """Run a blocking call on the bridge's own thread and await its result."""

@@ -198,9 +198,10 @@ class AIOConsumer:
         self._inflight: asyncio.Future[tuple[list[Message], bool]] | None = None
         # Fetched messages not yet converted: those carried past a bad one (it comes first),
         # then the rest of the consumed batch from _raw_pos on. Records are made a chunk at a
-        # time: messages (and records, without the C extension) are objects the garbage
-        # collector counts, and thousands alive at once would set off collections (each one
-        # walking them) where a chunk does not.
+        # time: messages (and records, without the C extension or with deserializers that
+        # return other objects than bytes and str) are objects the garbage collector counts,
+        # and thousands alive at once would set off collections (each one walking them) where
+        # a chunk does not.
         self._carry: collections.deque[Message] = collections.deque()
         self._raw: list[Message] = []
         self._raw_pos = 0
@@ -363,7 +364,7 @@ class AIOConsumer:
 
     def __aiter__(self) -> AsyncIterator[ConsumerRecord]:
         # A record already at hand comes without a Python frame or a coroutine (the stream is
-        # C code when the extension is built); the stream calls _read_next for more.
+        # C code when the _records extension is built); the stream calls _read_next for more.
         return self._stream
 
     def __anext__(self) -> Awaitable[ConsumerRecord]:

@@ -1,17 +1,24 @@
 """kafkaloop's optional C extensions and their pure-Python twins.
 
 Each C extension (``_records.c``, ``_handoff.c``) has a twin in pure Python (``_pyrecords.py``,
-``_pyhandoff.py``) with the same names and behaviour. The extension is used when it was built
-(a C compiler at install time), unless ``KAFKALOOP_NO_EXTENSIONS`` is set to anything but 0.
+``_pyhandoff.py``) with the same names and behaviour, only slower. An extension is used when it
+was built (a C compiler at install time) and loads, unless ``KAFKALOOP_NO_EXTENSIONS`` is true
+(1, true, yes or on).
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from types import ModuleType
 
-DISABLED = os.environ.get("KAFKALOOP_NO_EXTENSIONS", "") not in ("", "0")
+DISABLED = os.environ.get("KAFKALOOP_NO_EXTENSIONS", "").strip().lower() in (
+    "1",
+    "true",
+    "yes",
+    "on",
+)
 """Whether KAFKALOOP_NO_EXTENSIONS asks for the pure-Python twins."""
 
 
@@ -22,4 +29,11 @@ def pick(native: str, twin: str) -> tuple[ModuleType, bool]:
             return importlib.import_module(f"kafkaloop.{native}"), True
         except ImportError:  # built without a C compiler
             pass
+        except Exception as exc:  # built, but it does not load here (another confluent-kafka?)
+            logging.getLogger("kafkaloop").warning(
+                "kafkaloop.%s did not load (%s: %s); using its pure-Python twin",
+                native,
+                type(exc).__name__,
+                exc,
+            )
     return importlib.import_module(f"kafkaloop.{twin}"), False

@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 
 _records, NATIVE_RECORDS = pick("_records", "_pyrecords")
 """Whether consumer records come from the C extension (``_records.c``) or its pure-Python
-twin (``_pyrecords.py``); see _extensions.py. The extension's records cost the garbage
-collector nothing."""
+twin (``_pyrecords.py``); see _extensions.py. The extension's records of bytes cost the
+garbage collector nothing."""
 
 if not TYPE_CHECKING:
     ConsumerRecord = _records.ConsumerRecord

@@ -189,8 +189,8 @@ class AIOProducer:
         self._failure_log = RateLimitedLog(logger)
         self._waiting: collections.deque[_Waiting] = collections.deque()
         self._waiting_timer: asyncio.TimerHandle | None = None
-        # Settles awaited produces on the loop (C code when kafkaloop's extension is built); its
-        # room_wanted flag says a message waits for room in librdkafka's queue.
+        # Settles awaited produces on the loop (C code when kafkaloop's _handoff extension is
+        # built); its room_wanted flag says a message waits for room in librdkafka's queue.
         self._settle = Settle(RecordMetadata, self._settle_failed, self._on_room)
         self._room = asyncio.Event()
         self._user_tasks: set[asyncio.Task[Any]] = set()

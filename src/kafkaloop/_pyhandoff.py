@@ -1,11 +1,12 @@
 """The thread-to-loop handoff's hot path in pure Python: what kafkaloop uses when its C
-extension (``_handoff.c``, the same names and behaviour, documented there) is not built, or
-when ``KAFKALOOP_NO_EXTENSIONS`` is set. Only _bridge.py and _producer.py use it."""
+extension ``_handoff.c`` is not built, or when ``KAFKALOOP_NO_EXTENSIONS`` is set. The same
+names and behaviour, documented there; only slower. Only _bridge.py and _producer.py use it."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -67,7 +68,10 @@ class PendingCalls:
                     self._loop.call_soon_threadsafe(self.drain)
                 raise
             except BaseException as exc:  # a CancelledError too: reported, the rest run
-                self._on_error(exc)
+                try:
+                    self._on_error(exc)
+                except Exception as failure:  # (as the C code's "unraisable" report)
+                    warnings.warn(f"on_error raised {failure!r}", RuntimeWarning, stacklevel=1)
 
 
 class Settle:

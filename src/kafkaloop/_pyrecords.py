@@ -1,20 +1,28 @@
 """The consumer's per-record hot path in pure Python: what kafkaloop uses when its C
-extension (``_records.c``, the same names and behaviour) is not built, or when
-``KAFKALOOP_NO_EXTENSIONS`` is set. Here a record is a small tuple (message, key, value)."""
+extension ``_records.c`` is not built, or when ``KAFKALOOP_NO_EXTENSIONS`` is set. The same
+names and behaviour, documented there; only slower."""
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Awaitable, Callable, Iterable
-from itertools import repeat
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_NOT_AVAILABLE, Message
 
-__all__ = ["ConsumerRecord", "Cursor", "RecordStream", "make_records", "new_record"]
+__all__ = [
+    "ConsumerRecord",
+    "Cursor",
+    "DeserializedRecord",
+    "RecordStream",
+    "make_records",
+    "new_record",
+]
+
+_FROM_MESSAGE: Any = object()
+"""A key or value not stored in the record: read from its message when asked for."""
 
 
-class ConsumerRecord(tuple[Message, Any, Any]):
+class ConsumerRecord:
     """One consumed message: ``topic``, ``partition``, ``offset``, ``key``, ``value``,
     ``headers`` and ``timestamp``.
 
@@ -22,7 +30,10 @@ class ConsumerRecord(tuple[Message, Any, Any]):
     attributes are read from the underlying confluent-kafka ``Message`` when asked for.
     """
 
-    __slots__ = ()
+    __slots__ = ("_key", "_message", "_value")
+    _message: Message
+    _key: Any
+    _value: Any
 
     def __new__(
         cls,
@@ -35,6 +46,8 @@ class ConsumerRecord(tuple[Message, Any, Any]):
         timestamp: int | None = None,
     ) -> ConsumerRecord:
         """A record made by hand (for tests of code that handles records)."""
+        if not isinstance(topic, str):
+            raise TypeError(f"ConsumerRecord() topic must be str, not {type(topic).__name__}")
         message = Message(
             topic=topic,
             partition=partition,
@@ -44,40 +57,45 @@ class ConsumerRecord(tuple[Message, Any, Any]):
             if timestamp is None
             else (TIMESTAMP_CREATE_TIME, timestamp),
         )
-        return tuple.__new__(cls, (message, key, value))
+        return new_record(message, key, value)
 
     @property
     def topic(self) -> str:
         """The topic it was read from."""
-        return self[0].topic() or ""
+        return self._message.topic() or ""
 
     @property
     def partition(self) -> int:
         """The partition it was read from."""
-        return cast(int, self[0].partition())
+        return cast(int, self._message.partition())
 
     @property
     def offset(self) -> int:
         """Its offset in the partition."""
-        return cast(int, self[0].offset())
+        return cast(int, self._message.offset())
 
-    _message = property(operator.itemgetter(0), doc="The confluent-kafka Message.")
-    # itemgetter: C-level getters, no Python frame per access (value is the hot one).
-    key = property(operator.itemgetter(1), doc="The key: bytes, None, or the deserializer's.")
-    value = property(
-        operator.itemgetter(2), doc="The value: bytes, None (a tombstone), or the deserializer's."
-    )
+    @property
+    def key(self) -> Any:
+        """The key: bytes, None, or the deserializer's."""
+        key = self._key
+        return self._message.key() if key is _FROM_MESSAGE else key
+
+    @property
+    def value(self) -> Any:
+        """The value: bytes, None (a tombstone), or the deserializer's."""
+        value = self._value
+        return self._message.value() if value is _FROM_MESSAGE else value
 
     @property
     def headers(self) -> list[tuple[str, bytes | None]] | None:
         """Headers in order (names may repeat), or None. A copy: changing it changes no record."""
-        headers = cast("list[tuple[str, bytes | None]] | None", self[0].headers())
+        headers = cast("list[tuple[str, bytes | None]] | None", self._message.headers())
         return None if headers is None else list(headers)
 
     @property
     def timestamp(self) -> int | None:
         """Milliseconds since the epoch (create or log-append time), or None when unknown."""
-        kind, timestamp = self[0].timestamp()
+        kind, timestamp = self._message.timestamp()
         return None if kind == TIMESTAMP_NOT_AVAILABLE else timestamp
 
     def __repr__(self) -> str:
@@ -112,24 +130,39 @@ class ConsumerRecord(tuple[Message, Any, Any]):
         )
 
 
-_new_tuple = tuple.__new__
-_key, _value = operator.methodcaller("key"), operator.methodcaller("value")
+class DeserializedRecord(ConsumerRecord):
+    """A ConsumerRecord whose key or value a deserializer made."""
+
+    __slots__ = ()
+
+
+_new_object = object.__new__
+
+
+def _atomic(obj: object) -> bool:
+    return obj is None or type(obj) in (bytes, str)
 
 
 def make_records(messages: list[Message]) -> list[ConsumerRecord] | None:
-    """Records for a list of clean messages, or None if one of them carries an error."""
+    """Records for a list of messages consume() returned, or None if one carries an error."""
+    if not isinstance(messages, list):
+        raise TypeError("make_records(messages: list)")
     messages = list(messages)  # (a Message subclass's methods could change the caller's list)
     if any(msg.error() for msg in messages):
         return None
-    parts: Iterable[tuple[Message, Any, Any]] = zip(
-        messages, map(_key, messages), map(_value, messages), strict=True
-    )
-    return list(map(_new_tuple, repeat(ConsumerRecord), parts))
+    return [_record(ConsumerRecord, msg, _FROM_MESSAGE, _FROM_MESSAGE) for msg in messages]
 
 
 def new_record(message: Message, key: Any, value: Any) -> ConsumerRecord:
-    """One record."""
-    return _new_tuple(ConsumerRecord, (message, key, value))
+    """One record, of whichever of the two types it needs."""
+    kind = ConsumerRecord if _atomic(key) and _atomic(value) else DeserializedRecord
+    return _record(kind, message, key, value)
+
+
+def _record(kind: type[ConsumerRecord], message: Message, key: Any, value: Any) -> ConsumerRecord:
+    record: ConsumerRecord = _new_object(kind)
+    record._message, record._key, record._value = message, key, value
+    return record
 
 
 class Cursor:
