@@ -16,7 +16,7 @@ $(UV):
 
 # requirements-lock.txt pins every dependency (runtime, web, test, lint, typing, bench), so
 # every clone installs the same versions; `make lock` refreshes it from pyproject.toml.
-$(VENV)/.synced: $(UV) pyproject.toml setup.py src/kafkaloop/_records.c src/kafkaloop/_handoff.c requirements-lock.txt
+$(VENV)/.synced: $(UV) pyproject.toml setup.py src/kafkaloop/*.c src/kafkaloop/*.h requirements-lock.txt
 	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(VENV)
 	$(UV) pip sync --quiet --python $(BIN)/python requirements-lock.txt
 	$(UV) pip install --quiet --python $(BIN)/python --no-deps -e .

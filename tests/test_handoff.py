@@ -10,22 +10,14 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, Message
 
-from kafkaloop import RecordMetadata, _bridge, _extensions, _producer, _pyhandoff
+from kafkaloop import RecordMetadata, _bridge, _producer
+from tests.twins import skip_if_disabled, twins
 
-try:
-    from kafkaloop import _handoff as native
-except ImportError:  # pragma: no cover - test_the_c_extension_is_in_use says why
-    native = None  # type: ignore[assignment]
-
-IMPLEMENTATIONS = [
-    pytest.param(native, id="c", marks=pytest.mark.skipif(native is None, reason="not built")),
-    pytest.param(_pyhandoff, id="python"),
-]
+native, IMPLEMENTATIONS = twins("_handoff", "_pyhandoff")
 
 
 def test_the_c_extension_is_in_use() -> None:
-    if _extensions.DISABLED:
-        pytest.skip("KAFKALOOP_NO_EXTENSIONS is set")
+    skip_if_disabled()
     assert native is not None, "kafkaloop._handoff is not built: is a C compiler installed?"
     assert vars(_bridge)["PendingCalls"] is native.PendingCalls
     assert vars(_producer)["Settle"] is native.Settle

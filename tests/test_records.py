@@ -15,17 +15,10 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, Message
 
-from kafkaloop import _extensions, _models, _pyrecords
+from kafkaloop import _models
+from tests.twins import skip_if_disabled, twins
 
-try:
-    from kafkaloop import _records as native
-except ImportError:  # pragma: no cover - test_the_c_extension_is_in_use says why
-    native = None  # type: ignore[assignment]
-
-IMPLEMENTATIONS = [
-    pytest.param(native, id="c", marks=pytest.mark.skipif(native is None, reason="not built")),
-    pytest.param(_pyrecords, id="python"),
-]
+native, IMPLEMENTATIONS = twins("_records", "_pyrecords")
 
 
 def messages(count: int, **extra: Any) -> list[Message]:
@@ -36,8 +29,7 @@ def messages(count: int, **extra: Any) -> list[Message]:
 
 
 def test_the_c_extension_is_in_use() -> None:
-    if _extensions.DISABLED:
-        pytest.skip("KAFKALOOP_NO_EXTENSIONS is set")
+    skip_if_disabled()
     assert native is not None, "kafkaloop._records is not built: is a C compiler installed?"
     assert _models.NATIVE_RECORDS
     assert _models.ConsumerRecord is native.ConsumerRecord

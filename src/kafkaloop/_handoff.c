@@ -21,9 +21,9 @@
 #include <Python.h>
 #include <structmember.h>
 
+#include "_message.h"
+
 static PyObject *str_call_soon_threadsafe, *str_done, *str_set_result;
-static PyObject *message_type; /* confluent_kafka.Message */
-static PyObject *msg_topic, *msg_partition, *msg_offset, *msg_timestamp; /* its methods */
 
 /* The raised exception, taken (normalized, with its traceback); a new reference. */
 static PyObject *
@@ -288,14 +288,6 @@ typedef struct {
     vectorcallfunc vectorcall;
 } Settle;
 
-static PyObject *
-call_message(PyObject *msg, PyObject *descr, const char *name)
-{
-    if (Py_IS_TYPE(msg, (PyTypeObject *)message_type)) {
-        return PyObject_Vectorcall(descr, &msg, 1, NULL);
-    }
-    return PyObject_CallMethod(msg, name, NULL);
-}
 
 static PyObject *
 settle_metadata(Settle *self, PyObject *msg)
@@ -304,36 +296,19 @@ settle_metadata(Settle *self, PyObject *msg)
     if (fields == NULL) {
         return NULL;
     }
-    PyObject *item = call_message(msg, msg_topic, "topic");
-    if (item == NULL) {
+    static const int methods[3] = {M_TOPIC, M_PARTITION, M_OFFSET};
+    for (Py_ssize_t i = 0; i < 3; i++) {
+        PyObject *item = message_call(msg, methods[i]);
+        if (item == NULL) {
+            goto fail;
+        }
+        PyTuple_SET_ITEM(fields, i, item);
+    }
+    PyObject *timestamp = message_timestamp(msg);
+    if (timestamp == NULL) {
         goto fail;
     }
-    PyTuple_SET_ITEM(fields, 0, item);
-    if ((item = call_message(msg, msg_partition, "partition")) == NULL) {
-        goto fail;
-    }
-    PyTuple_SET_ITEM(fields, 1, item);
-    if ((item = call_message(msg, msg_offset, "offset")) == NULL) {
-        goto fail;
-    }
-    PyTuple_SET_ITEM(fields, 2, item);
-    PyObject *pair = call_message(msg, msg_timestamp, "timestamp");
-    if (pair == NULL) {
-        goto fail;
-    }
-    if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
-        Py_DECREF(pair);
-        PyErr_SetString(PyExc_TypeError, "Message.timestamp() did not return a pair");
-        goto fail;
-    }
-    long kind = PyLong_AsLong(PyTuple_GET_ITEM(pair, 0));
-    if (kind == -1 && PyErr_Occurred()) {
-        Py_DECREF(pair);
-        goto fail;
-    }
-    /* kind 0 is TIMESTAMP_NOT_AVAILABLE */
-    PyTuple_SET_ITEM(fields, 3, Py_NewRef(kind == 0 ? Py_None : PyTuple_GET_ITEM(pair, 1)));
-    Py_DECREF(pair);
+    PyTuple_SET_ITEM(fields, 3, timestamp);
     /* tuple.__new__(metadata_type, fields): a NamedTuple's own __new__ is a Python frame. */
     PyObject *args = PyTuple_Pack(1, fields);
     Py_DECREF(fields);
@@ -473,7 +448,7 @@ static PyGetSetDef settle_getset[] = {
 
 static PyMemberDef settle_members[] = {
     {"delivered", T_PYSSIZET, offsetof(Settle, delivered), 0,
-     "Deliveries settled as delivered."},
+     "Deliveries counted on the loop: those it settled, and what its owner adds."},
     {"__vectorcalloffset__", T_PYSSIZET, offsetof(Settle, vectorcall), READONLY},
     {NULL},
 };
@@ -503,13 +478,6 @@ static struct PyModuleDef handoff_module = {
     .m_size = -1,
 };
 
-static int
-get_method(PyObject **slot, const char *name)
-{
-    *slot = PyObject_GetAttrString(message_type, name);
-    return *slot == NULL ? -1 : 0;
-}
-
 PyMODINIT_FUNC
 PyInit__handoff(void)
 {
@@ -519,15 +487,7 @@ PyInit__handoff(void)
     if (str_call_soon_threadsafe == NULL || str_done == NULL || str_set_result == NULL) {
         return NULL;
     }
-    PyObject *confluent = PyImport_ImportModule("confluent_kafka");
-    if (confluent == NULL) {
-        return NULL;
-    }
-    message_type = PyObject_GetAttrString(confluent, "Message");
-    Py_DECREF(confluent);
-    if (message_type == NULL || get_method(&msg_topic, "topic") < 0 ||
-        get_method(&msg_partition, "partition") < 0 || get_method(&msg_offset, "offset") < 0 ||
-        get_method(&msg_timestamp, "timestamp") < 0) {
+    if (message_init() < 0) {
         return NULL;
     }
     if (PyType_Ready(&PendingCallsType) < 0 || PyType_Ready(&SettleType) < 0) {

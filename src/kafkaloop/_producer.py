@@ -180,8 +180,8 @@ class AIOProducer:
         """The most recent client-level error librdkafka reported (None when none yet)."""
         self._fatal_error: KafkaError | None = None
         # Counters are each written by one thread: the loop's, or (under the lock) librdkafka's.
+        # Deliveries counted on the loop are self._settle.delivered (below).
         self._produced = 0
-        self._delivered_loop = 0
         self._failed_loop = 0
         self._thread_counts_lock = threading.Lock()
         self._delivered_thread = 0
@@ -190,7 +190,8 @@ class AIOProducer:
         self._waiting: collections.deque[_Waiting] = collections.deque()
         self._waiting_timer: asyncio.TimerHandle | None = None
         # Settles awaited produces on the loop (C code when kafkaloop's _handoff extension is
-        # built); its room_wanted flag says a message waits for room in librdkafka's queue.
+        # built) and counts every delivery reported on the loop; its room_wanted flag says a
+        # message waits for room in librdkafka's queue.
         self._settle = Settle(RecordMetadata, self._settle_failed, self._on_room)
         self._room = asyncio.Event()
         self._user_tasks: set[asyncio.Task[Any]] = set()
@@ -388,7 +389,7 @@ class AIOProducer:
 
     def _count_batch(self, results: list[RecordMetadata | DeliveryError]) -> None:
         delivered = sum(1 for result in results if isinstance(result, RecordMetadata))
-        self._delivered_loop += delivered
+        self._settle.delivered += delivered
         self._failed_loop += len(results) - delivered
         if self._settle.room_wanted:
             self._on_room()
@@ -436,7 +437,7 @@ class AIOProducer:
 
     def _count_on_loop(self, err: KafkaError | None, msg: Message) -> DeliveryError | None:
         if err is None:
-            self._delivered_loop += 1
+            self._settle.delivered += 1
             return None
         self._failed_loop += 1
         return DeliveryError(err, msg.topic(), msg.partition())
@@ -594,7 +595,7 @@ class AIOProducer:
             delivered_thread, failed_thread = self._delivered_thread, self._failed_thread
         return ProducerMetrics(
             produced=self._produced,
-            delivered=self._delivered_loop + self._settle.delivered + delivered_thread,
+            delivered=self._settle.delivered + delivered_thread,
             failed=self._failed_loop + failed_thread,
             waiting_for_room=len(self._waiting),
         )

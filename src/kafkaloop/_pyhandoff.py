@@ -87,7 +87,7 @@ class Settle:
         self._on_failure = on_failure
         self._on_room = on_room
         self.delivered = 0
-        """Deliveries settled as delivered."""
+        """Deliveries counted on the loop: those it settled, and what its owner adds."""
         self.room_wanted = False
         """When true, on_room() is called after each settled delivery."""
 

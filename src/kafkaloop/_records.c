@@ -21,6 +21,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "_message.h"
+
 typedef struct {
     PyObject_HEAD
     PyObject *message;
@@ -28,25 +30,6 @@ typedef struct {
     PyObject *value; /* likewise */
     int lazy;
 } Record;
-
-static PyObject *message_type; /* confluent_kafka.Message */
-
-/* The Message methods records call: their names, and the method descriptors looked up once
- * (calling one directly skips a lookup per call; Message subclasses get the lookup). */
-enum { M_TOPIC, M_PARTITION, M_OFFSET, M_HEADERS, M_TIMESTAMP, M_KEY, M_VALUE, M_ERROR, M_N };
-static const char *method_names[M_N] = {"topic",     "partition", "offset", "headers",
-                                        "timestamp", "key",       "value",  "error"};
-static PyObject *method_name[M_N];
-static PyObject *method_descr[M_N];
-
-static PyObject *
-call_message(PyObject *message, int method)
-{
-    if (Py_IS_TYPE(message, (PyTypeObject *)message_type)) {
-        return PyObject_Vectorcall(method_descr[method], &message, 1, NULL);
-    }
-    return PyObject_CallMethodNoArgs(message, method_name[method]);
-}
 
 static PyTypeObject RecordType;
 static PyTypeObject DeserializedRecordType;
@@ -146,7 +129,7 @@ deserialized_record_dealloc(Record *self)
 static PyObject *
 record_topic(Record *self, void *closure)
 {
-    PyObject *topic = call_message(self->message, M_TOPIC);
+    PyObject *topic = message_call(self->message, M_TOPIC);
     if (topic == Py_None) {
         Py_DECREF(topic);
         return PyUnicode_FromStringAndSize("", 0);
@@ -157,13 +140,13 @@ record_topic(Record *self, void *closure)
 static PyObject *
 record_call(Record *self, void *method)
 {
-    return call_message(self->message, *(int *)method);
+    return message_call(self->message, *(int *)method);
 }
 
 static PyObject *
 record_headers(Record *self, void *closure)
 {
-    PyObject *headers = call_message(self->message, M_HEADERS);
+    PyObject *headers = message_call(self->message, M_HEADERS);
     if (headers == NULL || !PyList_Check(headers)) {
         return headers;
     }
@@ -175,25 +158,7 @@ record_headers(Record *self, void *closure)
 static PyObject *
 record_timestamp(Record *self, void *closure)
 {
-    /* Message.timestamp() is (kind, milliseconds); kind 0 is "not available". */
-    PyObject *pair = call_message(self->message, M_TIMESTAMP);
-    if (pair == NULL) {
-        return NULL;
-    }
-    if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
-        Py_DECREF(pair);
-        PyErr_SetString(PyExc_TypeError, "Message.timestamp() did not return a pair");
-        return NULL;
-    }
-    long kind = PyLong_AsLong(PyTuple_GET_ITEM(pair, 0));
-    if (kind == -1 && PyErr_Occurred()) {
-        Py_DECREF(pair);
-        return NULL;
-    }
-    PyObject *result = kind == 0 ? Py_None : PyTuple_GET_ITEM(pair, 1);
-    Py_INCREF(result);
-    Py_DECREF(pair);
-    return result;
+    return message_timestamp(self->message);
 }
 
 static PyObject *
@@ -206,7 +171,7 @@ static PyObject *
 record_key(Record *self, void *closure)
 {
     if (self->lazy) {
-        return call_message(self->message, M_KEY);
+        return message_call(self->message, M_KEY);
     }
     return Py_NewRef(self->key != NULL ? self->key : Py_None);
 }
@@ -215,7 +180,7 @@ static PyObject *
 record_value(Record *self, void *closure)
 {
     if (self->lazy) {
-        return call_message(self->message, M_VALUE);
+        return message_call(self->message, M_VALUE);
     }
     return Py_NewRef(self->value != NULL ? self->value : Py_None);
 }
@@ -377,7 +342,7 @@ make_records(PyObject *module, PyObject *messages)
     }
     Py_ssize_t n = PyList_GET_SIZE(batch);
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *error = call_message(PyList_GET_ITEM(batch, i), M_ERROR);
+        PyObject *error = message_call(PyList_GET_ITEM(batch, i), M_ERROR);
         if (error == NULL) {
             Py_DECREF(batch);
             return NULL;
@@ -916,24 +881,8 @@ PyInit__records(void)
         PyType_Ready(&RecordStreamType) < 0) {
         return NULL;
     }
-    PyObject *confluent = PyImport_ImportModule("confluent_kafka");
-    if (confluent == NULL) {
+    if (message_init() < 0) {
         return NULL;
-    }
-    message_type = PyObject_GetAttrString(confluent, "Message");
-    Py_DECREF(confluent);
-    if (message_type == NULL) {
-        return NULL;
-    }
-    for (int i = 0; i < M_N; i++) {
-        method_name[i] = PyUnicode_InternFromString(method_names[i]);
-        if (method_name[i] == NULL) {
-            return NULL;
-        }
-        method_descr[i] = PyObject_GetAttr(message_type, method_name[i]);
-        if (method_descr[i] == NULL) {
-            return NULL;
-        }
     }
     PyObject *module = PyModule_Create(&records_module);
     if (module == NULL) {
