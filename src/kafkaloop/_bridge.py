@@ -15,6 +15,11 @@ queue (``PendingCalls``) is C code when kafkaloop's ``_handoff`` extension is bu
 (``_handoff.c``; its pure-Python twin is ``_pyhandoff.py``): queuing a call and running it
 take no Python frame of their own.
 
+A producer's callbacks need no thread at all where librdkafka's queue can announce its work
+on a pipe (:class:`LoopPoller`): the loop watches the pipe, serves the queue with a
+``poll(0)`` that does not block, and drains the queue of calls right after. Elsewhere a
+:class:`PollThread` serves them and hands them over as above.
+
 Blocking librdkafka calls (``flush``, a ``consume`` that waits, transactions) go the other
 way, through :meth:`LoopBridge.run_blocking` or :meth:`LoopBridge.run_blocking_on` (a lane, a
 thread, of their own), so they never hold up the loop and never queue behind the
@@ -36,8 +41,11 @@ from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, Unpack
 
 from kafkaloop._exceptions import NoRunningLoopError
 from kafkaloop._extensions import pick
+from kafkaloop._rdkafka import QueueWatch, watch_main_queue
 
 if TYPE_CHECKING:
+    from confluent_kafka import Producer
+
     from kafkaloop._handoff import PendingCalls
 else:
     PendingCalls = pick("_handoff", "_pyhandoff")[0].PendingCalls
@@ -120,6 +128,9 @@ class PollThread:
     thread is where they run, never the event loop's.
     """
 
+    on_loop = False
+    """Callbacks run on this thread (not on the loop)."""
+
     def __init__(
         self, poll: Callable[[float], object], *, name: str, interval: float = 0.1
     ) -> None:
@@ -142,6 +153,107 @@ class PollThread:
         self._stopping = True
         if self._thread.is_alive():
             await bridge.run_blocking(self._thread.join)
+
+
+class LoopPoller:
+    """Serves a producer's librdkafka callbacks on the event loop itself, where it can.
+
+    librdkafka's main queue writes a byte to a pipe when it gets work
+    (:class:`~kafkaloop._rdkafka.QueueWatch`). The loop watches the pipe like a socket and
+    then runs ``poll(0)``, which does not block, holding back the bridge's wake-ups, and drains
+    the bridge at once: a batch of delivery reports settles its futures in the same loop
+    callback. A poll thread instead takes the GIL once per report while the loop is busy, which
+    costs two thread switches per message on a loaded machine.
+
+    Callbacks that librdkafka runs inside ``flush()`` (on the bridge's blocking thread) still
+    reach the loop through the bridge, so they run on the loop either way.
+    """
+
+    on_loop = True
+    """Callbacks run on the loop (not on a poll thread of their own)."""
+
+    def __init__(self, bridge: LoopBridge, poll: Callable[[float], object], watch: QueueWatch):
+        self._bridge = bridge
+        self._poll = poll
+        self._watch = watch
+
+    def start(self) -> None:
+        """Start watching the queue."""
+        self._bridge.loop.add_reader(self._watch.fileno(), self._serve)
+
+    def _serve(self) -> None:
+        self._watch.clear()  # first: a write that comes while serving wakes the loop again
+        try:
+            self._bridge.serve(self._poll, 0)
+        except Exception:
+            logger.exception("kafkaloop: serving librdkafka's callbacks on the loop raised")
+        if self._watch.pending():  # a callback that raised stops poll() early: serve the rest
+            self._bridge.loop.call_soon(self._serve)
+
+    async def stop(self, bridge: LoopBridge) -> None:
+        """Stop watching, serve what is queued, and release the pipe."""
+        self._bridge.loop.remove_reader(self._watch.fileno())
+        self._bridge.serve(self._poll, 0)
+        self._watch.close()
+
+
+def poller(
+    bridge: LoopBridge,
+    poll: Callable[[float], object],
+    client: Producer,
+    *,
+    name: str,
+    interval: float = 0.1,
+) -> LoopPoller | PollThread:
+    """Who serves a producer's callbacks: the loop itself when librdkafka's queue can say it
+    has work (:class:`LoopPoller`), else a :class:`PollThread` named `name`."""
+    watch = watch_main_queue(client)
+    if watch is None:
+        return PollThread(poll, name=name, interval=interval)
+    return LoopPoller(bridge, poll, watch)
+
+
+class CallbackThread:
+    """A thread running calls handed to it from any thread, in order, a batch per wake-up.
+
+    The bridge's queue (:class:`PendingCalls`) with a thread in place of the loop: where a
+    producer whose callbacks are served on the loop runs the delivery callbacks that asked for
+    a thread of their own (``on_poll_thread=True``).
+    """
+
+    def __init__(self, name: str) -> None:
+        self._wakeups: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._closed = False
+        self._pending = PendingCalls(self, functools.partial(_callback_failed, name))
+        self.call_soon: Callable[..., None] = self._pending.call_soon
+        """Run ``callback(*args)`` on this thread soon, from any thread."""
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    # What PendingCalls asks of its loop:
+    def call_soon_threadsafe(self, drain: Callable[[], None]) -> None:
+        if self._closed:
+            raise RuntimeError("the callback thread is stopped")
+        self._wakeups.put(drain)
+
+    def is_closed(self) -> bool:
+        return self._closed
+
+    def _run(self) -> None:
+        while (drain := self._wakeups.get()) is not None:
+            drain()
+
+    async def caught_up(self, bridge: LoopBridge) -> None:
+        """Wait until every call handed over so far has run."""
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.call_soon(done.set_result, None)
+        await bridge.wrap_future(done)
+
+    async def stop(self, bridge: LoopBridge) -> None:
+        """Run what was handed over so far, then end the thread (waiting off the loop)."""
+        self._closed = True
+        self._wakeups.put(None)
+        await bridge.run_blocking(self._thread.join)
 
 
 class LoopBridge:
@@ -181,6 +293,11 @@ class LoopBridge:
     def drain(self) -> None:
         """Run every queued call now. Only on the loop's thread (e.g. after a flush)."""
         self._pending.drain()
+
+    def serve(self, func: Callable[..., object], *args: Any) -> None:
+        """On the loop's thread: ``func(*args)`` (a librdkafka ``poll(0)``), then run at once
+        every call its callbacks queued, with no loop wake-up scheduled for them."""
+        self._pending.serve(func, *args)
 
     async def run_blocking(self, func: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
         """Run a blocking call on the bridge's own thread and await its result."""

@@ -9,7 +9,9 @@
  *     for the drain they scheduled. A call that raises is reported to on_error(exc) and the
  *     others still run; KeyboardInterrupt and SystemExit stop the drain, and the calls not
  *     yet run wait for the next one (scheduled at once).
- *   Both run with the GIL held and never release it between taking and putting back the
+ *   serve(func, *args), on the loop: func(*args) (a client's poll(0)), with no wake-up
+ *     scheduled for the calls it queues, then a drain at once.
+ *   All run with the GIL held and never release it between taking and putting back the
  *   queue, so any number of threads may call call_soon at once.
  * Settle(metadata_type, on_failure, on_room): settles an awaited produce when its delivery
  *   report is drained: settle(future, err, msg). Delivered: counts it and sets the future's
@@ -244,11 +246,60 @@ pending_drain(PendingCalls *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* serve(func, *args), on the loop: func(*args) (a client's poll(0), whose callbacks queue
+ * calls here) with no wake-up scheduled for what it queues, then a drain right away. An
+ * exception from func is raised after the drain; one from the drain wins over it. */
+static PyObject *
+pending_serve(PendingCalls *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "serve(func, *args)");
+        return NULL;
+    }
+    if (!pending_usable(self)) {
+        return NULL;
+    }
+    self->scheduled = 1;
+    PyObject *result = PyObject_Vectorcall(args[0], args + 1, nargs - 1, NULL);
+    PyObject *failure = NULL;
+    if (result == NULL) {
+        failure = take_exception();
+    }
+    else {
+        Py_DECREF(result);
+    }
+    PyObject *drained = pending_drain(self, NULL);
+    if (drained == NULL) {
+        if (failure != NULL) {
+            PyObject *type, *value, *tb;
+            PyErr_Fetch(&type, &value, &tb);
+            PyErr_NormalizeException(&type, &value, &tb);
+            if (value != NULL) {
+                PyException_SetContext(value, failure); /* steals failure */
+            }
+            else {
+                Py_DECREF(failure);
+            }
+            PyErr_Restore(type, value, tb);
+        }
+        return NULL;
+    }
+    Py_DECREF(drained);
+    if (failure != NULL) {
+        PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(failure)), failure,
+                      PyException_GetTraceback(failure));
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef pending_methods[] = {
     {"call_soon", (PyCFunction)(void (*)(void))pending_call_soon, METH_FASTCALL,
      "call_soon(callback, *args): run it on the loop soon (from any thread)."},
     {"drain", (PyCFunction)pending_drain, METH_NOARGS,
      "Run every call queued so far (on the loop's thread)."},
+    {"serve", (PyCFunction)(void (*)(void))pending_serve, METH_FASTCALL,
+     "serve(func, *args): on the loop, func(*args) then a drain, with no wake-up between."},
     {NULL},
 };
 

@@ -3,17 +3,22 @@ pure-Python twin)."""
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, Message
 
+class Loop(Protocol):
+    """What PendingCalls asks of the loop it hands calls to (an asyncio loop, or a thread)."""
+
+    def call_soon_threadsafe(self, callback: Callable[[], None], /) -> object: ...
+    def is_closed(self) -> bool: ...
+
 class PendingCalls:
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, on_error: Callable[[BaseException], object]
-    ) -> None: ...
+    def __init__(self, loop: Loop, on_error: Callable[[BaseException], object]) -> None: ...
     def __len__(self) -> int: ...
     def call_soon(self, *call: Any) -> None: ...
     def drain(self) -> None: ...
+    def serve(self, func: Callable[..., object], *args: Any) -> None: ...
 
 class Settle:
     delivered: int

@@ -1,10 +1,12 @@
-"""AIOProducer: confluent-kafka's Producer, awaitable, with one poll thread per producer.
+"""AIOProducer: confluent-kafka's Producer, awaitable.
 
 ``produce()`` hands the message to librdkafka at once and returns a future that the delivery
-report resolves. Delivery reports arrive on the poll thread and reach the loop through the
-:class:`~kafkaloop._bridge.LoopBridge`, batched. Out-of-band callbacks run on the loop or, when
-asked, on the poll thread; fire-and-forget messages are still counted and their failures
-logged.
+report resolves. The loop itself serves delivery reports when librdkafka's queue can announce
+them on a pipe (:class:`~kafkaloop._bridge.LoopPoller`); elsewhere they arrive on a poll thread
+and reach the loop through the :class:`~kafkaloop._bridge.LoopBridge`, batched. Out-of-band
+callbacks run on the loop or, when asked, on a thread of the producer's (the poll thread, or a
+callback thread when the loop serves the reports); fire-and-forget messages are still counted
+and their failures logged.
 
 When librdkafka's queue is full, ``produce()`` does not raise: the message waits, in order, in a
 bounded list on the loop and is handed over as soon as deliveries make room; the caller's
@@ -34,7 +36,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from kafkaloop._bridge import LoopBridge, PollThread
+from kafkaloop._bridge import CallbackThread, LoopBridge, poller
 from kafkaloop._config import configuration_error
 from kafkaloop._exceptions import (
     DeliveryError,
@@ -196,10 +198,17 @@ class AIOProducer:
         self._room = asyncio.Event()
         self._user_tasks: set[asyncio.Task[Any]] = set()
 
-        self._poll_thread = PollThread(
-            self._producer.poll, name="kafkaloop-producer-poll", interval=_POLL_INTERVAL
+        # Who serves librdkafka's callbacks: the loop itself, or a poll thread.
+        self._poller = poller(
+            self._bridge,
+            self._producer.poll,
+            self._producer,
+            name="kafkaloop-producer-poll",
+            interval=_POLL_INTERVAL,
         )
-        self._poll_thread.start()
+        self._poller.start()
+        # Where on_poll_thread callbacks run when the loop serves the reports (made on demand).
+        self._callback_thread: CallbackThread | None = None
 
     def __repr__(self) -> str:
         return (
@@ -291,9 +300,10 @@ class AIOProducer:
         """Hand a message to Kafka without waiting for the outcome.
 
         ``on_delivery(err, metadata)`` is called once with the outcome: on the event loop, or
-        on the poll thread when ``on_poll_thread`` is true (keep that callback short and
-        thread-safe). Without a callback, failures are still counted in :attr:`metrics` and
-        logged. Raises :class:`QueueFullError` at once when librdkafka's queue is full.
+        on a thread of the producer's (not the loop) when ``on_poll_thread`` is true (keep that
+        callback short and thread-safe). Without a callback, failures are still counted in
+        :attr:`metrics` and logged. Raises :class:`QueueFullError` at once when librdkafka's
+        queue is full.
         """
         if self._refusal is not None:
             raise self._refused()
@@ -301,7 +311,7 @@ class AIOProducer:
         if on_delivery is None:
             callback = None  # the producer-wide on_delivery counts it
         elif on_poll_thread:
-            callback = functools.partial(self._call_on_thread, on_delivery)
+            callback = self._thread_callback(on_delivery)
         else:
             callback = functools.partial(self._call_soon, self._call_on_loop, on_delivery)
         if self._waiting:
@@ -454,6 +464,17 @@ class AIOProducer:
             logger.exception("An on_delivery callback raised on the poll thread")
         self._notify_room()
 
+    def _thread_callback(
+        self, on_delivery: DeliveryCallback
+    ) -> Callable[[KafkaError | None, Message], None]:
+        """The delivery report callback running `on_delivery` on a thread of the producer's."""
+        run = functools.partial(self._call_on_thread, on_delivery)
+        if not self._poller.on_loop:
+            return run  # on the poll thread, where the report arrives
+        if self._callback_thread is None:
+            self._callback_thread = CallbackThread("kafkaloop-producer-callbacks")
+        return functools.partial(self._callback_thread.call_soon, run)
+
     def _on_untracked_delivery(self, err: KafkaError | None, msg: Message) -> None:
         """On librdkafka's calling thread: the outcome of a fire-and-forget message."""
         self._count_on_thread(err)
@@ -555,7 +576,8 @@ class AIOProducer:
     # -- client-level callbacks ------------------------------------------------------------
 
     def _on_error(self, err: KafkaError) -> None:
-        """On the poll thread: librdkafka reports a client-level error."""
+        """Where librdkafka's callbacks run (the loop, or the poll thread): a client-level
+        error."""
         self.last_error = err
         if err.fatal():
             self._fatal_error = err
@@ -627,10 +649,12 @@ class AIOProducer:
         left = -1.0 if deadline is None else max(0.0, deadline - self._loop.time())
         remaining = await self._bridge.run_blocking(self._producer.flush, left)
         self._bridge.drain()
+        if self._callback_thread is not None:  # on_poll_thread callbacks run before return
+            await self._callback_thread.caught_up(self._bridge)
         return int(remaining) + len(self._waiting)
 
     async def close(self, timeout: float | None = None) -> int:
-        """Flush, stop the poll thread and return how many messages were not delivered.
+        """Flush, stop serving callbacks and return how many messages were not delivered.
 
         Idempotent: later calls wait for the first and return the same number. Messages still
         undelivered after ``timeout`` are purged: their futures raise :class:`DeliveryError`.
@@ -654,7 +678,9 @@ class AIOProducer:
                     )
             self._waiting.clear()
             logger.warning("AIOProducer closed with %d message(s) not delivered", undelivered)
-        await self._poll_thread.stop(self._bridge)
+        await self._poller.stop(self._bridge)
+        if self._callback_thread is not None:
+            await self._callback_thread.stop(self._bridge)
         self._bridge.drain()
         if self._waiting_timer is not None:
             self._waiting_timer.cancel()

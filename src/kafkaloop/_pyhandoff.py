@@ -8,7 +8,7 @@ import asyncio
 import collections
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, Message
 
@@ -17,12 +17,17 @@ __all__ = ["PendingCalls", "Settle"]
 _new_tuple = tuple.__new__
 
 
+class Loop(Protocol):
+    """What PendingCalls asks of the loop it hands calls to (an asyncio loop, or a thread)."""
+
+    def call_soon_threadsafe(self, callback: Callable[[], None], /) -> object: ...
+    def is_closed(self) -> bool: ...
+
+
 class PendingCalls:
     """Calls queued for the event loop, run in batches: one wake-up per batch."""
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, on_error: Callable[[BaseException], object]
-    ) -> None:
+    def __init__(self, loop: Loop, on_error: Callable[[BaseException], object]) -> None:
         self._loop = loop
         self._on_error = on_error
         # deque.append and popleft are atomic, so callers on other threads need no lock.
@@ -72,6 +77,15 @@ class PendingCalls:
                     self._on_error(exc)
                 except Exception as failure:  # (as the C code's "unraisable" report)
                     warnings.warn(f"on_error raised {failure!r}", RuntimeWarning, stacklevel=1)
+
+    def serve(self, func: Callable[..., object], *args: Any) -> None:
+        """On the loop: ``func(*args)`` with no wake-up scheduled for the calls it queues,
+        then a drain at once."""
+        self._scheduled = True
+        try:
+            func(*args)
+        finally:
+            self.drain()
 
 
 class Settle:
