@@ -1,6 +1,6 @@
 /* kafkaloop._handoff: the thread-to-loop handoff's hot path in C. Optional: _pyhandoff.py is
  * the pure-Python twin, used when this extension is not built (or KAFKALOOP_NO_EXTENSIONS=1).
- * Only _bridge.py (PendingCalls) and _producer.py (Settle) use it.
+ * Only _bridge.py (PendingCalls) and _producer.py (Settle, AwaitedProduce) use it.
  *
  * PendingCalls(loop, on_error): the bridge's queue of calls for the loop.
  *   call_soon(callback, *args), from any thread: queue the call; the first one after a drain
@@ -18,6 +18,11 @@
  *   result to metadata_type(topic, partition, offset, timestamp or None) unless the future is
  *   done (cancelled); failed: on_failure(future, err, msg). Either way, on_room() when the
  *   room_wanted flag is set. Called once per awaited message, with no Python frame.
+ * AwaitedProduce(...): AIOProducer.produce() for its common case (a topic, a value, maybe a
+ *   key and a partition), installed on each producer in place of the Python method, which it
+ *   calls for every other case. It hands confluent-kafka a Delivery, the one-allocation
+ *   functools.partial(call_soon, settle, future). The Python method is its twin: there is no
+ *   other in _pyhandoff.py.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -520,6 +525,306 @@ static PyTypeObject SettleType = {
     .tp_members = settle_members,
 };
 
+/* -- Delivery, AwaitedProduce ------------------------------------------------------------ */
+
+/* delivery(err, msg), librdkafka's callback for one awaited produce, on whichever thread serves
+ * it: call_soon(settle, future, err, msg). functools.partial(call_soon, settle, future) in one
+ * allocation. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *call_soon;
+    PyObject *settle;
+    PyObject *future;
+    vectorcallfunc vectorcall;
+} Delivery;
+
+static PyTypeObject DeliveryType;
+
+static PyObject *
+delivery_call(Delivery *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 2 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "delivery(err, msg)");
+        return NULL;
+    }
+    PyObject *call[4] = {self->settle, self->future, args[0], args[1]};
+    return PyObject_Vectorcall(self->call_soon, call, 4, NULL);
+}
+
+static PyObject *
+delivery_make(PyObject *call_soon, PyObject *settle, PyObject *future)
+{
+    Delivery *self = PyObject_GC_New(Delivery, &DeliveryType);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->call_soon = Py_NewRef(call_soon);
+    self->settle = Py_NewRef(settle);
+    self->future = Py_NewRef(future);
+    self->vectorcall = (vectorcallfunc)delivery_call;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+static int
+delivery_traverse(Delivery *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->call_soon);
+    Py_VISIT(self->settle);
+    Py_VISIT(self->future);
+    return 0;
+}
+
+static int
+delivery_clear(Delivery *self)
+{
+    Py_CLEAR(self->call_soon);
+    Py_CLEAR(self->settle);
+    Py_CLEAR(self->future);
+    return 0;
+}
+
+static void
+delivery_dealloc(Delivery *self)
+{
+    PyObject_GC_UnTrack(self);
+    delivery_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyTypeObject DeliveryType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kafkaloop._handoff.Delivery",
+    .tp_basicsize = sizeof(Delivery),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = PyDoc_STR("An awaited produce's delivery callback: call_soon(settle, future, "
+                        "err, msg)."),
+    .tp_dealloc = (destructor)delivery_dealloc,
+    .tp_traverse = (traverseproc)delivery_traverse,
+    .tp_clear = (inquiry)delivery_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(Delivery, vectorcall),
+};
+
+/* AwaitedProduce(produce, create_future, call_soon, settle, waiting, fallback, on_error):
+ * AIOProducer.produce() for its common case, installed on each producer as `produce`. The
+ * case: open, no message waiting for room, topic/value/key given, partition an int or None,
+ * no headers nor timestamp. It creates the future, hands the message to confluent-kafka's
+ * produce(topic, value, key, partition, Delivery) and counts it. Anything else goes to
+ * fallback (the Python method, with the same arguments); an exception from produce goes to
+ * on_error(exc, topic, value, key, partition, delivery, future), which returns the future
+ * or raises. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *produce;
+    PyObject *create_future;
+    PyObject *call_soon;
+    PyObject *settle;
+    PyObject *waiting;
+    PyObject *fallback;
+    PyObject *on_error;
+    Py_ssize_t produced;
+    char open;
+    vectorcallfunc vectorcall;
+} AwaitedProduce;
+
+static PyObject *minus_one;
+
+static int
+kwname_is(PyObject *name, const char *expected)
+{
+    return PyUnicode_CompareWithASCIIString(name, expected) == 0;
+}
+
+static PyObject *
+awaited_call(AwaitedProduce *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *value = Py_None, *key = Py_None, *partition = Py_None;
+    if (self->fallback == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "AwaitedProduce was cleared");
+        return NULL;
+    }
+    if (!self->open || nargs < 1 || nargs > 3) {
+        goto fallback;
+    }
+    if (nargs > 1) {
+        value = args[1];
+    }
+    if (nargs > 2) {
+        key = args[2];
+    }
+    if (kwnames != NULL) {
+        Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
+        for (Py_ssize_t i = 0; i < nkw; i++) {
+            PyObject *name = PyTuple_GET_ITEM(kwnames, i), *arg = args[nargs + i];
+            if (nargs < 2 && kwname_is(name, "value")) {
+                value = arg;
+            }
+            else if (nargs < 3 && kwname_is(name, "key")) {
+                key = arg;
+            }
+            else if (kwname_is(name, "partition")) {
+                partition = arg;
+            }
+            else if (arg != Py_None || !(kwname_is(name, "headers") ||
+                                         kwname_is(name, "timestamp"))) {
+                goto fallback;
+            }
+        }
+    }
+    if (partition == Py_None) {
+        partition = minus_one;
+    }
+    else if (!PyLong_CheckExact(partition)) {
+        goto fallback;
+    }
+    Py_ssize_t waiting = PyObject_Length(self->waiting);
+    if (waiting != 0) {
+        if (waiting < 0) {
+            return NULL;
+        }
+        goto fallback;
+    }
+    PyObject *future = PyObject_CallNoArgs(self->create_future);
+    if (future == NULL) {
+        return NULL;
+    }
+    PyObject *delivery = delivery_make(self->call_soon, self->settle, future);
+    if (delivery == NULL) {
+        Py_DECREF(future);
+        return NULL;
+    }
+    PyObject *produce_args[5] = {args[0], value, key, partition, delivery};
+    PyObject *r = PyObject_Vectorcall(self->produce, produce_args, 5, NULL);
+    if (r == NULL) {
+        PyObject *exc = take_exception();
+        PyObject *failed_args[7] = {exc != NULL ? exc : Py_None, args[0], value, key, partition,
+                                    delivery, future};
+        PyObject *result = PyObject_Vectorcall(self->on_error, failed_args, 7, NULL);
+        Py_XDECREF(exc);
+        Py_DECREF(delivery);
+        Py_DECREF(future);
+        return result;
+    }
+    Py_DECREF(r);
+    Py_DECREF(delivery);
+    self->produced++;
+    return future;
+fallback:
+    return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+}
+
+static PyObject *
+awaited_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *produce, *create_future, *call_soon, *settle, *waiting, *fallback, *on_error;
+    static char *kwlist[] = {"produce", "create_future", "call_soon", "settle",
+                             "waiting", "fallback",      "on_error",  NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOO:AwaitedProduce", kwlist, &produce,
+                                     &create_future, &call_soon, &settle, &waiting, &fallback,
+                                     &on_error)) {
+        return NULL;
+    }
+    AwaitedProduce *self = (AwaitedProduce *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->produce = Py_NewRef(produce);
+    self->create_future = Py_NewRef(create_future);
+    self->call_soon = Py_NewRef(call_soon);
+    self->settle = Py_NewRef(settle);
+    self->waiting = Py_NewRef(waiting);
+    self->fallback = Py_NewRef(fallback);
+    self->on_error = Py_NewRef(on_error);
+    self->open = 1;
+    self->vectorcall = (vectorcallfunc)awaited_call;
+    return (PyObject *)self;
+}
+
+static int
+awaited_traverse(AwaitedProduce *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->produce);
+    Py_VISIT(self->create_future);
+    Py_VISIT(self->call_soon);
+    Py_VISIT(self->settle);
+    Py_VISIT(self->waiting);
+    Py_VISIT(self->fallback);
+    Py_VISIT(self->on_error);
+    return 0;
+}
+
+static int
+awaited_clear(AwaitedProduce *self)
+{
+    Py_CLEAR(self->produce);
+    Py_CLEAR(self->create_future);
+    Py_CLEAR(self->call_soon);
+    Py_CLEAR(self->settle);
+    Py_CLEAR(self->waiting);
+    Py_CLEAR(self->fallback);
+    Py_CLEAR(self->on_error);
+    return 0;
+}
+
+static void
+awaited_dealloc(AwaitedProduce *self)
+{
+    PyObject_GC_UnTrack(self);
+    awaited_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+awaited_get_doc(AwaitedProduce *self, void *closure)
+{
+    if (self->fallback == NULL) {
+        Py_RETURN_NONE;
+    }
+    return PyObject_GetAttrString(self->fallback, "__doc__");
+}
+
+static PyObject *
+awaited_get_wrapped(AwaitedProduce *self, void *closure)
+{
+    if (self->fallback == NULL) {
+        Py_RETURN_NONE;
+    }
+    return Py_NewRef(self->fallback);
+}
+
+static PyGetSetDef awaited_getset[] = {
+    {"__doc__", (getter)awaited_get_doc, NULL, NULL, NULL},
+    {"__wrapped__", (getter)awaited_get_wrapped, NULL,
+     "The Python produce() this stands for (inspect.signature follows it).", NULL},
+    {NULL},
+};
+
+static PyMemberDef awaited_members[] = {
+    {"produced", T_PYSSIZET, offsetof(AwaitedProduce, produced), 0,
+     "Messages it handed to librdkafka."},
+    {"open", T_BOOL, offsetof(AwaitedProduce, open), 0,
+     "False once the producer refuses messages: every call then goes to fallback."},
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(AwaitedProduce, vectorcall), READONLY},
+    {NULL},
+};
+
+static PyTypeObject AwaitedProduceType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kafkaloop._handoff.AwaitedProduce",
+    .tp_basicsize = sizeof(AwaitedProduce),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = awaited_new,
+    .tp_dealloc = (destructor)awaited_dealloc,
+    .tp_traverse = (traverseproc)awaited_traverse,
+    .tp_clear = (inquiry)awaited_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(AwaitedProduce, vectorcall),
+    .tp_getset = awaited_getset,
+    .tp_members = awaited_members,
+};
+
 /* -- module ----------------------------------------------------------------------------- */
 
 static struct PyModuleDef handoff_module = {
@@ -541,7 +846,12 @@ PyInit__handoff(void)
     if (message_init() < 0) {
         return NULL;
     }
-    if (PyType_Ready(&PendingCallsType) < 0 || PyType_Ready(&SettleType) < 0) {
+    minus_one = PyLong_FromLong(-1);
+    if (minus_one == NULL) {
+        return NULL;
+    }
+    if (PyType_Ready(&PendingCallsType) < 0 || PyType_Ready(&SettleType) < 0 ||
+        PyType_Ready(&DeliveryType) < 0 || PyType_Ready(&AwaitedProduceType) < 0) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&handoff_module);
@@ -549,7 +859,8 @@ PyInit__handoff(void)
         return NULL;
     }
     if (PyModule_AddObjectRef(module, "PendingCalls", (PyObject *)&PendingCallsType) < 0 ||
-        PyModule_AddObjectRef(module, "Settle", (PyObject *)&SettleType) < 0) {
+        PyModule_AddObjectRef(module, "Settle", (PyObject *)&SettleType) < 0 ||
+        PyModule_AddObjectRef(module, "AwaitedProduce", (PyObject *)&AwaitedProduceType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

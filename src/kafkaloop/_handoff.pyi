@@ -2,7 +2,7 @@
 pure-Python twin)."""
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, Message
@@ -32,3 +32,18 @@ class Settle:
     def __call__(
         self, future: asyncio.Future[Any], err: KafkaError | None, msg: Message
     ) -> None: ...
+
+class AwaitedProduce:
+    produced: int
+    open: bool
+    def __init__(
+        self,
+        produce: Callable[..., None],
+        create_future: Callable[[], asyncio.Future[Any]],
+        call_soon: Callable[..., None],
+        settle: Settle,
+        waiting: Sized,
+        fallback: Callable[..., asyncio.Future[Any]],
+        on_error: Callable[..., asyncio.Future[Any]],
+    ) -> None: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]: ...

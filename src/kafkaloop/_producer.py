@@ -48,9 +48,12 @@ from kafkaloop._logging import RateLimitedLog, librdkafka_logger, logger
 from kafkaloop._models import ProducerMetrics, RecordMetadata
 
 if TYPE_CHECKING:
-    from kafkaloop._handoff import Settle
+    from kafkaloop._handoff import AwaitedProduce, Settle
 else:
-    Settle = pick("_handoff", "_pyhandoff")[0].Settle
+    _handoff = pick("_handoff", "_pyhandoff")[0]
+    Settle = _handoff.Settle
+    # C only: AIOProducer.produce (the Python method) is its twin.
+    AwaitedProduce = getattr(_handoff, "AwaitedProduce", None)
 
 __all__ = ["AIOProducer", "DeliveryCallback", "Headers"]
 
@@ -197,6 +200,20 @@ class AIOProducer:
         self._settle = Settle(RecordMetadata, self._settle_failed, self._on_room)
         self._room = asyncio.Event()
         self._user_tasks: set[asyncio.Task[Any]] = set()
+        # produce() in C for its common case, where kafkaloop's _handoff extension is built:
+        # an instance attribute in front of the method, which it calls for every other case.
+        self._fast_produce: AwaitedProduce | None = None
+        if AwaitedProduce is not None and type(self).produce is AIOProducer.produce:
+            self._fast_produce = AwaitedProduce(
+                self._produce,
+                self._create_future,
+                self._call_soon,
+                self._settle,
+                self._waiting,
+                AIOProducer.produce.__get__(self),
+                self._produce_failed,
+            )
+            self.__dict__["produce"] = self._fast_produce
 
         # Who serves librdkafka's callbacks: the loop itself, or a poll thread.
         self._poller = poller(
@@ -243,20 +260,37 @@ class AIOProducer:
             return self._produce_slow(
                 topic, value, key, headers, partition, timestamp, on_delivery, future
             )
+        partition = -1 if partition is None else partition
         try:
             # Positional arguments only: keywords would cost a dict per message in the C call.
-            self._produce(topic, value, key, -1 if partition is None else partition, on_delivery)
-        except BufferError:
-            self._wait_for_room(
-                (topic, value, key, -1 if partition is None else partition),
-                {"on_delivery": on_delivery},
-                future,
-            )
-        except KafkaException as exc:
-            raise DeliveryError(exc.args[0], topic, partition) from None
-        else:
-            self._produced += 1
+            self._produce(topic, value, key, partition, on_delivery)
+        except (BufferError, KafkaException) as exc:
+            return self._produce_failed(exc, topic, value, key, partition, on_delivery, future)
+        self._produced += 1
         return future
+
+    def _produce_failed(
+        self,
+        exc: BaseException,
+        topic: str,
+        value: str | bytes | None,
+        key: str | bytes | None,
+        partition: int,
+        on_delivery: Callable[[KafkaError | None, Message], None],
+        future: asyncio.Future[RecordMetadata],
+    ) -> asyncio.Future[RecordMetadata]:
+        """produce() when librdkafka refused the message: wait for room in a full queue, or
+        raise what went wrong."""
+        if isinstance(exc, BufferError):
+            self._wait_for_room(
+                (topic, value, key, partition), {"on_delivery": on_delivery}, future
+            )
+            return future
+        if isinstance(exc, KafkaException):
+            raise DeliveryError(
+                exc.args[0], topic, None if partition == -1 else partition
+            ) from None
+        raise exc
 
     def _produce_slow(
         self,
@@ -403,6 +437,12 @@ class AIOProducer:
         self._failed_loop += len(results) - delivered
         if self._settle.room_wanted:
             self._on_room()
+
+    def _refuse(self, why: str) -> None:
+        """From now on, produce calls raise (see _refused)."""
+        self._refusal = why
+        if self._fast_produce is not None:
+            self._fast_produce.open = False
 
     def _refused(self) -> Exception:
         if self._fatal_error is not None:
@@ -581,13 +621,13 @@ class AIOProducer:
         self.last_error = err
         if err.fatal():
             self._fatal_error = err
-            self._refusal = "fatal"
+            self._refuse("fatal")
             logger.error("Kafka producer fatal error, it cannot continue: %s", err.str())
         elif err.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):
             # Wrong credentials do not fix themselves: fail fast, as the Java client does,
             # instead of letting every message wait out message.timeout.ms.
             self._fatal_error = err
-            self._refusal = "fatal"
+            self._refuse("fatal")
             logger.error("Kafka producer: %s; check sasl.username / sasl.password", err.str())
             self._producer.purge(in_queue=True, in_flight=False, blocking=False)
         elif err.code() == KafkaError._ALL_BROKERS_DOWN:
@@ -616,7 +656,8 @@ class AIOProducer:
         with self._thread_counts_lock:
             delivered_thread, failed_thread = self._delivered_thread, self._failed_thread
         return ProducerMetrics(
-            produced=self._produced,
+            produced=self._produced
+            + (0 if self._fast_produce is None else self._fast_produce.produced),
             delivered=self._settle.delivered + delivered_thread,
             failed=self._failed_loop + failed_thread,
             waiting_for_room=len(self._waiting),
@@ -661,7 +702,7 @@ class AIOProducer:
         """
         if self._close_task is None:
             self._state = _State.CLOSING
-            self._refusal = "closing"
+            self._refuse("closing")
             self._close_task = self._loop.create_task(self._close(timeout))
         return await asyncio.shield(self._close_task)
 
@@ -687,7 +728,7 @@ class AIOProducer:
         self._bridge.close()
         self._undelivered = undelivered
         self._state = _State.CLOSED
-        self._refusal = "closed"
+        self._refuse("closed")
         return undelivered
 
     async def __aenter__(self) -> Self:
