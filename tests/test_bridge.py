@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from kafkaloop._bridge import LoopBridge
+from kafkaloop._bridge import CallbackThread, LoopBridge
 
 
 async def test_calls_from_many_threads_all_run_on_the_loop_in_per_thread_order() -> None:
@@ -104,3 +104,28 @@ async def test_call_and_wait_on_the_loop_thread_runs_at_once_and_refuses_corouti
     with pytest.raises(RuntimeError, match="loop's own thread"):
         bridge.call_and_wait(later)
     assert not await asyncio.to_thread(bridge.on_loop_thread)
+
+
+async def test_a_callback_thread_runs_calls_in_order_off_the_loop() -> None:
+    bridge = LoopBridge(asyncio.get_running_loop())
+    callbacks = CallbackThread("test-callbacks")
+    ran: list[tuple[int, str]] = []
+
+    def record(i: int) -> None:
+        if i == 50:
+            raise RuntimeError("one call fails")
+        ran.append((i, threading.current_thread().name))
+
+    for i in range(100):
+        callbacks.call_soon(record, i)
+    await callbacks.caught_up(bridge)
+
+    assert [i for i, _ in ran] == [i for i in range(100) if i != 50]
+    assert {name for _, name in ran} == {"test-callbacks"}
+    callbacks.call_soon(record, 100)
+    await callbacks.stop(bridge)  # runs what was handed over first
+    assert ran[-1][0] == 100
+    assert not any(t.name == "test-callbacks" for t in threading.enumerate())
+    callbacks.call_soon(record, 101)  # stopped: dropped, as for a closed loop
+    assert ran[-1][0] == 100
+    bridge.close()

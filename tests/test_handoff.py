@@ -21,6 +21,7 @@ def test_the_c_extension_is_in_use() -> None:
     assert native is not None, "kafkaloop._handoff is not built: is a C compiler installed?"
     assert vars(_bridge)["PendingCalls"] is native.PendingCalls
     assert vars(_producer)["Settle"] is native.Settle
+    assert vars(_producer)["AwaitedProduce"] is native.AwaitedProduce
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
@@ -188,3 +189,53 @@ async def test_settle_passes_on_an_error_of_its_callbacks(impl: ModuleType) -> N
     with pytest.raises(RuntimeError, match="room"):
         settle(future, None, _delivered(1))
     assert future.done()  # settled before on_room ran
+
+
+class _CountingLoop:
+    """A stand-in for the loop that counts the wake-ups asked of it."""
+
+    def __init__(self) -> None:
+        self.wakeups: list[Any] = []
+
+    def call_soon_threadsafe(self, callback: Any) -> None:
+        self.wakeups.append(callback)
+
+    def is_closed(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_serve_runs_what_its_func_queued_at_once_without_a_wakeup(impl: ModuleType) -> None:
+    loop = _CountingLoop()
+    pending = impl.PendingCalls(loop, lambda exc: None)
+    ran: list[int] = []
+
+    def poll(timeout: float) -> None:
+        assert timeout == 0
+        pending.call_soon(ran.append, 1)
+        pending.call_soon(ran.append, 2)
+
+    pending.serve(poll, 0)
+
+    assert ran == [1, 2]
+    assert loop.wakeups == []
+    assert len(pending) == 0
+    pending.call_soon(ran.append, 3)  # after serve, calls schedule their drain again
+    assert len(loop.wakeups) == 1
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_serve_drains_before_raising_what_its_func_raised(impl: ModuleType) -> None:
+    loop = _CountingLoop()
+    pending = impl.PendingCalls(loop, lambda exc: None)
+    ran: list[int] = []
+
+    def poll() -> None:
+        pending.call_soon(ran.append, 1)
+        raise ValueError("poll failed")
+
+    with pytest.raises(ValueError, match="poll failed"):
+        pending.serve(poll)
+
+    assert ran == [1]
+    assert loop.wakeups == []

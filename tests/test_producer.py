@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import logging
 import threading
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from kafkaloop import (
@@ -24,6 +25,8 @@ from kafkaloop import (
     ProducerClosedError,
     QueueFullError,
     RecordMetadata,
+    _bridge,
+    _rdkafka,
 )
 from kafkaloop.broker import LocalKafka
 
@@ -44,11 +47,31 @@ async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
     assert errors == []
 
 
-@pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOProducer]:
+def _queue_can_be_watched() -> bool:
+    client = Producer({})
+    watch = _rdkafka.watch_main_queue(client)
+    if watch is None:
+        return False
+    watch.close()
+    return True
+
+
+@pytest.fixture(params=["callbacks on the loop", "poll thread"])
+async def producer(
+    request: pytest.FixtureRequest, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[AIOProducer]:
+    """A producer whose callbacks the loop serves, and one with a poll thread (what a producer
+    has where librdkafka's queue cannot announce its work on a pipe)."""
+    on_loop = request.param == "callbacks on the loop"
+    if on_loop and not _queue_can_be_watched():
+        pytest.skip("librdkafka's queue cannot be watched here (KAFKALOOP_NO_EXTENSIONS?)")
+    if not on_loop:
+        monkeypatch.setattr(_bridge, "watch_main_queue", lambda client: None)
     async with AIOProducer(
         {"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True}
     ) as producer:
+        polling = any(t.name == "kafkaloop-producer-poll" for t in threading.enumerate())
+        assert polling is not on_loop
         yield producer
 
 
@@ -121,9 +144,14 @@ async def test_explicit_timestamp_and_partition_are_used(
         await asyncio.wrap_future(future)
 
     metadata = await producer.produce(topic_name, b"v", partition=2, timestamp=1_600_000_000_000)
+    by_keywords = await producer.produce(topic_name, value=b"w", key="k", partition=1)
 
     assert metadata.partition == 2
     assert metadata.timestamp == 1_600_000_000_000
+    assert (by_keywords.partition, by_keywords.offset) == (1, 0)
+    with pytest.raises(TypeError):
+        producer.produce(topic_name, b"v", partition="1")  # type: ignore[arg-type]
+    assert producer.metrics.produced == 2
 
 
 async def test_gathered_produces_keep_call_order_within_a_partition(
@@ -438,16 +466,41 @@ async def test_close_is_idempotent_and_later_produces_are_refused(
     kafka_bootstrap: str, topic_name: str
 ) -> None:
     p = AIOProducer({"bootstrap.servers": kafka_bootstrap})
-    await p.produce(topic_name, b"v")
+    produce = p.produce  # taken while open, as a benchmark or a hot loop would
+    await produce(topic_name, b"v")
+    p.produce_nowait(topic_name, b"v", on_delivery=lambda err, md: None, on_poll_thread=True)
 
     first, second = await asyncio.gather(p.close(), p.close())
 
     assert (first, second, await p.close()) == (0, 0, 0)
     with pytest.raises(ProducerClosedError, match="create a new one"):
         p.produce(topic_name, b"v")
+    with pytest.raises(ProducerClosedError, match="create a new one"):
+        produce(topic_name, b"v")
     with pytest.raises(ProducerClosedError):
         p.produce_nowait(topic_name, b"v")
-    assert not any(t.name == "kafkaloop-producer-poll" for t in threading.enumerate())
+    assert p.metrics.produced == 2
+    names = {t.name for t in threading.enumerate()}
+    assert not names & {"kafkaloop-producer-poll", "kafkaloop-producer-callbacks"}
+
+
+async def test_produce_is_the_documented_method_and_a_subclass_can_override_it(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    async with AIOProducer({"bootstrap.servers": kafka_bootstrap}) as p:
+        assert inspect.signature(p.produce) == inspect.signature(AIOProducer.produce.__get__(p))
+        assert p.produce.__doc__ == AIOProducer.produce.__doc__
+
+    class Counting(AIOProducer):
+        calls = 0
+
+        def produce(self, *args: Any, **kwargs: Any) -> asyncio.Future[RecordMetadata]:
+            Counting.calls += 1
+            return super().produce(*args, **kwargs)
+
+    async with Counting({"bootstrap.servers": kafka_bootstrap}) as counting:
+        await counting.produce(topic_name, b"v")
+    assert Counting.calls == 1
 
 
 async def test_close_with_a_timeout_purges_and_counts_what_was_not_delivered(
