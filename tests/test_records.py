@@ -152,7 +152,7 @@ def test_producing_and_consuming_work_the_same_without_the_extensions(
                         break
             assert [r.value for r in got] == [b"%d" % i for i in range(600)], got[:3]
             assert [r.offset for r in got] == list(range(600))
-            print("ok", type(got[0]).__module__)
+            print("ok", type(got[0]).__module__, type(producer._poller).__name__)
 
         asyncio.run(main())
         """
@@ -167,7 +167,7 @@ def test_producing_and_consuming_work_the_same_without_the_extensions(
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["ok", "kafkaloop._pyrecords"]
+    assert result.stdout.split() == ["ok", "kafkaloop._pyrecords", "PollThread"]
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)

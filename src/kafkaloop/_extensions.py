@@ -3,7 +3,8 @@
 Each C extension (``_records.c``, ``_handoff.c``) has a twin in pure Python (``_pyrecords.py``,
 ``_pyhandoff.py``) with the same names and behaviour, only slower. An extension is used when it
 was built (a C compiler at install time) and loads, unless ``KAFKALOOP_NO_EXTENSIONS`` is true
-(1, true, yes or on).
+(1, true, yes or on). That setting also keeps kafkaloop from calling librdkafka itself
+(``_rdkafka.py``): producers then use a poll thread.
 """
 
 from __future__ import annotations
