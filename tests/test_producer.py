@@ -58,17 +58,16 @@ def _queue_can_be_watched() -> bool:
 
 @pytest.fixture(params=["callbacks on the loop", "poll thread"])
 async def producer(
-    request: pytest.FixtureRequest, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest, kafka_bootstrap: str
 ) -> AsyncIterator[AIOProducer]:
     """A producer whose callbacks the loop serves, and one with a poll thread (what a producer
     has where librdkafka's queue cannot announce its work on a pipe)."""
     on_loop = request.param == "callbacks on the loop"
     if on_loop and not _queue_can_be_watched():
         pytest.skip("librdkafka's queue cannot be watched here (KAFKALOOP_NO_EXTENSIONS?)")
-    if not on_loop:
-        monkeypatch.setattr(_bridge, "watch_main_queue", lambda client: None)
     async with AIOProducer(
-        {"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True}
+        {"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True},
+        poll_thread=not on_loop,
     ) as producer:
         polling = any(t.name == "kafkaloop-producer-poll" for t in threading.enumerate())
         assert polling is not on_loop
@@ -482,6 +481,16 @@ async def test_close_is_idempotent_and_later_produces_are_refused(
     assert p.metrics.produced == 2
     names = {t.name for t in threading.enumerate()}
     assert not names & {"kafkaloop-producer-poll", "kafkaloop-producer-callbacks"}
+
+
+async def test_a_poll_thread_serves_callbacks_where_the_queue_cannot_be_watched(
+    kafka_bootstrap: str, topic_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_bridge, "watch_main_queue", lambda client: None)
+    async with AIOProducer({"bootstrap.servers": kafka_bootstrap}) as p:
+        assert any(t.name == "kafkaloop-producer-poll" for t in threading.enumerate())
+        assert (await p.produce(topic_name, b"v")).offset == 0
+    assert not any(t.name == "kafkaloop-producer-poll" for t in threading.enumerate())
 
 
 async def test_produce_is_the_documented_method_and_a_subclass_can_override_it(

@@ -7,6 +7,7 @@ import contextlib
 import json
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from kafkaloop import AIOConsumer, ConsumerRecord
 from kafkaloop.broker import LocalKafka
+from kafkaloop.settings import ServiceSettings
 from tests.service_helpers import serve_process, service
 
 
@@ -53,11 +55,17 @@ async def test_awaited_endpoint_answers_with_where_kafka_stored_it(
     assert json.loads(record.value) == {"name": "alice"}
 
 
+@pytest.mark.parametrize("poll_thread", [False, True], ids=["loop", "poll-thread"])
 async def test_out_of_band_and_fire_and_forget_endpoints_deliver_and_no_op_does_not(
-    kafka_bootstrap: str, topic_name: str
+    kafka_bootstrap: str, topic_name: str, poll_thread: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with service(kafka_bootstrap, topic_name) as (_url, client):
+    monkeypatch.setenv("KAFKALOOP_PRODUCER_POLL_THREAD", str(poll_thread).lower())
+    overrides = {"producer_poll_thread": ServiceSettings().producer_poll_thread}
+    async with service(kafka_bootstrap, topic_name, **overrides) as (_url, client):
         answers = [await client.post(f"/items{n}", json={"name": f"n{n}"}) for n in (2, 3, 4, 5)]
+        threads = {t.name for t in threading.enumerate()}
+
+    assert ("kafkaloop-producer-poll" in threads) is poll_thread
 
     assert [a.status_code for a in answers] == [202, 202, 202, 202]
     assert all(a.json() == {"status": "accepted"} for a in answers)

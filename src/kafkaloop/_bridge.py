@@ -204,10 +204,12 @@ def poller(
     *,
     name: str,
     interval: float = 0.1,
+    on_loop: bool = True,
 ) -> LoopPoller | PollThread:
-    """Who serves a producer's callbacks: the loop itself when librdkafka's queue can say it
-    has work (:class:`LoopPoller`), else a :class:`PollThread` named `name`."""
-    watch = watch_main_queue(client)
+    """Who serves a producer's callbacks: the loop itself when asked (`on_loop`) and
+    librdkafka's queue can say it has work (:class:`LoopPoller`), else a :class:`PollThread`
+    named `name`."""
+    watch = watch_main_queue(client) if on_loop else None
     if watch is None:
         return PollThread(poll, name=name, interval=interval)
     return LoopPoller(bridge, poll, watch)

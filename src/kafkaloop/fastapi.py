@@ -82,7 +82,7 @@ async def kafka_clients(
     """
     admin = AIOAdminClient(settings.admin())
     try:
-        producer = AIOProducer(settings.producer())
+        producer = AIOProducer(settings.producer(), poll_thread=settings.producer_poll_thread)
     except BaseException:
         await admin.close()
         raise

@@ -36,6 +36,11 @@ class KafkaSettings(BaseSettings):
     producer_config: dict[str, Any] = Field(
         default_factory=dict, description="librdkafka properties for the producer only (JSON)"
     )
+    producer_poll_thread: bool = Field(
+        False,
+        description="Serve the producer's delivery reports on a thread of their own, not on "
+        "the event loop (AIOProducer's poll_thread)",
+    )
     consumer_config: dict[str, Any] = Field(
         default_factory=dict, description="librdkafka properties for consumers only (JSON)"
     )
