@@ -6,8 +6,8 @@ The web benchmark's asyncio floor (``/items0``: the no-op ``/items5`` plus one `
 future the loop resolves itself) keeps only 0.8-0.9x the no-op's throughput at 400 users,
 which bounds every awaited endpoint. This finds where that goes, without HTTP: it drives the
 service's ASGI app in-process (the same middleware, FastAPI, the same body model) with N
-concurrent callers and reports CPU microseconds per request for the no-op and the floor, with
-the floor's route placed next to the no-op's so routing costs both the same. Beside them, the
+concurrent callers and reports CPU microseconds per request for the no-op and the floor (whose
+route is next to the no-op's, so routing costs both the same). Beside them, the
 same number of callers each awaiting a chain of 25 bare coroutines with one suspension at the
 bottom: asyncio's own cost of suspending that deep.
 
@@ -106,14 +106,6 @@ async def cpu_per_call(call: Callable[[], Awaitable[None]], total: int, callers:
     return (time.process_time() - started) / total * 1e6
 
 
-def _floor_beside_the_noop(app: Any) -> None:
-    routes = app.router.routes
-    floor = next(r for r in routes if getattr(r, "path", None) == "/items0")
-    routes.remove(floor)
-    noop_at = next(i for i, r in enumerate(routes) if getattr(r, "path", None) == "/items5")
-    routes.insert(noop_at, floor)
-
-
 async def main(args: argparse.Namespace) -> None:
     os.environ.setdefault("KAFKALOOP_ITEM_CACHE", "false")
     os.environ.setdefault("KAFKALOOP_LIVE_PUSH", "false")
@@ -121,7 +113,6 @@ async def main(args: argparse.Namespace) -> None:
         os.environ["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
         from bench.apps.kafkaloop_app import app  # reads the environment when imported
 
-        _floor_beside_the_noop(app)
         calls = {
             "no-op (/items5)": asgi_request(app, "/items5"),
             "floor (/items0)": asgi_request(app, "/items0"),

@@ -35,6 +35,9 @@ async def items0(item: Any) -> Response:
 
 items0.__annotations__["item"] = _Item  # FastAPI validates the body against the service's model
 app.add_api_route("/items0", items0, methods=["POST"], status_code=202)
+# Right after the no-op's route, not after all the service's: routing costs both alike.
+_floor = app.router.routes.pop()
+app.router.routes.insert(app.router.routes.index(_noop) + 1, _floor)
 
 if __name__ == "__main__":
     serve(app, __doc__)
