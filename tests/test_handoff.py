@@ -205,23 +205,58 @@ class _CountingLoop:
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_serve_runs_what_its_func_queued_at_once_without_a_wakeup(impl: ModuleType) -> None:
+def test_serve_runs_the_backlog_then_its_own_calls_as_they_come(impl: ModuleType) -> None:
     loop = _CountingLoop()
-    pending = impl.PendingCalls(loop, lambda exc: None)
-    ran: list[int] = []
+    errors: list[BaseException] = []
+    pending = impl.PendingCalls(loop, errors.append)
+    ran: list[Any] = []
+    pending.call_soon(ran.append, "queued before")
+    assert len(loop.wakeups) == 1
+
+    def from_another_thread() -> None:
+        pending.call_soon(ran.append, "other thread")
 
     def poll(timeout: float) -> None:
         assert timeout == 0
+        assert ran == ["queued before"]
         pending.call_soon(ran.append, 1)
+        assert ran == ["queued before", 1]  # on the serving thread: at once
+        thread = threading.Thread(target=from_another_thread)
+        thread.start()
+        thread.join()
+        assert ran == ["queued before", 1]  # another thread's call waits for the drain
+        pending.call_soon(lambda: 1 / 0)  # reported; the rest still run
         pending.call_soon(ran.append, 2)
 
     pending.serve(poll, 0)
 
-    assert ran == [1, 2]
-    assert loop.wakeups == []
+    assert ran == ["queued before", 1, 2, "other thread"]
+    assert [type(e) for e in errors] == [ZeroDivisionError]
+    assert len(loop.wakeups) == 1  # none for what came during serve
     assert len(pending) == 0
-    pending.call_soon(ran.append, 3)  # after serve, calls schedule their drain again
-    assert len(loop.wakeups) == 1
+    pending.call_soon(ran.append, 3)  # after serve, calls queue and wake the loop again
+    assert ran[-1] == "other thread"
+    assert len(loop.wakeups) == 2
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_serve_lets_a_keyboard_interrupt_through_and_is_not_reentrant(impl: ModuleType) -> None:
+    pending = impl.PendingCalls(_CountingLoop(), lambda exc: None)
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pending.serve(lambda: pending.call_soon(interrupt))
+
+    def nested() -> None:
+        pending.serve(print)
+
+    with pytest.raises(RuntimeError, match="already running"):
+        pending.serve(nested)
+    ran: list[int] = []
+    pending.serve(lambda: pending.call_soon(ran.append, 1))  # usable again
+    assert ran == [1]
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
@@ -239,3 +274,71 @@ def test_serve_drains_before_raising_what_its_func_raised(impl: ModuleType) -> N
 
     assert ran == [1]
     assert loop.wakeups == []
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+async def test_batch_settle_produces_in_order_and_stops_at_the_first_refusal(
+    impl: ModuleType,
+) -> None:
+    queued: list[tuple[Any, ...]] = []
+    settle = impl.Settle(RecordMetadata, lambda *args: None, lambda: None)
+    batch = impl.BatchSettle(4, lambda *call: queued.append(call), lambda *a: a, print, settle)
+    handed: list[tuple[Any, ...]] = []
+
+    def produce(topic: str, value: Any, key: Any, partition: int, cb: Any, **kw: Any) -> None:
+        if len(handed) == 2 and not kw:
+            raise BufferError("full")
+        handed.append((topic, value, key, partition, kw))
+        cb(None, _delivered(len(handed)))
+
+    items: list[Any] = [b"a", (b"k", "b"), b"c", (None, None)]
+    with pytest.raises(BufferError):
+        batch.produce(produce, "t", items, 0, None)
+    assert batch.next == 2
+    batch.produce(produce, "t", items, 2, [("h", b"1")])
+    assert batch.next == 4
+    assert [h[:4] for h in handed] == [
+        ("t", b"a", None, -1),
+        ("t", "b", b"k", -1),
+        ("t", b"c", None, -1),
+        ("t", None, None, -1),
+    ]
+    assert [h[4] for h in handed] == [{}, {}] + [{"headers": [("h", b"1")]}] * 2
+    # Each report is handed to call_soon as (batch, index, err, msg), to run on the loop.
+    assert [(call[0], call[1]) for call in queued] == [
+        (batch, 0),
+        (batch, 1),
+        (batch, 2),
+        (batch, 3),
+    ]
+    with pytest.raises(ValueError, match="pair"):
+        batch.produce(produce, "t", [(b"k",)], 0, None)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+async def test_batch_settle_gathers_outcomes_and_reports_once_all_are_in(
+    impl: ModuleType,
+) -> None:
+    rooms: list[int] = []
+    settle = impl.Settle(RecordMetadata, lambda *args: None, lambda: rooms.append(1))
+    finished: list[list[Any]] = []
+    batch = impl.BatchSettle(
+        3, lambda *call: None, lambda err, msg: ("failed", err.code()), finished.append, settle
+    )
+
+    batch(2, None, _delivered(7))
+    batch(0, KafkaError(KafkaError._MSG_TIMED_OUT), None)
+    assert finished == []
+    assert batch.remaining == 1
+    settle.room_wanted = True
+    batch(1, None, _delivered(8, timestamp=(0, 0)))
+
+    assert finished == [
+        [
+            ("failed", KafkaError._MSG_TIMED_OUT),
+            RecordMetadata("t", 2, 8, None),
+            RecordMetadata("t", 2, 7, 1_700_000_000_000),
+        ]
+    ]
+    assert rooms == [1]
+    assert settle.metadata(_delivered(9)) == RecordMetadata("t", 2, 9, 1_700_000_000_000)

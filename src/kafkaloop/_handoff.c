@@ -9,8 +9,9 @@
  *     for the drain they scheduled. A call that raises is reported to on_error(exc) and the
  *     others still run; KeyboardInterrupt and SystemExit stop the drain, and the calls not
  *     yet run wait for the next one (scheduled at once).
- *   serve(func, *args), on the loop: func(*args) (a client's poll(0)), with no wake-up
- *     scheduled for the calls it queues, then a drain at once.
+ *   serve(func, *args), on the loop: func(*args) (a client's poll(0)). Calls made on the
+ *     loop's thread meanwhile run at once instead of queuing; calls from other threads wait,
+ *     without a wake-up, for a drain right after.
  *   All run with the GIL held and never release it between taking and putting back the
  *   queue, so any number of threads may call call_soon at once.
  * Settle(metadata_type, on_failure, on_room): settles an awaited produce when its delivery
@@ -23,6 +24,9 @@
  *   calls for every other case. It hands confluent-kafka a Delivery, the one-allocation
  *   functools.partial(call_soon, settle, future). The Python method is its twin: there is no
  *   other in _pyhandoff.py.
+ * BatchSettle(size, call_soon, make_error, on_done, settle): produce_many's loop over its
+ *   items, and the outcome of each report, settled on the loop; on_done(results) after the
+ *   last.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -56,6 +60,7 @@ typedef struct {
     PyObject *queue;    /* a list of tuples (callback, *args) */
     PyObject *drain_cb; /* self.drain, made once */
     int scheduled;
+    unsigned long serving; /* the thread inside serve(), or 0 */
 } PendingCalls;
 
 static PyObject *
@@ -138,6 +143,28 @@ loop_is_closed(PyObject *loop)
     return result;
 }
 
+/* Report an exception a call raised to on_error (the caller goes on with the next call). */
+static void
+report_failure(PendingCalls *self)
+{
+    PyObject *exc = take_exception();
+    PyObject *logged = PyObject_CallOneArg(self->on_error, exc != NULL ? exc : Py_None);
+    Py_XDECREF(exc);
+    if (logged == NULL) {
+        PyErr_WriteUnraisable(self->on_error);
+    }
+    else {
+        Py_DECREF(logged);
+    }
+}
+
+static int
+stops_the_loop(void)
+{
+    return PyErr_ExceptionMatches(PyExc_KeyboardInterrupt) ||
+           PyErr_ExceptionMatches(PyExc_SystemExit);
+}
+
 static PyObject *
 pending_call_soon(PendingCalls *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -147,6 +174,19 @@ pending_call_soon(PendingCalls *self, PyObject *const *args, Py_ssize_t nargs)
     }
     if (!pending_usable(self)) {
         return NULL;
+    }
+    if (self->serving != 0 && self->serving == PyThread_get_thread_ident()) {
+        /* Inside serve(), on the loop: now is soon, and the message is still in the cache. */
+        PyObject *result = PyObject_Vectorcall(args[0], args + 1, nargs - 1, NULL);
+        if (result != NULL) {
+            Py_DECREF(result);
+            Py_RETURN_NONE;
+        }
+        if (stops_the_loop()) {
+            return NULL;
+        }
+        report_failure(self);
+        Py_RETURN_NONE;
     }
     PyObject *call = PyTuple_New(nargs);
     if (call == NULL) {
@@ -206,8 +246,7 @@ pending_drain(PendingCalls *self, PyObject *unused)
             Py_DECREF(result);
             continue;
         }
-        if (PyErr_ExceptionMatches(PyExc_KeyboardInterrupt) ||
-            PyErr_ExceptionMatches(PyExc_SystemExit)) {
+        if (stops_the_loop()) {
             /* Stop, as asyncio does for these, and keep the calls not yet run. */
             PyObject *type, *value, *tb;
             PyErr_Fetch(&type, &value, &tb);
@@ -237,23 +276,17 @@ pending_drain(PendingCalls *self, PyObject *unused)
             return NULL;
         }
         /* Any other exception (a CancelledError too) is reported, and the rest run. */
-        PyObject *exc = take_exception();
-        PyObject *logged = PyObject_CallOneArg(self->on_error, exc != NULL ? exc : Py_None);
-        Py_XDECREF(exc);
-        if (logged == NULL) {
-            PyErr_WriteUnraisable(self->on_error);
-        }
-        else {
-            Py_DECREF(logged);
-        }
+        report_failure(self);
     }
     Py_DECREF(batch);
     Py_RETURN_NONE;
 }
 
-/* serve(func, *args), on the loop: func(*args) (a client's poll(0), whose callbacks queue
- * calls here) with no wake-up scheduled for what it queues, then a drain right away. An
- * exception from func is raised after the drain; one from the drain wins over it. */
+/* serve(func, *args), on the loop: func(*args), a client's poll(0). What was queued before runs
+ * first; the calls func's callbacks make on this thread then run at once, as they come (the
+ * message a delivery report carries is still in the CPU's cache, and nothing piles up); calls
+ * from other threads meanwhile wait, without a wake-up, for the drain right after. An exception
+ * from func is raised after that drain; one from a drain wins over it. */
 static PyObject *
 pending_serve(PendingCalls *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -264,8 +297,19 @@ pending_serve(PendingCalls *self, PyObject *const *args, Py_ssize_t nargs)
     if (!pending_usable(self)) {
         return NULL;
     }
+    if (self->serving != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "serve() is already running");
+        return NULL;
+    }
+    PyObject *backlog = pending_drain(self, NULL);
+    if (backlog == NULL) {
+        return NULL;
+    }
+    Py_DECREF(backlog);
     self->scheduled = 1;
+    self->serving = PyThread_get_thread_ident();
     PyObject *result = PyObject_Vectorcall(args[0], args + 1, nargs - 1, NULL);
+    self->serving = 0;
     PyObject *failure = NULL;
     if (result == NULL) {
         failure = take_exception();
@@ -430,6 +474,18 @@ settle_call(Settle *self, PyObject *const *args, size_t nargsf, PyObject *kwname
 }
 
 static PyObject *
+settle_metadata_method(Settle *self, PyObject *msg)
+{
+    return settle_metadata(self, msg);
+}
+
+static PyMethodDef settle_methods[] = {
+    {"metadata", (PyCFunction)settle_metadata_method, METH_O,
+     "metadata(msg): metadata_type(topic, partition, offset, timestamp or None)."},
+    {NULL},
+};
+
+static PyObject *
 settle_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     PyObject *metadata_type, *on_failure, *on_room;
@@ -523,6 +579,7 @@ static PyTypeObject SettleType = {
     .tp_vectorcall_offset = offsetof(Settle, vectorcall),
     .tp_getset = settle_getset,
     .tp_members = settle_members,
+    .tp_methods = settle_methods,
 };
 
 /* -- Delivery, AwaitedProduce ------------------------------------------------------------ */
@@ -825,6 +882,228 @@ static PyTypeObject AwaitedProduceType = {
     .tp_members = awaited_members,
 };
 
+/* -- BatchSettle ------------------------------------------------------------------------ */
+
+/* BatchSettle(size, call_soon, make_error, on_done, settle): the outcomes of one
+ * produce_many. produce(produce, topic, items, start, headers) hands items[start:] to
+ * confluent-kafka's produce, each with a Delivery(call_soon, self, index); it stops at the
+ * first exception, which it raises with `next` at the item that failed. Each report, drained
+ * on the loop, arrives as self(index, err, msg): the result is the metadata settle makes, or
+ * make_error(err, msg). The last one calls on_done(results). After each, settle's on_room()
+ * when its room_wanted is set. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *results;
+    PyObject *call_soon;
+    PyObject *make_error;
+    PyObject *on_done;
+    Settle *settle;
+    Py_ssize_t remaining;
+    Py_ssize_t next;
+    vectorcallfunc vectorcall;
+} BatchSettle;
+
+static PyTypeObject BatchSettleType;
+static PyObject *str_headers_kwnames;
+
+static PyObject *
+batch_call(BatchSettle *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 3 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "batch(index, err, msg)");
+        return NULL;
+    }
+    if (self->results == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "BatchSettle was cleared");
+        return NULL;
+    }
+    Py_ssize_t index = PyLong_AsSsize_t(args[0]);
+    if (index == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (index < 0 || index >= PyList_GET_SIZE(self->results)) {
+        PyErr_SetString(PyExc_IndexError, "batch: no such message");
+        return NULL;
+    }
+    PyObject *err = args[1], *msg = args[2], *outcome;
+    if (err == Py_None) {
+        outcome = settle_metadata(self->settle, msg);
+    }
+    else {
+        outcome = PyObject_Vectorcall(self->make_error, args + 1, 2, NULL);
+    }
+    if (outcome == NULL) {
+        return NULL;
+    }
+    PyList_SetItem(self->results, index, outcome); /* steals outcome */
+    if (--self->remaining == 0) {
+        PyObject *r = PyObject_CallOneArg(self->on_done, self->results);
+        if (r == NULL) {
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    if (self->settle->room_wanted) {
+        PyObject *r = PyObject_CallNoArgs(self->settle->on_room);
+        if (r == NULL) {
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+batch_produce(BatchSettle *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "produce(produce, topic, items, start, headers)");
+        return NULL;
+    }
+    PyObject *produce = args[0], *topic = args[1], *items = args[2], *headers = args[4];
+    if (!PyList_Check(items)) {
+        PyErr_SetString(PyExc_TypeError, "produce: items must be a list");
+        return NULL;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[3]);
+    if (start == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    for (Py_ssize_t i = start; i < PyList_GET_SIZE(items); i++) {
+        self->next = i;
+        PyObject *item = Py_NewRef(PyList_GET_ITEM(items, i)), *key = Py_None, *value = item;
+        if (PyTuple_Check(item)) {
+            if (PyTuple_GET_SIZE(item) != 2) {
+                Py_DECREF(item);
+                PyErr_Format(PyExc_ValueError,
+                             "item %zd: a tuple must be a (key, value) pair", i);
+                return NULL;
+            }
+            key = PyTuple_GET_ITEM(item, 0);
+            value = PyTuple_GET_ITEM(item, 1);
+        }
+        PyObject *index = PyLong_FromSsize_t(i);
+        if (index == NULL) {
+            Py_DECREF(item);
+            return NULL;
+        }
+        PyObject *delivery = delivery_make(self->call_soon, (PyObject *)self, index);
+        Py_DECREF(index);
+        if (delivery == NULL) {
+            Py_DECREF(item);
+            return NULL;
+        }
+        PyObject *call[6] = {topic, value, key, minus_one, delivery, headers};
+        PyObject *r = headers == Py_None
+                          ? PyObject_Vectorcall(produce, call, 5, NULL)
+                          : PyObject_Vectorcall(produce, call, 5, str_headers_kwnames);
+        Py_DECREF(delivery);
+        Py_DECREF(item);
+        if (r == NULL) {
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    self->next = PyList_GET_SIZE(items);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+batch_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    Py_ssize_t size;
+    PyObject *call_soon, *make_error, *on_done, *settle;
+    static char *kwlist[] = {"size", "call_soon", "make_error", "on_done", "settle", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "nOOOO!:BatchSettle", kwlist, &size,
+                                     &call_soon, &make_error, &on_done, &SettleType, &settle)) {
+        return NULL;
+    }
+    if (size < 0) {
+        PyErr_SetString(PyExc_ValueError, "BatchSettle: size must be >= 0");
+        return NULL;
+    }
+    BatchSettle *self = (BatchSettle *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->results = PyList_New(size);
+    if (self->results == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < size; i++) {
+        PyList_SET_ITEM(self->results, i, Py_NewRef(Py_None));
+    }
+    self->call_soon = Py_NewRef(call_soon);
+    self->make_error = Py_NewRef(make_error);
+    self->on_done = Py_NewRef(on_done);
+    self->settle = (Settle *)Py_NewRef(settle);
+    self->remaining = size;
+    self->vectorcall = (vectorcallfunc)batch_call;
+    return (PyObject *)self;
+}
+
+static int
+batch_traverse(BatchSettle *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->results);
+    Py_VISIT(self->call_soon);
+    Py_VISIT(self->make_error);
+    Py_VISIT(self->on_done);
+    Py_VISIT(self->settle);
+    return 0;
+}
+
+static int
+batch_clear(BatchSettle *self)
+{
+    Py_CLEAR(self->results);
+    Py_CLEAR(self->call_soon);
+    Py_CLEAR(self->make_error);
+    Py_CLEAR(self->on_done);
+    Py_CLEAR(self->settle);
+    return 0;
+}
+
+static void
+batch_dealloc(BatchSettle *self)
+{
+    PyObject_GC_UnTrack(self);
+    batch_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef batch_methods[] = {
+    {"produce", (PyCFunction)(void (*)(void))batch_produce, METH_FASTCALL,
+     "produce(produce, topic, items, start, headers): hand items[start:] to produce."},
+    {NULL},
+};
+
+static PyMemberDef batch_members[] = {
+    {"next", T_PYSSIZET, offsetof(BatchSettle, next), READONLY,
+     "The index of the next item produce() hands over (the failed one after an exception)."},
+    {"remaining", T_PYSSIZET, offsetof(BatchSettle, remaining), READONLY,
+     "Outcomes not yet known."},
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(BatchSettle, vectorcall), READONLY},
+    {NULL},
+};
+
+static PyTypeObject BatchSettleType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kafkaloop._handoff.BatchSettle",
+    .tp_basicsize = sizeof(BatchSettle),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = PyDoc_STR("The outcomes of one produce_many, settled on the loop."),
+    .tp_new = batch_new,
+    .tp_dealloc = (destructor)batch_dealloc,
+    .tp_traverse = (traverseproc)batch_traverse,
+    .tp_clear = (inquiry)batch_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(BatchSettle, vectorcall),
+    .tp_methods = batch_methods,
+    .tp_members = batch_members,
+};
+
 /* -- module ----------------------------------------------------------------------------- */
 
 static struct PyModuleDef handoff_module = {
@@ -847,11 +1126,13 @@ PyInit__handoff(void)
         return NULL;
     }
     minus_one = PyLong_FromLong(-1);
-    if (minus_one == NULL) {
+    str_headers_kwnames = Py_BuildValue("(s)", "headers");
+    if (minus_one == NULL || str_headers_kwnames == NULL) {
         return NULL;
     }
     if (PyType_Ready(&PendingCallsType) < 0 || PyType_Ready(&SettleType) < 0 ||
-        PyType_Ready(&DeliveryType) < 0 || PyType_Ready(&AwaitedProduceType) < 0) {
+        PyType_Ready(&DeliveryType) < 0 || PyType_Ready(&AwaitedProduceType) < 0 ||
+        PyType_Ready(&BatchSettleType) < 0) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&handoff_module);
@@ -860,7 +1141,8 @@ PyInit__handoff(void)
     }
     if (PyModule_AddObjectRef(module, "PendingCalls", (PyObject *)&PendingCallsType) < 0 ||
         PyModule_AddObjectRef(module, "Settle", (PyObject *)&SettleType) < 0 ||
-        PyModule_AddObjectRef(module, "AwaitedProduce", (PyObject *)&AwaitedProduceType) < 0) {
+        PyModule_AddObjectRef(module, "AwaitedProduce", (PyObject *)&AwaitedProduceType) < 0 ||
+        PyModule_AddObjectRef(module, "BatchSettle", (PyObject *)&BatchSettleType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

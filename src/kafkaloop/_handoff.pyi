@@ -32,6 +32,7 @@ class Settle:
     def __call__(
         self, future: asyncio.Future[Any], err: KafkaError | None, msg: Message
     ) -> None: ...
+    def metadata(self, msg: Message) -> tuple[Any, ...]: ...
 
 class AwaitedProduce:
     produced: int
@@ -47,3 +48,24 @@ class AwaitedProduce:
         on_error: Callable[..., asyncio.Future[Any]],
     ) -> None: ...
     def __call__(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]: ...
+
+class BatchSettle:
+    next: int
+    remaining: int
+    def __init__(
+        self,
+        size: int,
+        call_soon: Callable[..., None],
+        make_error: Callable[[KafkaError, Message | None], object],
+        on_done: Callable[[list[Any]], object],
+        settle: Settle,
+    ) -> None: ...
+    def produce(
+        self,
+        produce: Callable[..., None],
+        topic: str,
+        items: list[Any],
+        start: int,
+        headers: object,
+    ) -> None: ...
+    def __call__(self, index: int, err: KafkaError | None, msg: Message | None) -> None: ...

@@ -21,7 +21,6 @@ import contextlib
 import enum
 import functools
 import inspect
-import itertools
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
@@ -48,10 +47,11 @@ from kafkaloop._logging import RateLimitedLog, librdkafka_logger, logger
 from kafkaloop._models import ProducerMetrics, RecordMetadata
 
 if TYPE_CHECKING:
-    from kafkaloop._handoff import AwaitedProduce, Settle
+    from kafkaloop._handoff import AwaitedProduce, BatchSettle, Settle
 else:
     _handoff = pick("_handoff", "_pyhandoff")[0]
     Settle = _handoff.Settle
+    BatchSettle = _handoff.BatchSettle
     # C only: AIOProducer.produce (the Python method) is its twin.
     AwaitedProduce = getattr(_handoff, "AwaitedProduce", None)
 
@@ -93,6 +93,10 @@ def _metadata(msg: Message) -> RecordMetadata:
             None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts,
         ),
     )
+
+
+def _delivery_error(err: KafkaError, msg: Message | None) -> DeliveryError:
+    return DeliveryError(err, msg.topic() if msg else None, msg.partition() if msg else None)
 
 
 def _extra(
@@ -390,61 +394,70 @@ class AIOProducer:
         if self._refusal is not None:
             raise self._refused()
         items = list(values)
-        batch = _Batch(len(items), self._bridge, self._count_batch, self._notify_room)
+        for at, item in enumerate(items):  # before anything is sent
+            if type(item) is tuple and len(item) != 2:
+                raise ValueError(f"produce_many: item {at} is a tuple but not a (key, value) pair")
+        done: asyncio.Future[list[RecordMetadata | DeliveryError]] = self._create_future()
+        batch = BatchSettle(
+            len(items),
+            self._call_soon,
+            _delivery_error,
+            functools.partial(self._batch_done, done),
+            self._settle,
+        )
         produce = self._producer.produce
-        extra: dict[str, Any] = {"headers": headers} if headers else {}
-        record = batch.record
         waited_since: float | None = None
-        gave_up_at: int | None = None
-        for index, item in enumerate(items):
-            key, value = item if isinstance(item, tuple) else (None, item)
-            on_delivery = functools.partial(record, index)
-            while True:
-                if self._refusal is not None:  # closing, or the producer failed
-                    gave_up_at = index
-                    break
+        index = 0
+        while index < len(items) and self._refusal is None:  # else closing, or failed
+            if not self._waiting:  # earlier produce() calls wait for room: they go first
                 try:
-                    if self._waiting:  # earlier produce() calls wait for room: they go first
-                        raise BufferError
-                    produce(topic, value, key, -1, on_delivery, **extra)
+                    batch.produce(produce, topic, items, index, headers or None)
                 except BufferError:
-                    # queue_full_timeout bounds a wait without progress, not the whole batch.
-                    now = self._loop.time()
-                    waited_since = waited_since or now
-                    if now - waited_since >= self._queue_full_timeout:
-                        gave_up_at = index
-                        break
-                    await self._wait_room(waited_since + self._queue_full_timeout)
-                    continue
+                    pass
                 except KafkaException as exc:
-                    record(index, exc.args[0], None)
-                waited_since = None
-                self._produced += 1
+                    failed = batch.next
+                    self._produced += failed - index + 1
+                    batch(failed, exc.args[0], None)
+                    index, waited_since = failed + 1, None
+                    continue
+                if batch.next > index:
+                    self._produced += batch.next - index
+                    index, waited_since = batch.next, None
+                if index == len(items):
+                    break
+            # No room: queue_full_timeout bounds a wait without progress, not the whole batch.
+            now = self._loop.time()
+            waited_since = waited_since or now
+            if now - waited_since >= self._queue_full_timeout:
                 break
-            if gave_up_at is not None:
-                break
-        if gave_up_at is not None:  # no room came, or closing: the rest fails, the batch settles
+            await self._wait_room(waited_since + self._queue_full_timeout)
+        if index < len(items):  # no room came, or closing: the rest fails, the batch settles
             full = (
                 KafkaError(KafkaError._QUEUE_FULL, str(self._queue_full_error()))
                 if self._refusal is None
                 else KafkaError(KafkaError._DESTROY, "the producer closed before it was sent")
             )
-            self._produced += len(items) - gave_up_at
-            for rest in range(gave_up_at, len(items)):
-                record(rest, full, None)
-        results = await asyncio.shield(batch.future) if items else []
+            self._produced += len(items) - index
+            for rest in range(index, len(items)):
+                batch(rest, full, None)
+        results = await asyncio.shield(done) if items else []
         if not return_exceptions:
             for result in results:
                 if isinstance(result, DeliveryError):
                     raise result
         return results
 
-    def _count_batch(self, results: list[RecordMetadata | DeliveryError]) -> None:
-        delivered = sum(1 for result in results if isinstance(result, RecordMetadata))
+    def _batch_done(
+        self,
+        done: asyncio.Future[list[RecordMetadata | DeliveryError]],
+        results: list[RecordMetadata | DeliveryError],
+    ) -> None:
+        """On the loop: every outcome of a produce_many is known."""
+        delivered = sum(1 for result in results if type(result) is RecordMetadata)
         self._settle.delivered += delivered
         self._failed_loop += len(results) - delivered
-        if self._settle.room_wanted:
-            self._on_room()
+        if not done.done():
+            done.set_result(results)
 
     def _refuse(self, why: str) -> None:
         """From now on, produce calls raise (see _refused)."""
@@ -777,53 +790,3 @@ class AIOProducer:
         """Abort the current transaction; its messages are never shown to read_committed."""
         await self._bridge.run_blocking(self._producer.abort_transaction, timeout)
         self._bridge.drain()
-
-
-class _Batch:
-    """The outcomes of one produce_many call, settled on the loop once all are known."""
-
-    __slots__ = (
-        "_bridge",
-        "_last",
-        "_notify_room",
-        "_on_settled",
-        "_outcomes",
-        "future",
-        "results",
-    )
-
-    def __init__(
-        self,
-        size: int,
-        bridge: LoopBridge,
-        on_settled: Callable[[list[RecordMetadata | DeliveryError]], None],
-        notify_room: Callable[[], None],
-    ) -> None:
-        self.results: list[RecordMetadata | DeliveryError] = [None] * size  # type: ignore[list-item]
-        self.future: asyncio.Future[list[RecordMetadata | DeliveryError]] = (
-            bridge.loop.create_future()
-        )
-        # next() on a count is atomic under the GIL: outcomes may arrive on several threads.
-        self._outcomes = itertools.count(1)
-        self._last = size
-        self._bridge = bridge
-        self._on_settled = on_settled
-        self._notify_room = notify_room
-
-    def record(self, index: int, err: KafkaError | None, msg: Message | None) -> None:
-        """On whichever thread reports it: one message's outcome."""
-        if err is None and msg is not None:
-            self.results[index] = _metadata(msg)
-        else:
-            assert err is not None
-            self.results[index] = DeliveryError(
-                err, msg.topic() if msg else None, msg.partition() if msg else None
-            )
-        if next(self._outcomes) == self._last:
-            self._bridge.call_soon(self._settle)
-        self._notify_room()
-
-    def _settle(self) -> None:
-        self._on_settled(self.results)
-        if not self.future.done():
-            self.future.set_result(self.results)

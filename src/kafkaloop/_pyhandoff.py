@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, Message
 
-__all__ = ["PendingCalls", "Settle"]
+__all__ = ["BatchSettle", "PendingCalls", "Settle"]
 
 _new_tuple = tuple.__new__
 
@@ -33,12 +35,16 @@ class PendingCalls:
         # deque.append and popleft are atomic, so callers on other threads need no lock.
         self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
         self._scheduled = False
+        self._serving: int | None = None  # the thread inside serve()
 
     def __len__(self) -> int:
         return len(self._queue)
 
     def call_soon(self, *call: Any) -> None:
         """Queue ``callback(*args)``, given ``call = (callback, *args)``, from any thread."""
+        if self._serving == threading.get_ident():  # inside serve(), on the loop: run it now
+            self._run(call)
+            return
         self._queue.append(call)
         if not self._scheduled:
             self._scheduled = True
@@ -73,18 +79,35 @@ class PendingCalls:
                     self._loop.call_soon_threadsafe(self.drain)
                 raise
             except BaseException as exc:  # a CancelledError too: reported, the rest run
-                try:
-                    self._on_error(exc)
-                except Exception as failure:  # (as the C code's "unraisable" report)
-                    warnings.warn(f"on_error raised {failure!r}", RuntimeWarning, stacklevel=1)
+                self._report(exc)
+
+    def _run(self, call: tuple[Any, ...]) -> None:
+        try:
+            call[0](*call[1:])
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # a CancelledError too: reported
+            self._report(exc)
+
+    def _report(self, exc: BaseException) -> None:
+        try:
+            self._on_error(exc)
+        except Exception as failure:  # (as the C code's "unraisable" report)
+            warnings.warn(f"on_error raised {failure!r}", RuntimeWarning, stacklevel=1)
 
     def serve(self, func: Callable[..., object], *args: Any) -> None:
-        """On the loop: ``func(*args)`` with no wake-up scheduled for the calls it queues,
-        then a drain at once."""
+        """On the loop: ``func(*args)``. What was queued runs first; calls made on this thread
+        meanwhile run at once; calls from other threads wait, without a wake-up, for a drain
+        right after."""
+        if self._serving is not None:
+            raise RuntimeError("serve() is already running")
+        self.drain()
         self._scheduled = True
+        self._serving = threading.get_ident()
         try:
             func(*args)
         finally:
+            self._serving = None
             self.drain()
 
 
@@ -111,17 +134,78 @@ class Settle:
         else:
             self.delivered += 1
             if not future.done():
-                ts_type, ts = msg.timestamp()
-                future.set_result(
-                    _new_tuple(
-                        self._metadata_type,
-                        (
-                            msg.topic(),
-                            msg.partition(),
-                            msg.offset(),
-                            None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts,
-                        ),
-                    )
-                )
+                future.set_result(self.metadata(msg))
         if self.room_wanted:
             self._on_room()
+
+    def metadata(self, msg: Message) -> tuple[Any, ...]:
+        """metadata_type(topic, partition, offset, timestamp or None) of a delivered message."""
+        ts_type, ts = msg.timestamp()
+        return _new_tuple(
+            self._metadata_type,
+            (
+                msg.topic(),
+                msg.partition(),
+                msg.offset(),
+                None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts,
+            ),
+        )
+
+
+class BatchSettle:
+    """The outcomes of one produce_many: its loop over the items, and each report's outcome."""
+
+    def __init__(
+        self,
+        size: int,
+        call_soon: Callable[..., None],
+        make_error: Callable[[KafkaError, Message | None], object],
+        on_done: Callable[[list[Any]], object],
+        settle: Settle,
+    ) -> None:
+        if size < 0:
+            raise ValueError("BatchSettle: size must be >= 0")
+        self._results: list[Any] = [None] * size
+        self._call_soon = call_soon
+        self._make_error = make_error
+        self._on_done = on_done
+        self._settle = settle
+        self.remaining = size
+        """Outcomes not yet known."""
+        self.next = 0
+        """The index of the next item produce() hands over (the failed one after an error)."""
+
+    def produce(
+        self,
+        produce: Callable[..., None],
+        topic: str,
+        items: list[Any],
+        start: int,
+        headers: object,
+    ) -> None:
+        """Hand items[start:] to confluent-kafka's `produce`; stop at the first exception."""
+        extra = {} if headers is None else {"headers": headers}
+        call_soon, partial = self._call_soon, functools.partial
+        for index in range(start, len(items)):
+            self.next = index
+            item = items[index]
+            if isinstance(item, tuple):
+                if len(item) != 2:
+                    raise ValueError(f"item {index}: a tuple must be a (key, value) pair")
+                key, value = item
+            else:
+                key, value = None, item
+            produce(topic, value, key, -1, partial(call_soon, self, index), **extra)
+        self.next = len(items)
+
+    def __call__(self, index: int, err: KafkaError | None, msg: Message | None) -> None:
+        if err is None:
+            assert msg is not None
+            self._results[index] = self._settle.metadata(msg)
+        else:
+            self._results[index] = self._make_error(err, msg)
+        self.remaining -= 1
+        if self.remaining == 0:
+            self._on_done(self._results)
+        if self._settle.room_wanted:
+            self._settle._on_room()
