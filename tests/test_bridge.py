@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 
 import pytest
 
-from kafkaloop._bridge import CallbackThread, LoopBridge
+from kafkaloop._bridge import CallbackThread, LoopBridge, LoopPoller
 
 
 async def test_calls_from_many_threads_all_run_on_the_loop_in_per_thread_order() -> None:
@@ -126,6 +127,50 @@ async def test_a_callback_thread_runs_calls_in_order_off_the_loop() -> None:
     await callbacks.stop(bridge)  # runs what was handed over first
     assert ran[-1][0] == 100
     assert not any(t.name == "test-callbacks" for t in threading.enumerate())
-    callbacks.call_soon(record, 101)  # stopped: dropped, as for a closed loop
-    assert ran[-1][0] == 100
+    callbacks.call_soon(record, 101)  # stopped: it runs where it is made, not never
+    assert ran[-1] == (101, threading.current_thread().name)
+    await asyncio.wait_for(callbacks.caught_up(bridge), 5)
+    bridge.close()
+
+
+class _FakeWatch:
+    """A queue watch whose queue always says it has more."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self._read
+
+    def clear(self) -> None:
+        assert not self.closed, "read after close"
+
+    def pending(self) -> int:
+        return 0 if self.closed else 1
+
+    def close(self) -> None:
+        self.closed = True
+        os.close(self._read)
+        os.close(self._write)
+
+
+async def test_a_loop_poller_serves_at_start_and_nothing_after_stop() -> None:
+    bridge = LoopBridge(asyncio.get_running_loop())
+    watch = _FakeWatch()
+    polls: list[float] = []
+    poller = LoopPoller(bridge, polls.append, watch)  # type: ignore[arg-type]
+
+    poller.start()
+    await asyncio.sleep(0)
+    assert polls == [0]  # what came before the watch could say so
+    await asyncio.sleep(0)
+    assert polls == [0, 0]  # more left (a callback raised, say): served again
+    await poller.stop(bridge)
+    assert watch.closed
+    served = len(polls)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert len(polls) == served  # the serve that was scheduled does not run
+    await poller.stop(bridge)  # idempotent
     bridge.close()

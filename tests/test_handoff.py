@@ -22,6 +22,7 @@ def test_the_c_extension_is_in_use() -> None:
     assert vars(_bridge)["PendingCalls"] is native.PendingCalls
     assert vars(_producer)["Settle"] is native.Settle
     assert vars(_producer)["AwaitedProduce"] is native.AwaitedProduce
+    assert vars(_producer)["BatchSettle"] is native.BatchSettle
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
@@ -342,3 +343,7 @@ async def test_batch_settle_gathers_outcomes_and_reports_once_all_are_in(
     ]
     assert rooms == [1]
     assert settle.metadata(_delivered(9)) == RecordMetadata("t", 2, 9, 1_700_000_000_000)
+    # What librdkafka does not know (acks=0: no offset) reads as -1, as RecordMetadata says.
+    assert settle.metadata(Message()) == RecordMetadata("", -1, -1, None)
+    with pytest.raises(ValueError, match="start"):
+        batch.produce(print, "t", [b"v"], -1, None)

@@ -391,6 +391,22 @@ async def test_produce_many_returns_metadata_in_input_order(
     assert producer.metrics.delivered == 3
 
 
+async def test_produce_many_checks_its_items(producer: AIOProducer, topic_name: str) -> None:
+    class Triple(tuple[bytes, bytes, bytes]):
+        pass
+
+    with pytest.raises(ValueError, match="item 1 is a tuple but not a"):
+        await producer.produce_many(topic_name, [b"a", Triple((b"k", b"v", b"x"))])  # type: ignore[list-item]
+    assert producer.metrics.produced == 0  # nothing was sent
+
+    with pytest.raises(TypeError):  # found only as it is handed over: the rest is not sent
+        await producer.produce_many(topic_name, [b"a", b"b", 5, b"d"])  # type: ignore[list-item]
+    assert await producer.flush(10) == 0
+    metrics = producer.metrics
+    assert (metrics.produced, metrics.delivered, metrics.failed) == (4, 2, 2)
+    assert metrics.in_flight == 0
+
+
 async def test_produce_many_reports_failures(topic_name: str) -> None:
     async with AIOProducer({"bootstrap.servers": UNREACHABLE, "message.timeout.ms": 500}) as p:
         results = await p.produce_many(topic_name, [b"a", b"b"], return_exceptions=True)

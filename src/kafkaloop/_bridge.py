@@ -176,25 +176,40 @@ class LoopPoller:
         self._bridge = bridge
         self._poll = poll
         self._watch = watch
+        self._again: asyncio.Handle | None = None
+        self._stopped = False
 
     def start(self) -> None:
-        """Start watching the queue."""
+        """Start watching the queue, and serve what it got before it could say so."""
         self._bridge.loop.add_reader(self._watch.fileno(), self._serve)
+        self._again = self._bridge.loop.call_soon(self._serve)
 
     def _serve(self) -> None:
+        self._again = None
+        if self._stopped:
+            return
         self._watch.clear()  # first: a write that comes while serving wakes the loop again
         try:
             self._bridge.serve(self._poll, 0)
         except Exception:
             logger.exception("kafkaloop: serving librdkafka's callbacks on the loop raised")
-        if self._watch.pending():  # a callback that raised stops poll() early: serve the rest
-            self._bridge.loop.call_soon(self._serve)
+        # A callback that raised stops poll() early, and what is left wrote no byte: serve it.
+        if self._again is None and self._watch.pending():
+            self._again = self._bridge.loop.call_soon(self._serve)
 
     async def stop(self, bridge: LoopBridge) -> None:
         """Stop watching, serve what is queued, and release the pipe."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._again is not None:
+            self._again.cancel()
+            self._again = None
         self._bridge.loop.remove_reader(self._watch.fileno())
-        self._bridge.serve(self._poll, 0)
-        self._watch.close()
+        try:
+            self._bridge.serve(self._poll, 0)
+        finally:
+            self._watch.close()
 
 
 def poller(
@@ -234,8 +249,9 @@ class CallbackThread:
 
     # What PendingCalls asks of its loop:
     def call_soon_threadsafe(self, drain: Callable[[], None]) -> None:
-        if self._closed:
-            raise RuntimeError("the callback thread is stopped")
+        if self._closed:  # stopped: a late call runs where it is made rather than never
+            drain()
+            return
         self._wakeups.put(drain)
 
     def is_closed(self) -> bool:
@@ -252,10 +268,13 @@ class CallbackThread:
         await bridge.wrap_future(done)
 
     async def stop(self, bridge: LoopBridge) -> None:
-        """Run what was handed over so far, then end the thread (waiting off the loop)."""
+        """Run what was handed over so far, then end the thread (waiting off the loop). A call
+        handed over later runs on the thread that makes it."""
         self._closed = True
         self._wakeups.put(None)
         await bridge.run_blocking(self._thread.join)
+        # A call that slipped in as it stopped (its wake-up queued after the last): run it.
+        await bridge.run_blocking(self._pending.drain)
 
 
 class LoopBridge:
@@ -277,9 +296,11 @@ class LoopBridge:
     """Run ``callback(*args)`` on the loop soon: ``bridge.call_soon(callback, *args)``.
 
     Safe from any thread and cheap there: one append, and a wake-up only when none is
-    pending. Calls run in the order they were made. An exception from a callback is logged
-    and does not stop the calls queued after it. (The queue's own method: no Python frame
-    between a librdkafka callback and the queue.)"""
+    pending. Calls run in the order they were made, with one exception: inside
+    :meth:`serve`, a call made on the loop's own thread runs at once, ahead of calls other
+    threads queued meanwhile. An exception from a callback is logged and does not stop the
+    calls after it. (The queue's own method: no Python frame between a librdkafka callback
+    and the queue.)"""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, name: str = "kafkaloop") -> None:
         self.loop = loop
@@ -297,8 +318,9 @@ class LoopBridge:
         self._pending.drain()
 
     def serve(self, func: Callable[..., object], *args: Any) -> None:
-        """On the loop's thread: ``func(*args)`` (a librdkafka ``poll(0)``), then run at once
-        every call its callbacks queued, with no loop wake-up scheduled for them."""
+        """On the loop's thread: ``func(*args)`` (a librdkafka ``poll(0)``). Calls queued
+        before run first; calls its callbacks make on this thread run at once, as they come;
+        calls from other threads meanwhile run right after, with no loop wake-up."""
         self._pending.serve(func, *args)
 
     async def run_blocking(self, func: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:

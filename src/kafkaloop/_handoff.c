@@ -1,6 +1,7 @@
 /* kafkaloop._handoff: the thread-to-loop handoff's hot path in C. Optional: _pyhandoff.py is
  * the pure-Python twin, used when this extension is not built (or KAFKALOOP_NO_EXTENSIONS=1).
- * Only _bridge.py (PendingCalls) and _producer.py (Settle, AwaitedProduce) use it.
+ * Only _bridge.py (PendingCalls) and _producer.py (Settle, AwaitedProduce, BatchSettle) use
+ * it.
  *
  * PendingCalls(loop, on_error): the bridge's queue of calls for the loop.
  *   call_soon(callback, *args), from any thread: queue the call; the first one after a drain
@@ -16,11 +17,12 @@
  *   queue, so any number of threads may call call_soon at once.
  * Settle(metadata_type, on_failure, on_room): settles an awaited produce when its delivery
  *   report is drained: settle(future, err, msg). Delivered: counts it and sets the future's
- *   result to metadata_type(topic, partition, offset, timestamp or None) unless the future is
- *   done (cancelled); failed: on_failure(future, err, msg). Either way, on_room() when the
+ *   result to metadata_type(topic, partition, offset, timestamp or None) (a partition or
+ *   offset librdkafka does not know, as with acks=0, is -1) unless the future is done
+ *   (cancelled); failed: on_failure(future, err, msg). Either way, on_room() when the
  *   room_wanted flag is set. Called once per awaited message, with no Python frame.
  * AwaitedProduce(...): AIOProducer.produce() for its common case (a topic, a value, maybe a
- *   key and a partition), installed on each producer in place of the Python method, which it
+ *   key and a partition of exact type int), installed on each producer in place of the Python method, which it
  *   calls for every other case. It hands confluent-kafka a Delivery, the one-allocation
  *   functools.partial(call_soon, settle, future). The Python method is its twin: there is no
  *   other in _pyhandoff.py.
@@ -35,6 +37,7 @@
 #include "_message.h"
 
 static PyObject *str_call_soon_threadsafe, *str_done, *str_set_result;
+static PyObject *minus_one; /* -1 */
 
 /* The raised exception, taken (normalized, with its traceback); a new reference. */
 static PyObject *
@@ -389,9 +392,15 @@ typedef struct {
 } Settle;
 
 
+static PyObject *empty_str;
+
 static PyObject *
 settle_metadata(Settle *self, PyObject *msg)
 {
+    if (self->metadata_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Settle was cleared");
+        return NULL;
+    }
     PyObject *fields = PyTuple_New(4);
     if (fields == NULL) {
         return NULL;
@@ -401,6 +410,10 @@ settle_metadata(Settle *self, PyObject *msg)
         PyObject *item = message_call(msg, methods[i]);
         if (item == NULL) {
             goto fail;
+        }
+        if (item == Py_None) { /* not known (acks=0): "" for a topic, -1 for a number */
+            Py_DECREF(item);
+            item = Py_NewRef(i == 0 ? empty_str : minus_one);
         }
         PyTuple_SET_ITEM(fields, i, item);
     }
@@ -429,6 +442,10 @@ settle_call(Settle *self, PyObject *const *args, size_t nargsf, PyObject *kwname
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     if (nargs != 3 || kwnames != NULL) {
         PyErr_SetString(PyExc_TypeError, "settle(future, err, msg)");
+        return NULL;
+    }
+    if (self->on_failure == NULL || self->on_room == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Settle was cleared");
         return NULL;
     }
     PyObject *future = args[0], *err = args[1], *msg = args[2];
@@ -685,8 +702,6 @@ typedef struct {
     vectorcallfunc vectorcall;
 } AwaitedProduce;
 
-static PyObject *minus_one;
-
 static int
 kwname_is(PyObject *name, const char *expected)
 {
@@ -815,12 +830,12 @@ awaited_traverse(AwaitedProduce *self, visitproc visit, void *arg)
 static int
 awaited_clear(AwaitedProduce *self)
 {
+    Py_CLEAR(self->fallback); /* first: a call while clearing then stops at its check */
     Py_CLEAR(self->produce);
     Py_CLEAR(self->create_future);
     Py_CLEAR(self->call_soon);
     Py_CLEAR(self->settle);
     Py_CLEAR(self->waiting);
-    Py_CLEAR(self->fallback);
     Py_CLEAR(self->on_error);
     return 0;
 }
@@ -913,7 +928,7 @@ batch_call(BatchSettle *self, PyObject *const *args, size_t nargsf, PyObject *kw
         PyErr_SetString(PyExc_TypeError, "batch(index, err, msg)");
         return NULL;
     }
-    if (self->results == NULL) {
+    if (self->results == NULL || self->settle == NULL || self->settle->on_room == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "BatchSettle was cleared");
         return NULL;
     }
@@ -967,6 +982,14 @@ batch_produce(BatchSettle *self, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_ssize_t start = PyLong_AsSsize_t(args[3]);
     if (start == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (start < 0) {
+        PyErr_SetString(PyExc_ValueError, "produce: start must be >= 0");
+        return NULL;
+    }
+    if (self->call_soon == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "BatchSettle was cleared");
         return NULL;
     }
     for (Py_ssize_t i = start; i < PyList_GET_SIZE(items); i++) {
@@ -1126,8 +1149,9 @@ PyInit__handoff(void)
         return NULL;
     }
     minus_one = PyLong_FromLong(-1);
+    empty_str = PyUnicode_FromString("");
     str_headers_kwnames = Py_BuildValue("(s)", "headers");
-    if (minus_one == NULL || str_headers_kwnames == NULL) {
+    if (minus_one == NULL || empty_str == NULL || str_headers_kwnames == NULL) {
         return NULL;
     }
     if (PyType_Ready(&PendingCallsType) < 0 || PyType_Ready(&SettleType) < 0 ||

@@ -395,7 +395,7 @@ class AIOProducer:
             raise self._refused()
         items = list(values)
         for at, item in enumerate(items):  # before anything is sent
-            if type(item) is tuple and len(item) != 2:
+            if isinstance(item, tuple) and len(item) != 2:
                 raise ValueError(f"produce_many: item {at} is a tuple but not a (key, value) pair")
         done: asyncio.Future[list[RecordMetadata | DeliveryError]] = self._create_future()
         batch = BatchSettle(
@@ -420,6 +420,14 @@ class AIOProducer:
                     batch(failed, exc.args[0], None)
                     index, waited_since = failed + 1, None
                     continue
+                except BaseException as exc:  # a bad item (TypeError...): the rest is not sent
+                    self._produced += len(items) - index
+                    unsent = KafkaError(
+                        KafkaError._INVALID_ARG, f"not sent: item {batch.next} raised {exc!r}"
+                    )
+                    for rest in range(batch.next, len(items)):
+                        batch(rest, unsent, None)  # those already sent still settle the batch
+                    raise
                 if batch.next > index:
                     self._produced += batch.next - index
                     index, waited_since = batch.next, None
@@ -637,8 +645,8 @@ class AIOProducer:
     # -- client-level callbacks ------------------------------------------------------------
 
     def _on_error(self, err: KafkaError) -> None:
-        """Where librdkafka's callbacks run (the loop, or the poll thread): a client-level
-        error."""
+        """Where librdkafka's callbacks run (the loop, the poll thread, or the thread of a
+        blocking flush or transaction call): a client-level error."""
         self.last_error = err
         if err.fatal():
             self._fatal_error = err

@@ -139,14 +139,16 @@ class Settle:
             self._on_room()
 
     def metadata(self, msg: Message) -> tuple[Any, ...]:
-        """metadata_type(topic, partition, offset, timestamp or None) of a delivered message."""
+        """metadata_type(topic, partition, offset, timestamp or None) of a delivered message
+        (a partition or offset librdkafka does not know, as with acks=0, is -1)."""
         ts_type, ts = msg.timestamp()
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
         return _new_tuple(
             self._metadata_type,
             (
-                msg.topic(),
-                msg.partition(),
-                msg.offset(),
+                "" if topic is None else topic,  # not known (acks=0): "" or -1
+                -1 if partition is None else partition,
+                -1 if offset is None else offset,
                 None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts,
             ),
         )
@@ -184,6 +186,8 @@ class BatchSettle:
         headers: object,
     ) -> None:
         """Hand items[start:] to confluent-kafka's `produce`; stop at the first exception."""
+        if start < 0:
+            raise ValueError("produce: start must be >= 0")
         extra = {} if headers is None else {"headers": headers}
         call_soon, partial = self._call_soon, functools.partial
         for index in range(start, len(items)):

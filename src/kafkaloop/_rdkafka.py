@@ -8,8 +8,9 @@ delivery report while the loop is busy.
 
 confluent-kafka does not hand out its ``rd_kafka_t``; it is the first field after the object
 header of its client types (``Handle`` in its ``confluent_kafka.h``, the same in every 2.x
-release). Each step is checked: the library must be the one already loaded in the process, and
-the handle must answer as a producer of the expected name. When any step fails (another
+release). The version gate (confluent-kafka 2.x) is what guards that reading; the checks after
+it (the library must be the one already loaded in the process, the handle must answer as a
+producer) catch a wrong library, not a wrong layout, which would crash. When any step fails (another
 platform or confluent-kafka major version, ``KAFKALOOP_NO_EXTENSIONS``), :func:`watch_main_queue`
 returns None and the caller keeps its poll thread.
 """
@@ -94,6 +95,8 @@ def _load() -> ctypes.CDLL | None:
 def _handle(producer: confluent_kafka.Producer) -> int | None:
     """The producer's ``rd_kafka_t *``, read from where confluent-kafka keeps it."""
     if not isinstance(producer, confluent_kafka.Producer):
+        return None
+    if type(producer).__basicsize__ < object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p):
         return None
     version = confluent_kafka.version()  # a string, or (string, int) in older releases
     if not (version[0] if isinstance(version, tuple) else version).startswith("2."):
