@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from kafkaloop import (
@@ -26,9 +26,9 @@ from kafkaloop import (
     QueueFullError,
     RecordMetadata,
     _bridge,
-    _rdkafka,
 )
 from kafkaloop.broker import LocalKafka
+from tests.twins import skip_unless_the_loop_serves_reports
 
 # Nothing listens here: a cluster that is down.
 UNREACHABLE = "127.0.0.1:1"
@@ -47,15 +47,6 @@ async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
     assert errors == []
 
 
-def _queue_can_be_watched() -> bool:
-    client = Producer({})
-    watch = _rdkafka.watch_main_queue(client)
-    if watch is None:
-        return False
-    watch.close()
-    return True
-
-
 @pytest.fixture(params=["callbacks on the loop", "poll thread"])
 async def producer(
     request: pytest.FixtureRequest, kafka_bootstrap: str
@@ -63,8 +54,8 @@ async def producer(
     """A producer whose callbacks the loop serves, and one with a poll thread (what a producer
     has where librdkafka's queue cannot announce its work on a pipe)."""
     on_loop = request.param == "callbacks on the loop"
-    if on_loop and not _queue_can_be_watched():
-        pytest.skip("librdkafka's queue cannot be watched here (KAFKALOOP_NO_EXTENSIONS?)")
+    if on_loop:
+        skip_unless_the_loop_serves_reports()
     async with AIOProducer(
         {"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True},
         poll_thread=not on_loop,

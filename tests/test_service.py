@@ -21,6 +21,7 @@ from kafkaloop import AIOConsumer, ConsumerRecord
 from kafkaloop.broker import LocalKafka
 from kafkaloop.settings import ServiceSettings
 from tests.service_helpers import serve_process, service
+from tests.twins import skip_unless_the_loop_serves_reports
 
 
 async def read_topic(
@@ -59,6 +60,8 @@ async def test_awaited_endpoint_answers_with_where_kafka_stored_it(
 async def test_out_of_band_and_fire_and_forget_endpoints_deliver_and_no_op_does_not(
     kafka_bootstrap: str, topic_name: str, poll_thread: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if not poll_thread:
+        skip_unless_the_loop_serves_reports()
     monkeypatch.setenv("KAFKALOOP_PRODUCER_POLL_THREAD", str(poll_thread).lower())
     overrides = {"producer_poll_thread": ServiceSettings().producer_poll_thread}
     async with service(kafka_bootstrap, topic_name, **overrides) as (_url, client):

@@ -31,3 +31,16 @@ def skip_if_disabled() -> None:
     """Skip a test of the extension being in use when KAFKALOOP_NO_EXTENSIONS turned it off."""
     if _extensions.DISABLED:
         pytest.skip("KAFKALOOP_NO_EXTENSIONS is set")
+
+
+def skip_unless_the_loop_serves_reports() -> None:
+    """Skip a test of the loop serving delivery reports where a producer cannot have that
+    (librdkafka's queue cannot be watched: KAFKALOOP_NO_EXTENSIONS, another platform)."""
+    from confluent_kafka import Producer
+
+    from kafkaloop import _rdkafka
+
+    watch = _rdkafka.watch_main_queue(Producer({}))
+    if watch is None:
+        pytest.skip("librdkafka's queue cannot be watched here (KAFKALOOP_NO_EXTENSIONS?)")
+    watch.close()
