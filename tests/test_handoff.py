@@ -242,22 +242,33 @@ def test_serve_runs_the_backlog_then_its_own_calls_as_they_come(impl: ModuleType
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_serve_lets_a_keyboard_interrupt_through_and_is_not_reentrant(impl: ModuleType) -> None:
-    pending = impl.PendingCalls(_CountingLoop(), lambda exc: None)
+    loop = _CountingLoop()
+    pending = impl.PendingCalls(loop, lambda exc: None)
+    ran: list[int] = []
 
     def interrupt() -> None:
         raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        pending.serve(lambda: pending.call_soon(interrupt))
+    def poll() -> None:
+        pending.call_soon(interrupt)  # not raised here, into librdkafka's callback...
+        pending.call_soon(ran.append, 1)  # ...and the calls after it queue
+        assert ran == []
+
+    with pytest.raises(KeyboardInterrupt):  # ...but by serve, once poll() returned
+        pending.serve(poll)
+    assert ran == []
+    assert len(pending) == 1
+    assert len(loop.wakeups) == 1  # what waits has its drain scheduled
+    pending.drain()
+    assert ran == [1]
 
     def nested() -> None:
         pending.serve(print)
 
     with pytest.raises(RuntimeError, match="already running"):
         pending.serve(nested)
-    ran: list[int] = []
-    pending.serve(lambda: pending.call_soon(ran.append, 1))  # usable again
-    assert ran == [1]
+    pending.serve(lambda: pending.call_soon(ran.append, 2))  # usable again, at once again
+    assert ran == [1, 2]
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
@@ -342,6 +353,10 @@ async def test_batch_settle_gathers_outcomes_and_reports_once_all_are_in(
         ]
     ]
     assert rooms == [1]
+    batch(1, None, _delivered(10))  # a second outcome for one message counts for nothing
+    assert batch.remaining == 0
+    assert len(finished) == 1
+    assert finished[0][1] == RecordMetadata("t", 2, 8, None)
     assert settle.metadata(_delivered(9)) == RecordMetadata("t", 2, 9, 1_700_000_000_000)
     # What librdkafka does not know (acks=0: no offset) reads as -1, as RecordMetadata says.
     assert settle.metadata(Message()) == RecordMetadata("", -1, -1, None)

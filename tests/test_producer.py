@@ -398,6 +398,44 @@ async def test_produce_many_checks_its_items(producer: AIOProducer, topic_name: 
     assert metrics.in_flight == 0
 
 
+async def test_produce_many_fails_one_message_librdkafka_refuses_and_sends_the_rest(
+    producer: AIOProducer, topic_name: str
+) -> None:
+    items = [b"a", b"x" * 2_000_000, b"c"]  # the second is over message.max.bytes
+
+    results = await producer.produce_many(topic_name, items, return_exceptions=True)
+
+    first, refused, last = results
+    assert isinstance(refused, DeliveryError)
+    assert refused.code == KafkaError.MSG_SIZE_TOO_LARGE
+    assert topic_name in str(refused)
+    assert isinstance(first, RecordMetadata)
+    assert isinstance(last, RecordMetadata)
+    assert (first.offset, last.offset) == (0, 1)
+    metrics = producer.metrics
+    assert (metrics.produced, metrics.delivered, metrics.failed) == (3, 2, 1)
+
+
+async def test_a_cancelled_produce_many_fails_what_it_did_not_send(topic_name: str) -> None:
+    async with AIOProducer(
+        {
+            "bootstrap.servers": UNREACHABLE,
+            "queue.buffering.max.messages": 2,
+            "message.timeout.ms": 60_000,
+        }
+    ) as p:
+        many = asyncio.ensure_future(p.produce_many(topic_name, [b"v"] * 5))
+        await asyncio.sleep(0.2)  # two are queued, the rest waits for room
+        many.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await many
+        assert p.metrics.produced == 5  # the batch's outcomes are counted once all are in
+        assert await p.close(timeout=0) == 2
+    metrics = p.metrics
+    assert (metrics.produced, metrics.delivered, metrics.failed) == (5, 0, 5)
+    assert metrics.in_flight == 0
+
+
 async def test_produce_many_reports_failures(topic_name: str) -> None:
     async with AIOProducer({"bootstrap.servers": UNREACHABLE, "message.timeout.ms": 500}) as p:
         results = await p.produce_many(topic_name, [b"a", b"b"], return_exceptions=True)

@@ -193,9 +193,11 @@ class LoopPoller:
             self._bridge.serve(self._poll, 0)
         except Exception:
             logger.exception("kafkaloop: serving librdkafka's callbacks on the loop raised")
-        # A callback that raised stops poll() early, and what is left wrote no byte: serve it.
-        if self._again is None and self._watch.pending():
-            self._again = self._bridge.loop.call_soon(self._serve)
+        finally:
+            # A callback that raised (KeyboardInterrupt too) stops poll() early, and what is
+            # left wrote no byte: serve it.
+            if not self._stopped and self._again is None and self._watch.pending():
+                self._again = self._bridge.loop.call_soon(self._serve)
 
     async def stop(self, bridge: LoopBridge) -> None:
         """Stop watching, serve what is queued, and release the pipe."""

@@ -12,7 +12,9 @@
  *     yet run wait for the next one (scheduled at once).
  *   serve(func, *args), on the loop: func(*args) (a client's poll(0)). Calls made on the
  *     loop's thread meanwhile run at once instead of queuing; calls from other threads wait,
- *     without a wake-up, for a drain right after.
+ *     without a wake-up, for a drain right after. A KeyboardInterrupt or SystemExit from a
+ *     call is not passed into librdkafka's callback: the calls after it queue, and serve()
+ *     raises it when func returns.
  *   All run with the GIL held and never release it between taking and putting back the
  *   queue, so any number of threads may call call_soon at once.
  * Settle(metadata_type, on_failure, on_room): settles an awaited produce when its delivery
@@ -63,7 +65,8 @@ typedef struct {
     PyObject *queue;    /* a list of tuples (callback, *args) */
     PyObject *drain_cb; /* self.drain, made once */
     int scheduled;
-    unsigned long serving; /* the thread inside serve(), or 0 */
+    unsigned long serving;  /* the thread inside serve(), or 0 */
+    PyObject *interrupted;  /* a KeyboardInterrupt/SystemExit held back inside serve() */
 } PendingCalls;
 
 static PyObject *
@@ -100,6 +103,7 @@ pending_traverse(PendingCalls *self, visitproc visit, void *arg)
     Py_VISIT(self->on_error);
     Py_VISIT(self->queue);
     Py_VISIT(self->drain_cb);
+    Py_VISIT(self->interrupted);
     return 0;
 }
 
@@ -110,6 +114,7 @@ pending_clear(PendingCalls *self)
     Py_CLEAR(self->on_error);
     Py_CLEAR(self->queue);
     Py_CLEAR(self->drain_cb);
+    Py_CLEAR(self->interrupted);
     return 0;
 }
 
@@ -186,7 +191,16 @@ pending_call_soon(PendingCalls *self, PyObject *const *args, Py_ssize_t nargs)
             Py_RETURN_NONE;
         }
         if (stops_the_loop()) {
-            return NULL;
+            /* Not into librdkafka's callback: serve() raises it once poll() returns. Calls
+             * from here on queue, as outside serve(). */
+            if (self->interrupted == NULL) {
+                self->interrupted = take_exception();
+            }
+            else {
+                PyErr_Clear();
+            }
+            self->serving = 0;
+            Py_RETURN_NONE;
         }
         report_failure(self);
         Py_RETURN_NONE;
@@ -319,6 +333,26 @@ pending_serve(PendingCalls *self, PyObject *const *args, Py_ssize_t nargs)
     }
     else {
         Py_DECREF(result);
+    }
+    if (self->interrupted != NULL) {
+        /* Stop, as asyncio does; what queued meanwhile waits for a drain, scheduled now. */
+        PyObject *interrupted = self->interrupted;
+        self->interrupted = NULL;
+        Py_XDECREF(failure);
+        self->scheduled = 0;
+        if (PyList_GET_SIZE(self->queue) > 0) {
+            self->scheduled = 1;
+            PyObject *handle =
+                PyObject_CallMethodOneArg(self->loop, str_call_soon_threadsafe, self->drain_cb);
+            if (handle == NULL) {
+                self->scheduled = 0;
+                PyErr_Clear();
+            }
+            Py_XDECREF(handle);
+        }
+        PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(interrupted)), interrupted,
+                      PyException_GetTraceback(interrupted));
+        return NULL;
     }
     PyObject *drained = pending_drain(self, NULL);
     if (drained == NULL) {
@@ -904,7 +938,8 @@ static PyTypeObject AwaitedProduceType = {
  * confluent-kafka's produce, each with a Delivery(call_soon, self, index); it stops at the
  * first exception, which it raises with `next` at the item that failed. Each report, drained
  * on the loop, arrives as self(index, err, msg): the result is the metadata settle makes, or
- * make_error(err, msg). The last one calls on_done(results). After each, settle's on_room()
+ * make_error(err, msg); a second outcome for the same index is ignored. The last one calls
+ * on_done(results). After each, settle's on_room()
  * when its room_wanted is set. */
 typedef struct {
     PyObject_HEAD
@@ -939,6 +974,9 @@ batch_call(BatchSettle *self, PyObject *const *args, size_t nargsf, PyObject *kw
     if (index < 0 || index >= PyList_GET_SIZE(self->results)) {
         PyErr_SetString(PyExc_IndexError, "batch: no such message");
         return NULL;
+    }
+    if (PyList_GET_ITEM(self->results, index) != Py_None) {
+        Py_RETURN_NONE; /* settled already: an outcome counts once */
     }
     PyObject *err = args[1], *msg = args[2], *outcome;
     if (err == Py_None) {

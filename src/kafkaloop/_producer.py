@@ -95,8 +95,11 @@ def _metadata(msg: Message) -> RecordMetadata:
     )
 
 
-def _delivery_error(err: KafkaError, msg: Message | None) -> DeliveryError:
-    return DeliveryError(err, msg.topic() if msg else None, msg.partition() if msg else None)
+def _delivery_error(topic: str, err: KafkaError, msg: Message | None) -> DeliveryError:
+    """The error for a message of `topic`; `msg` is None for one never handed to librdkafka."""
+    if msg is None:
+        return DeliveryError(err, topic, None)
+    return DeliveryError(err, msg.topic(), msg.partition())
 
 
 def _extra(
@@ -401,44 +404,48 @@ class AIOProducer:
         batch = BatchSettle(
             len(items),
             self._call_soon,
-            _delivery_error,
+            functools.partial(_delivery_error, topic),
             functools.partial(self._batch_done, done),
             self._settle,
         )
         produce = self._producer.produce
         waited_since: float | None = None
-        index = 0
-        while index < len(items) and self._refusal is None:  # else closing, or failed
-            if not self._waiting:  # earlier produce() calls wait for room: they go first
-                try:
-                    batch.produce(produce, topic, items, index, headers or None)
-                except BufferError:
-                    pass
-                except KafkaException as exc:
-                    failed = batch.next
-                    self._produced += failed - index + 1
-                    batch(failed, exc.args[0], None)
-                    index, waited_since = failed + 1, None
-                    continue
-                except BaseException as exc:  # a bad item (TypeError...): the rest is not sent
-                    self._produced += len(items) - index
-                    unsent = KafkaError(
-                        KafkaError._INVALID_ARG, f"not sent: item {batch.next} raised {exc!r}"
-                    )
-                    for rest in range(batch.next, len(items)):
-                        batch(rest, unsent, None)  # those already sent still settle the batch
-                    raise
-                if batch.next > index:
-                    self._produced += batch.next - index
-                    index, waited_since = batch.next, None
-                if index == len(items):
+        index = 0  # the first item not yet handed over (or failed)
+        try:
+            while index < len(items) and self._refusal is None:  # else closing, or failed
+                if not self._waiting:  # earlier produce() calls wait for room: they go first
+                    try:
+                        batch.produce(produce, topic, items, index, headers or None)
+                    except BufferError:
+                        pass
+                    except KafkaException as exc:
+                        failed = batch.next
+                        self._produced += failed - index + 1
+                        batch(failed, exc.args[0], None)
+                        index, waited_since = failed + 1, None
+                        continue
+                    if batch.next > index:
+                        self._produced += batch.next - index
+                        index, waited_since = batch.next, None
+                    if index == len(items):
+                        break
+                # No room: queue_full_timeout bounds a wait without progress, not the batch.
+                now = self._loop.time()
+                waited_since = waited_since or now
+                if now - waited_since >= self._queue_full_timeout:
                     break
-            # No room: queue_full_timeout bounds a wait without progress, not the whole batch.
-            now = self._loop.time()
-            waited_since = waited_since or now
-            if now - waited_since >= self._queue_full_timeout:
-                break
-            await self._wait_room(waited_since + self._queue_full_timeout)
+                await self._wait_room(waited_since + self._queue_full_timeout)
+        except BaseException as exc:  # a bad item (TypeError...), cancelled: the rest is not sent
+            unsent = max(index, batch.next)
+            self._produced += len(items) - index  # those handed over still settle the batch
+            why = (
+                KafkaError(KafkaError._DESTROY, "not sent: produce_many was cancelled")
+                if isinstance(exc, asyncio.CancelledError)
+                else KafkaError(KafkaError._INVALID_ARG, f"not sent: item {unsent} raised {exc!r}")
+            )
+            for rest in range(unsent, len(items)):
+                batch(rest, why, None)
+            raise
         if index < len(items):  # no room came, or closing: the rest fails, the batch settles
             full = (
                 KafkaError(KafkaError._QUEUE_FULL, str(self._queue_full_error()))

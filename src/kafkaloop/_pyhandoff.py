@@ -36,6 +36,7 @@ class PendingCalls:
         self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
         self._scheduled = False
         self._serving: int | None = None  # the thread inside serve()
+        self._interrupted: BaseException | None = None  # held back inside serve()
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -84,8 +85,11 @@ class PendingCalls:
     def _run(self, call: tuple[Any, ...]) -> None:
         try:
             call[0](*call[1:])
-        except (KeyboardInterrupt, SystemExit):
-            raise
+        except (KeyboardInterrupt, SystemExit) as exc:
+            # Not into librdkafka's callback: serve() raises it once func returns; the calls
+            # from here on queue.
+            self._interrupted = self._interrupted or exc
+            self._serving = None
         except BaseException as exc:  # a CancelledError too: reported
             self._report(exc)
 
@@ -108,6 +112,13 @@ class PendingCalls:
             func(*args)
         finally:
             self._serving = None
+            interrupted, self._interrupted = self._interrupted, None
+            if interrupted is not None:  # stop; what queued waits for a drain, scheduled now
+                self._scheduled = False
+                if self._queue:
+                    self._scheduled = True
+                    self._loop.call_soon_threadsafe(self.drain)
+                raise interrupted
             self.drain()
 
 
@@ -203,6 +214,10 @@ class BatchSettle:
         self.next = len(items)
 
     def __call__(self, index: int, err: KafkaError | None, msg: Message | None) -> None:
+        if not 0 <= index < len(self._results):
+            raise IndexError("batch: no such message")
+        if self._results[index] is not None:
+            return  # settled already: an outcome counts once
         if err is None:
             assert msg is not None
             self._results[index] = self._settle.metadata(msg)
