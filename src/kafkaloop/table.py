@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from kafkaloop._admin import AIOAdminClient
 from kafkaloop._consumer import BACKGROUND_FETCH, AIOConsumer
@@ -27,6 +27,54 @@ from kafkaloop._models import ConsumerRecord
 __all__ = ["TopicTable", "count", "latest"]
 
 _READ = 1000
+_READY_WITHIN = 30.0
+"""Seconds start() waits out errors that pass (a partition whose leader is not elected yet)."""
+
+
+_PASSING = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+    }
+)
+
+
+class _Watermarks(Protocol):
+    async def watermarks(self, partition: TopicPartition) -> tuple[int, int]: ...
+
+
+async def watermarks_when_ready(
+    consumer: _Watermarks, partition: TopicPartition, within: float = _READY_WITHIN
+) -> tuple[int, int]:
+    """`partition`'s watermarks, asking again while the error says it will pass (a broker
+    that has just started answers NOT_LEADER_FOR_PARTITION until it has elected a leader)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    delay = 0.1
+    while True:
+        try:
+            return await consumer.watermarks(partition)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            # confluent-kafka marks few errors retriable(); these pass once the cluster settles.
+            if not (isinstance(err, KafkaError) and (err.retriable() or err.code() in _PASSING)):
+                raise
+            if loop.time() + delay > deadline:
+                raise
+            logger.info(
+                "Watermarks of %s [%d]: %s; asking again",
+                partition.topic,
+                partition.partition,
+                err.str(),
+            )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
 """Most records folded per read: the fold runs on the loop, so one read never holds it long."""
 
 V = TypeVar("V")
@@ -99,10 +147,14 @@ class TopicTable(Generic[V]):
         partitions = [TopicPartition(self.topic, p.id, OFFSET_BEGINNING) for p in info.partitions]
         consumer.assign(partitions)
         self._consumer = consumer
-        for partition in partitions:
-            low, high = await consumer.watermarks(partition)
-            if high > low:  # nothing to wait for in an empty (or emptied) partition
-                self._targets[partition.partition] = high
+        try:
+            for partition in partitions:
+                low, high = await watermarks_when_ready(consumer, partition)
+                if high > low:  # nothing to wait for in an empty (or emptied) partition
+                    self._targets[partition.partition] = high
+        except BaseException:
+            await consumer.close()
+            raise
         if not self._targets:
             self.ready.set()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="kafkaloop-table")
