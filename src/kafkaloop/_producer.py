@@ -24,10 +24,9 @@ import inspect
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeAlias
+from typing import TYPE_CHECKING, Any, Self, TypeAlias, cast
 
 from confluent_kafka import (
-    TIMESTAMP_NOT_AVAILABLE,
     KafkaError,
     KafkaException,
     Message,
@@ -73,26 +72,6 @@ class _State(enum.Enum):
     OPEN = "open"
     CLOSING = "closing"
     CLOSED = "closed"
-
-
-_new_tuple = tuple.__new__
-
-
-def _metadata(msg: Message) -> RecordMetadata:
-    ts_type, ts = msg.timestamp()
-    partition = msg.partition()
-    offset = msg.offset()
-    # tuple.__new__ directly: NamedTuple's own __new__ is a Python frame, and this runs once
-    # per delivered message.
-    return _new_tuple(
-        RecordMetadata,
-        (
-            msg.topic() or "",
-            -1 if partition is None else partition,
-            -1 if offset is None else offset,
-            None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts,
-        ),
-    )
 
 
 def _delivery_error(topic: str, err: KafkaError, msg: Message | None) -> DeliveryError:
@@ -510,7 +489,7 @@ class AIOProducer:
     ) -> None:
         error = self._count_on_loop(err, msg)
         try:
-            self._run_user_callback(callback, (error, _metadata(msg)))
+            self._run_user_callback(callback, (error, self._settle.metadata(msg)))
         except Exception:
             logger.exception("An on_delivery callback raised on the event loop")
         if self._settle.room_wanted:
@@ -535,7 +514,7 @@ class AIOProducer:
         self._count_on_thread(err)
         error = None if err is None else DeliveryError(err, msg.topic(), msg.partition())
         try:
-            callback(error, _metadata(msg))
+            callback(error, cast(RecordMetadata, self._settle.metadata(msg)))
         except Exception:
             logger.exception("An on_delivery callback raised on the poll thread")
         self._notify_room()
