@@ -40,11 +40,19 @@ async def test_create_describe_and_delete_a_topic(admin: AIOAdminClient, topic_n
     assert all(p.leader == 1 and p.isr == (1,) for p in info.partitions)
 
     await admin.delete_topics([topic_name])
-    for _ in range(50):
-        if topic_name not in await admin.list_topics():
-            break
-        await asyncio.sleep(0.1)
     assert topic_name not in await admin.list_topics()
+
+
+async def test_a_deleted_topic_can_be_created_again_at_once(
+    admin: AIOAdminClient, topic_name: str
+) -> None:
+    for partitions in (1, 2, 3):
+        await admin.create_topics([NewTopic(topic_name, num_partitions=partitions)])
+        info = (await admin.describe_topics([topic_name]))[topic_name]
+        assert len(info.partitions) == partitions
+        assert all(p.leader >= 0 for p in info.partitions)
+        await admin.delete_topics([topic_name])
+        assert topic_name not in await admin.list_topics()
 
 
 async def test_creating_an_existing_topic_names_it(admin: AIOAdminClient, topic_name: str) -> None:

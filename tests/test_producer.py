@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import NewTopic
 
 from kafkaloop import (
+    AIOAdminClient,
     AIOProducer,
     ConfigurationError,
     DeliveryError,
@@ -129,9 +130,8 @@ async def test_str_and_bytes_keys_values_and_headers_round_trip(
 async def test_explicit_timestamp_and_partition_are_used(
     producer: AIOProducer, kafka_bootstrap: str, topic_name: str
 ) -> None:
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    for future in admin.create_topics([NewTopic(topic_name, num_partitions=3)]).values():
-        await asyncio.wrap_future(future)
+    async with AIOAdminClient({"bootstrap.servers": kafka_bootstrap}) as admin:
+        await admin.create_topics([NewTopic(topic_name, num_partitions=3)])
 
     metadata = await producer.produce(topic_name, b"v", partition=2, timestamp=1_600_000_000_000)
     by_keywords = await producer.produce(topic_name, value=b"w", key="k", partition=1)

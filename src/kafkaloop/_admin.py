@@ -39,7 +39,6 @@ from kafkaloop._exceptions import (
     ClientClosedError,
     TopicAlreadyExistsError,
     TopicMismatchError,
-    UnknownTopicError,
 )
 from kafkaloop._logging import RateLimitedLog, librdkafka_logger, logger
 from kafkaloop._models import BrokerInfo, ClusterInfo, PartitionInfo, TopicInfo
@@ -47,6 +46,16 @@ from kafkaloop._models import BrokerInfo, ClusterInfo, PartitionInfo, TopicInfo
 __all__ = ["AIOAdminClient"]
 
 T = TypeVar("T")
+
+
+def _led(topic: Any) -> bool:
+    """A metadata topic entry is there, without error, and every partition has a leader."""
+    return (
+        topic is not None
+        and topic.error is None
+        and bool(topic.partitions)
+        and all(p.leader >= 0 for p in topic.partitions.values())
+    )
 
 
 def _kafka_error(exc: BaseException) -> KafkaError:
@@ -121,18 +130,61 @@ class AIOAdminClient:
     async def create_topics(
         self, new_topics: Sequence[NewTopic], *, validate_only: bool = False
     ) -> None:
-        """Create topics (``confluent_kafka.admin.NewTopic``); waits until the controller has."""
+        """Create topics (``confluent_kafka.admin.NewTopic``).
+
+        Returns once the cluster's metadata shows each created topic with a leader for every
+        partition (the controller commits a topic before the brokers learn of it), so the
+        next metadata call or produce finds it; waits at most ``operation_timeout``.
+        """
         self._check_open()
         futures = self._admin.create_topics(
             list(new_topics), operation_timeout=self._operation_timeout, validate_only=validate_only
         )
-        await self._settle("create_topics", futures, many=len(new_topics) > 1)
+        try:
+            created = list(await self._settle("create_topics", futures, many=len(futures) > 1))
+        except AdminErrorGroup as group:
+            if not validate_only:
+                await self._until_listed(group.succeeded, listed=True)
+            raise
+        if not validate_only:
+            await self._until_listed(created, listed=True)
 
     async def delete_topics(self, topics: Sequence[str]) -> None:
-        """Delete topics by name."""
+        """Delete topics by name; returns once the metadata no longer lists them (at most
+        ``operation_timeout``), so the names can be created again."""
         self._check_open()
         futures = self._admin.delete_topics(list(topics), operation_timeout=self._operation_timeout)
-        await self._settle("delete_topics", futures, many=len(topics) > 1)
+        try:
+            deleted = list(await self._settle("delete_topics", futures, many=len(futures) > 1))
+        except AdminErrorGroup as group:
+            await self._until_listed(group.succeeded, listed=False)
+            raise
+        await self._until_listed(deleted, listed=False)
+
+    async def _until_listed(self, names: Sequence[str], *, listed: bool) -> None:
+        """Wait until the metadata lists every name, each partition led (``listed``), or
+        none of them; log a warning and return after ``operation_timeout``: the operation
+        itself succeeded, only the brokers are slow to show it."""
+        if not names:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._operation_timeout
+        pause = 0.01
+        while True:
+            topics = (await self._metadata(None)).topics
+            waiting = [name for name in names if _led(topics.get(name)) != listed]
+            if not waiting:
+                return
+            if loop.time() >= deadline:
+                logger.warning(
+                    "topics %s: metadata still %s them after %.0f s",
+                    ", ".join(waiting),
+                    "does not show" if listed else "shows",
+                    self._operation_timeout,
+                )
+                return
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.2)
 
     async def list_topics(self, *, internal: bool = False) -> list[str]:
         """Names of the cluster's topics, sorted; ``internal`` includes ``__consumer_offsets``."""
@@ -190,7 +242,8 @@ class AIOAdminClient:
         names = [spec.topic for spec in specs]
         existing = set(await self.list_topics(internal=True))
         missing = [spec for spec in specs if spec.topic not in existing]
-        created = [spec.topic for spec in missing]
+        missing_names = [spec.topic for spec in missing]
+        created = list(missing_names)
         if missing:
             # Another process creating the same topics at the same time is fine.
             try:
@@ -206,7 +259,9 @@ class AIOAdminClient:
                 ]
                 if failures:
                     raise AdminErrorGroup(group.message, failures, group.succeeded) from None
-        present = await self._describe_created(names, fresh=bool(missing))
+        # A topic that another process created at the same time may not be listed yet.
+        await self._until_listed(missing_names, listed=True)
+        present = await self.describe_topics(names)
         mismatches: list[AdminError] = []
         for spec in specs:
             info = present[spec.topic]
@@ -227,21 +282,6 @@ class AIOAdminClient:
         if mismatches:
             raise AdminErrorGroup("ensure_topics found topics shaped otherwise", mismatches)
         return created
-
-    async def _describe_created(self, names: list[str], *, fresh: bool) -> dict[str, TopicInfo]:
-        """describe_topics, giving brand-new topics (ours or a concurrent creator's) a few
-        seconds to reach every broker's metadata: a multi-node cluster answers from
-        whichever broker it asks."""
-        deadline = asyncio.get_running_loop().time() + (10.0 if fresh else 0.0)
-        while True:
-            try:
-                return await self.describe_topics(names)
-            except (UnknownTopicError, AdminErrorGroup) as exc:
-                errors = exc.exceptions if isinstance(exc, AdminErrorGroup) else (exc,)
-                unknown_only = all(isinstance(e, UnknownTopicError) for e in errors)
-                if not unknown_only or asyncio.get_running_loop().time() >= deadline:
-                    raise
-                await asyncio.sleep(0.2)
 
     async def delete_records(
         self, before: Mapping[TopicPartition, int] | Iterable[TopicPartition]
