@@ -28,13 +28,13 @@ from kafkaloop._logging import RateLimitedLog, logger
 from kafkaloop._models import ConsumerRecord, RecordMetadata
 from kafkaloop._producer import AIOProducer
 from kafkaloop.fastapi import (
+    Deadline,
     KafkaClients,
     RequestLimits,
     get_kafka,
     install_error_handlers,
     kafka_clients,
     kafka_ready,
-    produce_within,
     serving_gc,
 )
 from kafkaloop.metrics import RequestMetrics, ServiceMetrics
@@ -157,7 +157,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or ServiceSettings()
     metrics = ServiceMetrics()
     topic = settings.items_topic
-    deadline = settings.request_deadline
+    # Bounds every awaited produce; one sweep for all requests, no timer per request.
+    deadline = Deadline(settings.request_deadline)
     out_of_band_failures = RateLimitedLog(logger)
 
     @contextlib.asynccontextmanager
@@ -268,7 +269,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     async def items1(item: Item) -> Response:
         value, key = message(item)
         started = time.perf_counter()
-        md = await produce_within(clients["producer"].produce(topic, value, key), deadline)
+        delivery = deadline.watch(clients["producer"].produce(topic, value, key))
+        try:
+            md = await delivery
+        finally:
+            deadline.forget(delivery)
         metrics.produce_latency.observe(time.perf_counter() - started)
         timestamp = "null" if md.timestamp is None else str(md.timestamp)
         body = (
