@@ -146,8 +146,8 @@ class Deadline:
     request fails between ``seconds`` and ``seconds + resolution`` after it began.
 
     ``produce_within`` does the same for any awaitable with ``asyncio.timeout``, which
-    schedules and cancels a timer per request: about 5% of an awaited request's time on the
-    reference service under load (bench/README.md). Here a request costs two dict operations.
+    schedules and cancels a timer per request: 5.2 µs an await with 400 in flight, against
+    0.24 µs here (``python -m bench.deadline``), on a request of about 130 µs.
     """
 
     def __init__(self, seconds: float, *, resolution: float = 0.05) -> None:
