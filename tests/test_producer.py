@@ -261,7 +261,7 @@ async def test_cancelled_failure_is_counted_and_logged_not_raised(
         await p.flush(5)
 
     assert p.metrics.failed == 1
-    assert "awaiter was cancelled" in caplog.text
+    assert "awaiter had stopped waiting" in caplog.text
 
 
 # -- out-of-band and fire-and-forget -------------------------------------------------------

@@ -477,9 +477,9 @@ class AIOProducer:
         if self._fatal_error is not None and err.code() == KafkaError._PURGE_QUEUE:
             err = self._fatal_error  # purged because of it: say why
         error = DeliveryError(err, msg.topic(), msg.partition())
-        if future.done():  # cancelled: nobody else will hear of it
+        if future.done():  # cancelled, or failed by a deadline: nobody else will hear of it
             self._failure_log.warning(
-                "Message not delivered (its awaiter was cancelled): %s", error
+                "Message not delivered (its awaiter had stopped waiting): %s", error
             )
         else:
             future.set_exception(error)
