@@ -197,3 +197,46 @@ async def test_closed_admin_refuses_and_close_is_idempotent(kafka_bootstrap: str
 def test_admin_outside_a_running_loop_is_refused() -> None:
     with pytest.raises(NoRunningLoopError):
         AIOAdminClient({"bootstrap.servers": "127.0.0.1:1"})
+
+
+async def test_validate_only_creates_nothing_and_does_not_wait(
+    admin: AIOAdminClient, topic_name: str
+) -> None:
+    started = asyncio.get_running_loop().time()
+    await admin.create_topics([NewTopic(topic_name, num_partitions=1)], validate_only=True)
+
+    assert asyncio.get_running_loop().time() - started < 5
+    assert topic_name not in await admin.list_topics()
+
+
+async def test_a_topic_the_metadata_never_shows_is_a_warning_not_a_hang(
+    kafka_bootstrap: str, topic_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with AIOAdminClient(
+        {"bootstrap.servers": kafka_bootstrap}, operation_timeout=1.0
+    ) as admin:
+        real_metadata = admin._metadata
+        calls = 0
+
+        async def metadata_without_the_topic(
+            topic: str | None, *, timeout: float | None = None
+        ) -> object:
+            nonlocal calls
+            calls += 1
+            if calls % 2:  # a failing metadata request on the way counts as not yet
+                raise AdminError("metadata request failed", topic=None)
+            metadata = await real_metadata(topic, timeout=timeout)
+            metadata.topics.pop(topic_name, None)
+            return metadata
+
+        admin._metadata = metadata_without_the_topic  # type: ignore[method-assign]
+        started = asyncio.get_running_loop().time()
+        await admin.create_topics([NewTopic(topic_name, num_partitions=1)])
+        waited = asyncio.get_running_loop().time() - started
+        admin._metadata = real_metadata  # type: ignore[method-assign]
+
+        assert 1.0 <= waited < 5
+        assert f"topics {topic_name}: the metadata still does not show them" in caplog.text
+        assert topic_name in await admin.list_topics()  # created all the same
+        await admin.delete_topics([topic_name])
+        assert topic_name not in await admin.list_topics()

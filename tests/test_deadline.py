@@ -52,18 +52,64 @@ async def test_only_the_futures_that_are_due_fail() -> None:
         await late
 
 
-async def test_the_sweep_stops_when_nothing_is_watched_and_starts_again() -> None:
+async def test_the_sweep_starts_again_after_everything_was_forgotten() -> None:
     deadline = Deadline(0.05, resolution=0.01)
     loop = asyncio.get_running_loop()
     first: asyncio.Future[None] = loop.create_future()
     deadline.watch(first)
     deadline.forget(first)
-    await asyncio.sleep(0.05)
-    assert deadline._sweep_timer is None
+    await asyncio.sleep(0.1)  # the sweep found nothing left and stopped
+    assert not first.done()
 
     second: asyncio.Future[None] = loop.create_future()
     with pytest.raises(KafkaUnavailable):
         await deadline.watch(second)
+
+
+async def test_a_future_watched_again_does_not_hold_back_the_others() -> None:
+    deadline = Deadline(0.4, resolution=0.01)
+    loop = asyncio.get_running_loop()
+    again: asyncio.Future[None] = loop.create_future()
+    other: asyncio.Future[None] = loop.create_future()
+    deadline.watch(again)
+    deadline.watch(other)
+    await asyncio.sleep(0.2)
+    deadline.watch(again)  # its clock starts over, behind `other`'s
+    started = loop.time()
+
+    with pytest.raises(KafkaUnavailable):
+        await other
+    assert loop.time() - started < 0.35  # due 0.2 s after the re-watch; `again`, 0.4
+    assert not again.done()
+    with pytest.raises(KafkaUnavailable):
+        await again
+
+
+def test_one_loop_after_another_is_fine() -> None:
+    deadline = Deadline(0.05, resolution=0.01)
+
+    async def one_request() -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with pytest.raises(KafkaUnavailable):
+            await deadline.watch(future)
+        deadline.forget(future)
+
+    asyncio.run(one_request())
+    asyncio.run(one_request())
+
+
+async def test_futures_of_two_running_loops_are_refused() -> None:
+    deadline = Deadline(5.0)
+    mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    deadline.watch(mine)
+
+    async def from_another_loop() -> None:
+        theirs: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        deadline.watch(theirs)
+
+    with pytest.raises(RuntimeError, match="another event loop"):
+        await asyncio.to_thread(asyncio.run, from_another_loop())
+    deadline.forget(mine)
 
 
 async def test_a_cancelled_future_is_left_alone() -> None:

@@ -127,6 +127,30 @@ async def test_str_and_bytes_keys_values_and_headers_round_trip(
     assert records[1].headers() == [("a", b"1"), ("a", b"2")]
 
 
+async def test_produce_nowait_passes_headers_timestamp_and_callback_on(
+    producer: AIOProducer, kafka_bootstrap: str, topic_name: str
+) -> None:
+    reported: list[tuple[DeliveryError | None, RecordMetadata]] = []
+    producer.produce_nowait(topic_name, b"plain", b"k")
+    producer.produce_nowait(topic_name, b"h", headers={"trace": b"1"}, timestamp=1_600_000_000_000)
+    producer.produce_nowait(
+        topic_name, b"cb", on_delivery=lambda err, md: reported.append((err, md))
+    )
+    await producer.flush()
+
+    records = await consume_all(kafka_bootstrap, topic_name, 3)
+
+    assert [(r.key(), r.value()) for r in records] == [
+        (b"k", b"plain"),
+        (None, b"h"),
+        (None, b"cb"),
+    ]
+    assert records[1].headers() == [("trace", b"1")]
+    assert records[1].timestamp()[1] == 1_600_000_000_000
+    assert [(err, md.offset) for err, md in reported] == [(None, 2)]
+    assert producer.metrics.delivered == 3
+
+
 async def test_explicit_timestamp_and_partition_are_used(
     producer: AIOProducer, kafka_bootstrap: str, topic_name: str
 ) -> None:

@@ -39,6 +39,7 @@ from kafkaloop._exceptions import (
     ClientClosedError,
     TopicAlreadyExistsError,
     TopicMismatchError,
+    UnknownTopicError,
 )
 from kafkaloop._logging import RateLimitedLog, librdkafka_logger, logger
 from kafkaloop._models import BrokerInfo, ClusterInfo, PartitionInfo, TopicInfo
@@ -132,9 +133,9 @@ class AIOAdminClient:
     ) -> None:
         """Create topics (``confluent_kafka.admin.NewTopic``).
 
-        Returns once the cluster's metadata shows each created topic with a leader for every
-        partition (the controller commits a topic before the brokers learn of it), so the
-        next metadata call or produce finds it; waits at most ``operation_timeout``.
+        Returns once the metadata a broker returns shows each created topic with a leader for
+        every partition (the controller commits a topic before the brokers learn of it), so
+        the next metadata call or produce finds it; waits about ``operation_timeout`` at most.
         """
         self._check_open()
         futures = self._admin.create_topics(
@@ -150,8 +151,8 @@ class AIOAdminClient:
             await self._until_listed(created, listed=True)
 
     async def delete_topics(self, topics: Sequence[str]) -> None:
-        """Delete topics by name; returns once the metadata no longer lists them (at most
-        ``operation_timeout``), so the names can be created again."""
+        """Delete topics by name; returns once the metadata a broker returns no longer lists
+        them (about ``operation_timeout`` at most), so the names can be created again."""
         self._check_open()
         futures = self._admin.delete_topics(list(topics), operation_timeout=self._operation_timeout)
         try:
@@ -162,8 +163,9 @@ class AIOAdminClient:
         await self._until_listed(deleted, listed=False)
 
     async def _until_listed(self, names: Sequence[str], *, listed: bool) -> None:
-        """Wait until the metadata lists every name, each partition led (``listed``), or
-        none of them; log a warning and return after ``operation_timeout``: the operation
+        """Wait until the metadata a broker returns lists every name, each partition led
+        (``listed``), or none of them. After about ``operation_timeout`` (a metadata request
+        that fails meanwhile counts as not yet), log a warning and return: the operation
         itself succeeded, only the brokers are slow to show it."""
         if not names:
             return
@@ -171,19 +173,28 @@ class AIOAdminClient:
         deadline = loop.time() + self._operation_timeout
         pause = 0.01
         while True:
-            topics = (await self._metadata(None)).topics
-            waiting = [name for name in names if _led(topics.get(name)) != listed]
+            left = deadline - loop.time()
+            try:
+                topics = (await self._metadata(None, timeout=max(left, 0.1))).topics
+            except AdminError:
+                waiting = list(names)
+            else:
+                waiting = [
+                    name
+                    for name in names
+                    if (_led(topics.get(name)) if listed else name in topics) != listed
+                ]
             if not waiting:
                 return
             if loop.time() >= deadline:
                 logger.warning(
-                    "topics %s: metadata still %s them after %.0f s",
+                    "topics %s: the metadata still %s them after %.0f s",
                     ", ".join(waiting),
                     "does not show" if listed else "shows",
                     self._operation_timeout,
                 )
                 return
-            await asyncio.sleep(pause)
+            await asyncio.sleep(min(pause, max(deadline - loop.time(), 0.0)))
             pause = min(pause * 2, 0.2)
 
     async def list_topics(self, *, internal: bool = False) -> list[str]:
@@ -242,8 +253,7 @@ class AIOAdminClient:
         names = [spec.topic for spec in specs]
         existing = set(await self.list_topics(internal=True))
         missing = [spec for spec in specs if spec.topic not in existing]
-        missing_names = [spec.topic for spec in missing]
-        created = list(missing_names)
+        created = [spec.topic for spec in missing]
         if missing:
             # Another process creating the same topics at the same time is fine.
             try:
@@ -259,9 +269,9 @@ class AIOAdminClient:
                 ]
                 if failures:
                     raise AdminErrorGroup(group.message, failures, group.succeeded) from None
-        # A topic that another process created at the same time may not be listed yet.
-        await self._until_listed(missing_names, listed=True)
-        present = await self.describe_topics(names)
+        # create_topics waited for the topics it created; one another process created at the
+        # same time, or a broker other than the one that answered it, may not show it yet.
+        present = await self._describe_created(names, fresh=bool(missing))
         mismatches: list[AdminError] = []
         for spec in specs:
             info = present[spec.topic]
@@ -282,6 +292,20 @@ class AIOAdminClient:
         if mismatches:
             raise AdminErrorGroup("ensure_topics found topics shaped otherwise", mismatches)
         return created
+
+    async def _describe_created(self, names: list[str], *, fresh: bool) -> dict[str, TopicInfo]:
+        """describe_topics, giving brand-new topics a few seconds to reach every broker's
+        metadata: a multi-node cluster answers from whichever broker it asks."""
+        deadline = asyncio.get_running_loop().time() + (10.0 if fresh else 0.0)
+        while True:
+            try:
+                return await self.describe_topics(names)
+            except (UnknownTopicError, AdminErrorGroup) as exc:
+                errors = exc.exceptions if isinstance(exc, AdminErrorGroup) else (exc,)
+                unknown_only = all(isinstance(e, UnknownTopicError) for e in errors)
+                if not unknown_only or asyncio.get_running_loop().time() >= deadline:
+                    raise
+                await asyncio.sleep(0.2)
 
     async def delete_records(
         self, before: Mapping[TopicPartition, int] | Iterable[TopicPartition]
@@ -395,11 +419,13 @@ class AIOAdminClient:
         except KafkaException as exc:
             raise AdminError.from_kafka(_kafka_error(exc), operation, None) from None
 
-    async def _metadata(self, topic: str | None) -> Any:
+    async def _metadata(self, topic: str | None, *, timeout: float | None = None) -> Any:
         self._check_open()
         try:
             return await self._bridge.run_blocking(
-                self._admin.list_topics, topic, self._operation_timeout
+                self._admin.list_topics,
+                topic,
+                self._operation_timeout if timeout is None else timeout,
             )
         except KafkaException as exc:
             raise AdminError.from_kafka(_kafka_error(exc), "metadata request", topic) from None
