@@ -19,22 +19,29 @@ RESULTS = Path(__file__).parent / "results"
 
 
 @contextlib.contextmanager
-def bench_kafka(heap: str = "1g") -> Iterator[str]:
-    """$KAFKA_BOOTSTRAP_SERVERS, or a local single-node broker kept only for this benchmark."""
-    existing = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if existing:
-        yield existing
+def bench_broker(heap: str = "1g") -> Iterator[LocalKafka | None]:
+    """A local single-node broker kept only for this benchmark (None when
+    $KAFKA_BOOTSTRAP_SERVERS names another one to use)."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield None
         return
     kafka = LocalKafka(
         1, state_dir=cache_dir() / "clusters" / "bench", heap=heap, progress=print_progress
     )
     was_running = kafka.is_running()
-    address = kafka.start()
+    kafka.start()
     try:
-        yield address
+        yield kafka
     finally:
         if not was_running:
             kafka.purge()
+
+
+@contextlib.contextmanager
+def bench_kafka(heap: str = "1g") -> Iterator[str]:
+    """$KAFKA_BOOTSTRAP_SERVERS, or a local single-node broker kept only for this benchmark."""
+    with bench_broker(heap) as kafka:
+        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"] if kafka is None else kafka.bootstrap_servers
 
 
 class Progress:

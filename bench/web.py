@@ -20,9 +20,10 @@ Throughput counts 2xx answers only. wrk gives latency percentiles; siege gives o
 (computed here from its concurrency and elapsed time, as its own `response_time` has 10 ms
 resolution). The generator's CPU (user + system, every thread) over the timed run is reported
 as a share of one core: well under 100% means the generator was not the bottleneck. So is the
-server's (near 100%: its core was the limit), with what other processes (the broker, ...) took
-of that core meanwhile, and 2xx answers per server CPU-second: what an answer costs, a figure
-that holds even when something else shared the core.
+server's (every thread: above 100% when its librdkafka threads run on the other core) and its
+event-loop thread's alone (near 100%: the loop was the limit), with what other processes (the
+broker, ...) took of the server's core meanwhile, and 2xx answers per server CPU-second: what
+an answer costs, a figure that holds even when something else shared the core.
 
 Delivery is checked against Kafka: per cell, the topic's messages (high watermarks) must grow
 by at least the 2xx answers of a producing endpoint, and by no more than those plus what was
@@ -65,7 +66,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from bench._common import (
     RESULTS,
     Progress,
-    bench_kafka,
+    bench_broker,
     machine_note,
     markdown_table,
     median,
@@ -632,31 +633,31 @@ class Pinning:
                 core = self.server_core if tid == pid else self.generator_core
                 os.sched_setaffinity(tid, {core})
 
-    def settle_broker(self) -> None:
-        """The local broker's JVM (every thread) on the generator core, in ``loop`` mode."""
+    def settle_broker(self, pids: Sequence[int]) -> dict[int, set[int]]:
+        """The bench's own broker (every thread of `pids`) on the generator core, in ``loop``
+        mode; returns each thread's cores before, for :func:`restore_cores`."""
+        before: dict[int, set[int]] = {}
         if self.mode != "loop" or self.generator_core is None:
-            return
-        for pid in kafka_pids():
+            return before
+        for pid in pids:
             for tid in threads(pid):
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                    before[tid] = os.sched_getaffinity(tid)
                     os.sched_setaffinity(tid, {self.generator_core})
+        return before
+
+
+def restore_cores(before: dict[int, set[int]]) -> None:
+    """Put threads back on the cores they had (a broker that outlives the bench)."""
+    for tid, cores in before.items():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(tid, cores)
 
 
 def threads(pid: int) -> list[int]:
     with contextlib.suppress(OSError):
         return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
     return []
-
-
-def kafka_pids() -> list[int]:
-    """Processes running a Kafka broker (``kafka.Kafka`` on a JVM's command line)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                if b"kafka.Kafka" in Path(f"/proc/{entry}/cmdline").read_bytes():
-                    found.append(int(entry))
-    return found
 
 
 def pinning(mode: str) -> Pinning:
@@ -672,7 +673,8 @@ def pinning(mode: str) -> Pinning:
             server,
             generator,
             f"each server's event-loop thread pinned to core {server}; the servers' other "
-            f"threads (librdkafka's), the broker and the load generator to core {generator}",
+            f"threads (librdkafka's), the bench's own broker (not one named by "
+            f"$KAFKA_BOOTSTRAP_SERVERS) and the load generator to core {generator}",
         )
     return Pinning(
         mode,
@@ -730,7 +732,12 @@ def run(args: argparse.Namespace) -> int:
     cells: list[Cell] = []
     exact: list[list[Any]] = []
     progress = Progress(1 + cells_total + exact_total)
-    with bench_kafka() as bootstrap, tempfile.TemporaryDirectory(prefix="bench-web-") as tmp:
+    with bench_broker() as kafka, tempfile.TemporaryDirectory(prefix="bench-web-") as tmp:
+        # A broker named by $KAFKA_BOOTSTRAP_SERVERS is not the bench's to pin.
+        bootstrap = (
+            os.environ["KAFKA_BOOTSTRAP_SERVERS"] if kafka is None else kafka.bootstrap_servers
+        )
+        broker_cores = pins.settle_broker([] if kafka is None else kafka.pids())
         workdir = Path(tmp)
         generators = make_generators(args.generators, workdir, levels)
         topics = {app.name: f"bench-web-{app.name}-{run_id}" for app in apps}
@@ -747,7 +754,6 @@ def run(args: argparse.Namespace) -> int:
             for server in servers.values():
                 server.wait_ready()
                 pins.settle_server(server.process.pid)
-            pins.settle_broker()
             everyone = list(servers.values())
             for round_ in range(args.rounds):
                 for concurrency in levels:
@@ -786,6 +792,7 @@ def run(args: argparse.Namespace) -> int:
                 server.stop()
             marks.close()
             delete_topics(bootstrap, list(topics.values()))
+            restore_cores(broker_cores)
     status = report(args, run_id, cells, exact)
     print(f"The apps' output: {log_dir}/")
     if aborted:
@@ -1120,7 +1127,7 @@ def report(
         {f"{c.measured.failure} (timed run)" for c in cells if c.measured.failure}
         | {f"{c.warm.failure} (warm-up)" for c in cells if c.warm.failure}
     )
-    # A cell whose generator crashed (siege now and then, at 400 users) is not checked: the
+    # A cell whose generator failed (siege, now and then, in a warm-up) is not checked: the
     # exact check still is, and the run says how many went unchecked.
     unchecked = [c for c in cells if c.delivery == UNCHECKED]
     delivery_bad = any(c.delivery not in ("ok", UNCHECKED) for c in cells) or any(

@@ -146,7 +146,7 @@ class Deadline:
     request fails between ``seconds`` and ``seconds + resolution`` after it began.
 
     ``produce_within`` does the same for any awaitable with ``asyncio.timeout``, which
-    schedules and cancels a timer per request: 5.2 µs more than a bare await with 400 in
+    schedules and cancels a timer per request: about 5 µs more than a bare await with 400 in
     flight, against 0.24 µs more here (``python -m bench.deadline``), on a request of about
     130 µs.
     """
