@@ -344,14 +344,14 @@ class AIOProducer:
             callback = functools.partial(self._call_soon, self._call_on_loop, on_delivery)
         if self._waiting:
             raise self._queue_full_error()
-        part = -1 if partition is None else partition
         try:
-            if headers or timestamp is not None:
-                self._produce(topic, value, key, part, **_extra(callback, headers, timestamp))
-            elif callback is None:  # fire-and-forget, the common case: no keywords to build
-                self._produce(topic, value, key, part)
-            else:
-                self._produce(topic, value, key, part, on_delivery=callback)
+            self._producer.produce(
+                topic,
+                value,
+                key,
+                -1 if partition is None else partition,
+                **_extra(callback, headers, timestamp),
+            )
         except BufferError:
             raise self._queue_full_error() from None
         except KafkaException as exc:
@@ -531,20 +531,14 @@ class AIOProducer:
         return functools.partial(self._callback_thread.call_soon, run)
 
     def _on_untracked_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        """On librdkafka's calling thread: the outcome of a fire-and-forget message (once per
-        message: the count and the room check are inlined)."""
-        if err is None:
-            with self._thread_counts_lock:
-                self._delivered_thread += 1
-        else:
-            with self._thread_counts_lock:
-                self._failed_thread += 1
+        """On librdkafka's calling thread: the outcome of a fire-and-forget message."""
+        self._count_on_thread(err)
+        if err is not None:
             self._failure_log.warning(
                 "Fire-and-forget message not delivered: %s",
                 DeliveryError(err, msg.topic(), msg.partition()),
             )
-        if self._settle.room_wanted:
-            self._notify_room()
+        self._notify_room()
 
     def _count_on_thread(self, err: KafkaError | None) -> None:
         with self._thread_counts_lock:

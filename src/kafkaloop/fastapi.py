@@ -129,10 +129,13 @@ async def produce_within(awaitable: Awaitable[T], deadline: float) -> T:
         async with asyncio.timeout(deadline):
             return await awaitable
     except TimeoutError:
-        raise KafkaUnavailable(
-            f"Kafka did not acknowledge within {deadline:g}s; the item may still be stored. "
-            "Retry later."
-        ) from None
+        raise _not_acknowledged(deadline) from None
+
+
+def _not_acknowledged(seconds: float) -> KafkaUnavailable:
+    return KafkaUnavailable(
+        f"Kafka did not acknowledge within {seconds:g}s; the item may still be stored. Retry later."
+    )
 
 
 class Deadline:
@@ -206,15 +209,9 @@ class Deadline:
         for future in expired:
             del self._due[future]
             if not future.done():
-                future.set_exception(self._unavailable())
+                future.set_exception(_not_acknowledged(self.seconds))
         self._sweep_timer = (
             loop.call_later(self.resolution, self._sweep, loop) if self._due else None
-        )
-
-    def _unavailable(self) -> KafkaUnavailable:
-        return KafkaUnavailable(
-            f"Kafka did not acknowledge within {self.seconds:g}s; the item may still be "
-            "stored. Retry later."
         )
 
 

@@ -27,6 +27,7 @@ from kafkaloop._models import ConsumerRecord
 __all__ = ["TopicTable", "count", "latest"]
 
 _READ = 1000
+"""Most records folded per read: the fold runs on the loop, so one read never holds it long."""
 _READY_WITHIN = 30.0
 """Seconds start() waits out errors that pass (a partition whose leader is not elected yet)."""
 
@@ -74,8 +75,6 @@ async def watermarks_when_ready(
         await asyncio.sleep(delay)
         delay = min(delay * 2, 1.0)
 
-
-"""Most records folded per read: the fold runs on the loop, so one read never holds it long."""
 
 V = TypeVar("V")
 
