@@ -19,8 +19,10 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from kafkaloop import AIOConsumer, ConsumerRecord
 from kafkaloop.broker import LocalKafka
+from kafkaloop.fastapi import RequestQueue
+from kafkaloop.service import create_app
 from kafkaloop.settings import ServiceSettings
-from tests.service_helpers import serve_process, service
+from tests.service_helpers import serve_process, service, service_settings, serving
 from tests.twins import skip_unless_the_loop_serves_reports
 
 
@@ -385,3 +387,23 @@ async def test_live_push_and_the_cache_can_be_switched_off(
     assert "KAFKALOOP_LIVE_PUSH=false" in sse.json()["detail"]
     assert "kafka_cache_lag" not in metrics
     assert "push_subscribers" not in metrics
+
+
+async def test_requests_beyond_the_running_limit_queue_and_all_get_their_answer(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    settings = service_settings(
+        kafka_bootstrap, topic_name, max_running_requests=2, live_push=False, item_cache=False
+    )
+    app = create_app(settings)
+    [queue] = [m for m in app.user_middleware if m.cls is RequestQueue]  # type: ignore[comparison-overlap]
+    assert queue.kwargs["max_running"] == 2
+
+    async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        answers = await asyncio.gather(
+            *(client.post("/items1", json={"name": f"q{n}"}) for n in range(40))
+        )
+
+    assert [a.status_code for a in answers] == [200] * 40
+    records = await read_topic(kafka_bootstrap, topic_name, 40)
+    assert sorted(r.key for r in records) == sorted(f"q{n}".encode() for n in range(40))

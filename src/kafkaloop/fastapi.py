@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -33,6 +32,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kafkaloop._admin import AIOAdminClient
+from kafkaloop._asgi import reply
 from kafkaloop._exceptions import (
     ClientClosedError,
     DeliveryError,
@@ -41,6 +41,7 @@ from kafkaloop._exceptions import (
 )
 from kafkaloop._logging import logger
 from kafkaloop._producer import AIOProducer
+from kafkaloop.request_queue import RequestQueue
 from kafkaloop.settings import KafkaSettings
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "KafkaClients",
     "KafkaUnavailable",
     "RequestLimits",
+    "RequestQueue",
     "get_kafka",
     "get_producer",
     "install_error_handlers",
@@ -387,16 +389,4 @@ class RequestLimits:
 
 async def _reply(send: Send, status: int, detail: str) -> None:
     error = "RequestTooLarge" if status in (413, 431) else "BadRequest"
-    body = json.dumps({"detail": detail, "error": error}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await reply(send, status, detail, error, ((b"connection", b"close"),))

@@ -31,6 +31,7 @@ from kafkaloop.fastapi import (
     Deadline,
     KafkaClients,
     RequestLimits,
+    RequestQueue,
     get_kafka,
     install_error_handlers,
     kafka_clients,
@@ -468,6 +469,13 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
 
+    # Innermost first: the queue lets requests into the app; limits answer 413/431 without
+    # queueing; metrics count everything, time spent queued included.
+    app.add_middleware(
+        RequestQueue,
+        max_running=settings.max_running_requests,
+        max_waiting=settings.max_queued_requests,
+    )
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

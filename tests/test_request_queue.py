@@ -1,0 +1,250 @@
+"""RequestQueue: a few requests in the app at once, the rest queued in order, none lost."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from starlette.types import Message, Receive, Scope, Send
+
+from kafkaloop.fastapi import RequestQueue
+
+
+def _scope(kind: str = "http") -> dict[str, Any]:
+    return {"type": kind, "path": "/", "headers": []}
+
+
+async def _receive() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+class Recorder:
+    """An ASGI app whose requests wait on a gate of the test's, noting who is inside."""
+
+    def __init__(self) -> None:
+        self.inside: list[int] = []
+        self.entered: list[int] = []
+        self.gates: dict[int, asyncio.Future[None]] = {}
+        self.most_inside = 0
+
+    def gate(self, n: int) -> asyncio.Future[None]:
+        return self.gates.setdefault(n, asyncio.get_running_loop().create_future())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        n = scope["n"]
+        self.entered.append(n)
+        self.inside.append(n)
+        self.most_inside = max(self.most_inside, len(self.inside))
+        try:
+            await self.gate(n)
+        finally:
+            self.inside.remove(n)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": str(n).encode()})
+
+
+async def _request(app: Any, n: int) -> list[Message]:
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app({**_scope(), "n": n}, _receive, send)
+    return sent
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_at_most_max_running_are_inside_and_the_rest_enter_in_arrival_order() -> None:
+    app = Recorder()
+    queue = RequestQueue(app, max_running=2, stall=10)
+    tasks = [asyncio.create_task(_request(queue, n)) for n in range(6)]
+    await _settle()
+    assert app.inside == [0, 1]
+    assert (queue.running, queue.waiting) == (2, 4)
+
+    for n in (1, 0, 2, 3, 4, 5):
+        app.gate(n).set_result(None)
+        await _settle()
+
+    answers = await asyncio.gather(*tasks)
+    assert app.entered == [0, 1, 2, 3, 4, 5]
+    assert app.most_inside == 2
+    assert [a[1]["body"] for a in answers] == [str(n).encode() for n in range(6)]
+    assert (queue.running, queue.waiting) == (0, 0)
+    assert repr(queue) == "RequestQueue(max_running=2, running=0, waiting=0)"
+
+
+async def test_a_started_answer_frees_its_place_so_streams_do_not_hold_one() -> None:
+    streaming = asyncio.Event()
+    finish = asyncio.Event()
+
+    async def stream(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["n"] == 0:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            streaming.set()
+            await finish.wait()  # an SSE stream, open for as long as its client stays
+            await send({"type": "http.response.body", "body": b""})
+        else:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"quick"})
+
+    queue = RequestQueue(stream, max_running=1, stall=10)
+    long_lived = asyncio.create_task(_request(queue, 0))
+    await streaming.wait()
+    assert queue.running == 0
+
+    quick = await asyncio.wait_for(_request(queue, 1), 1)
+    assert quick[1]["body"] == b"quick"
+    finish.set()
+    await long_lived
+
+
+async def test_a_request_that_raises_frees_its_place() -> None:
+    async def failing(scope: Scope, receive: Receive, send: Send) -> None:
+        await asyncio.sleep(0)
+        raise RuntimeError("the app failed")
+
+    queue = RequestQueue(failing, max_running=1, stall=10)
+    results = await asyncio.gather(*(_request(queue, n) for n in range(3)), return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)
+    assert (queue.running, queue.waiting) == (0, 0)
+
+
+async def test_when_nothing_finishes_for_stall_seconds_the_next_batch_goes_in() -> None:
+    app = Recorder()
+    queue = RequestQueue(app, max_running=2, stall=0.05)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    tasks = [asyncio.create_task(_request(queue, n)) for n in range(5)]
+    await _settle()
+    assert app.inside == [0, 1]
+
+    while len(app.inside) < 4:  # noqa: ASYNC110 (polls the app's state, no event to wait on)
+        await asyncio.sleep(0.005)
+    assert 0.05 <= loop.time() - started < 0.5
+    assert app.inside == [0, 1, 2, 3]  # one batch of max_running, in order
+
+    for gate in (app.gate(n) for n in range(5)):
+        gate.set_result(None)
+    await asyncio.gather(*tasks)
+    assert (queue.running, queue.waiting) == (0, 0)
+
+
+async def test_no_stall_release_while_requests_keep_finishing() -> None:
+    async def quick(scope: Scope, receive: Receive, send: Send) -> None:
+        await asyncio.sleep(0.002)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    queue = RequestQueue(quick, max_running=2, stall=0.02)
+    most = 0
+
+    async def watch() -> None:
+        nonlocal most
+        while True:
+            most = max(most, queue.running)
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.gather(*(_request(queue, n) for n in range(60)))
+    watcher.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await watcher
+    assert most == 2
+
+
+async def test_a_waiter_cancelled_in_the_queue_never_enters_and_loses_no_place() -> None:
+    app = Recorder()
+    queue = RequestQueue(app, max_running=1, stall=10)
+    first = asyncio.create_task(_request(queue, 0))
+    gone = asyncio.create_task(_request(queue, 1))  # its client disconnects while queued
+    third = asyncio.create_task(_request(queue, 2))
+    await _settle()
+    gone.cancel()
+    await _settle()
+
+    app.gate(0).set_result(None)
+    app.gate(2).set_result(None)
+    await asyncio.gather(first, third)
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert app.entered == [0, 2]
+    assert (queue.running, queue.waiting) == (0, 0)
+
+
+async def test_a_waiter_cancelled_as_its_turn_came_passes_the_place_on() -> None:
+    app = Recorder()
+    queue = RequestQueue(app, max_running=1, stall=10)
+    unlucky: asyncio.Task[list[Message]] | None = None
+
+    async def send_then_cancel(message: Message) -> None:
+        # The place passes on when this answer starts; cancel its new holder before it runs.
+        if message["type"] == "http.response.start" and unlucky is not None:
+            unlucky.cancel()
+
+    first = asyncio.create_task(queue({**_scope(), "n": 0}, _receive, send_then_cancel))
+    unlucky = asyncio.create_task(_request(queue, 1))
+    third = asyncio.create_task(_request(queue, 2))
+    await _settle()
+
+    app.gate(0).set_result(None)
+    app.gate(2).set_result(None)
+    await asyncio.gather(first, third)
+    with pytest.raises(asyncio.CancelledError):
+        await unlucky
+    assert app.entered == [0, 2]
+    assert (queue.running, queue.waiting) == (0, 0)
+
+
+async def test_a_full_queue_is_a_503_with_retry_after_not_a_hang() -> None:
+    app = Recorder()
+    queue = RequestQueue(app, max_running=1, max_waiting=2, stall=10, retry_after=3)
+    tasks = [asyncio.create_task(_request(queue, n)) for n in range(3)]
+    await _settle()
+
+    refused = await asyncio.wait_for(_request(queue, 3), 1)
+    start, body = refused
+    assert start["status"] == 503
+    assert (b"retry-after", b"3") in start["headers"]
+    assert json.loads(body["body"])["error"] == "Overloaded"
+
+    for n in range(3):
+        app.gate(n).set_result(None)
+    await asyncio.gather(*tasks)
+    assert 3 not in app.entered
+
+
+async def test_websockets_lifespan_and_a_zero_limit_pass_straight_through() -> None:
+    seen: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope["type"])
+        await asyncio.sleep(0.01)
+
+    queue = RequestQueue(app, max_running=1, stall=10)
+    await asyncio.gather(
+        *(queue(_scope(kind), _receive, _noop_send) for kind in ("websocket",) * 3)
+    )
+    await queue(_scope("lifespan"), _receive, _noop_send)
+    assert queue.running == 0
+
+    off = RequestQueue(app, max_running=0)
+    await asyncio.gather(*(off(_scope(), _receive, _noop_send) for _ in range(3)))
+    assert seen == ["websocket"] * 3 + ["lifespan"] + ["http"] * 3
+
+
+async def _noop_send(message: Message) -> None:
+    return None
+
+
+def test_bad_limits_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_running"):
+        RequestQueue(_noop_send, max_running=-1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="stall"):
+        RequestQueue(_noop_send, stall=0)  # type: ignore[arg-type]
