@@ -17,6 +17,10 @@ and frames stay alive across its suspension, and by the time it resumes the othe
 flight have been through the CPU's caches. An answer that needs no await frees its objects
 before the next request reuses the same, still cached, memory. (This machine exposes no
 hardware counters to count the cache misses themselves.)
+
+Each level runs twice: with the service's request queue off (every caller inside the app at
+once) and at its default (``RequestQueue``: 32 inside while the loop is busy, which it is
+here, the rest parked before the app).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench._common import bench_kafka, machine_note, markdown_table, median
+from kafkaloop.request_queue import RequestQueue
 
 BODY = b'{"name": "load"}'
 CHAIN_DEPTH = 25
@@ -106,6 +111,14 @@ async def cpu_per_call(call: Callable[[], Awaitable[None]], total: int, callers:
     return (time.process_time() - started) / total * 1e6
 
 
+def request_queue(app: Any) -> RequestQueue:
+    """The RequestQueue in `app`'s middleware stack (built by then)."""
+    layer = app.middleware_stack
+    while not isinstance(layer, RequestQueue):
+        layer = layer.app
+    return layer
+
+
 async def main(args: argparse.Namespace) -> None:
     os.environ.setdefault("KAFKALOOP_ITEM_CACHE", "false")
     os.environ.setdefault("KAFKALOOP_LIVE_PUSH", "false")
@@ -119,29 +132,44 @@ async def main(args: argparse.Namespace) -> None:
             f"bare chain of {CHAIN_DEPTH}, no suspension": bare_chain(False),
             f"bare chain of {CHAIN_DEPTH}, one suspension": bare_chain(True),
         }
-        figures: dict[tuple[str, int], list[float]] = {}
+        figures: dict[tuple[str, int, int], list[float]] = {}
         async with app.router.lifespan_context(app):
-            for call in calls.values():  # warm-up
+            for call in calls.values():  # warm-up (and the middleware stack built)
                 await cpu_per_call(call, 2000, 100)
+            queue = request_queue(app)
+            default_running = queue.concurrency
             for round_ in range(args.rounds):
                 for callers in args.callers:
-                    for name, call in calls.items():
-                        cpu = await cpu_per_call(call, args.requests, callers)
-                        figures.setdefault((name, callers), []).append(cpu)
+                    for running in (0, default_running):
+                        queue.concurrency = queue.limit = running
+                        for name, call in calls.items():
+                            cpu = await cpu_per_call(call, args.requests, callers)
+                            figures.setdefault((name, callers, running), []).append(cpu)
                 print(f"round {round_ + 1}/{args.rounds} done", flush=True)
 
     rows = []
     for callers in args.callers:
-        at = {name: median(figures[name, callers]) for name in calls}
-        noop, floor = at["no-op (/items5)"], at["floor (/items0)"]
-        bare = at[f"bare chain of {CHAIN_DEPTH}, one suspension"]
-        bare -= at[f"bare chain of {CHAIN_DEPTH}, no suspension"]
-        rows.append([callers, f"{noop:.1f}", f"{floor:.1f}", f"{floor - noop:.1f}", f"{bare:.1f}"])
+        for running in (0, default_running):
+            at = {name: median(figures[name, callers, running]) for name in calls}
+            noop, floor = at["no-op (/items5)"], at["floor (/items0)"]
+            bare = at[f"bare chain of {CHAIN_DEPTH}, one suspension"]
+            bare -= at[f"bare chain of {CHAIN_DEPTH}, no suspension"]
+            rows.append(
+                [
+                    callers,
+                    running or "off",
+                    f"{noop:.1f}",
+                    f"{floor:.1f}",
+                    f"{floor - noop:.1f}",
+                    f"{bare:.1f}",
+                ]
+            )
     print(f"\n# One suspension in the reference service\n\n{machine_note()}\n")
     print(
         markdown_table(
             [
                 "callers in flight",
+                "request queue (inside at once)",
                 "no-op µs/request",
                 "floor µs/request",
                 "the floor's suspension, µs",

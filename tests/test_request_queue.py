@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
+from kafkaloop import request_queue
 from kafkaloop.fastapi import RequestQueue
 
 
@@ -60,9 +61,9 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
-async def test_at_most_max_running_are_inside_and_the_rest_enter_in_arrival_order() -> None:
+async def test_at_most_concurrency_are_inside_and_the_rest_enter_in_arrival_order() -> None:
     app = Recorder()
-    queue = RequestQueue(app, max_running=2, stall=10)
+    queue = RequestQueue(app, concurrency=2, interval=10)
     tasks = [asyncio.create_task(_request(queue, n)) for n in range(6)]
     await _settle()
     assert app.inside == [0, 1]
@@ -77,7 +78,7 @@ async def test_at_most_max_running_are_inside_and_the_rest_enter_in_arrival_orde
     assert app.most_inside == 2
     assert [a[1]["body"] for a in answers] == [str(n).encode() for n in range(6)]
     assert (queue.running, queue.waiting) == (0, 0)
-    assert repr(queue) == "RequestQueue(max_running=2, running=0, waiting=0)"
+    assert repr(queue) == "RequestQueue(concurrency=2, limit=2, running=0, waiting=0)"
 
 
 async def test_a_started_answer_frees_its_place_so_streams_do_not_hold_one() -> None:
@@ -94,7 +95,7 @@ async def test_a_started_answer_frees_its_place_so_streams_do_not_hold_one() -> 
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"quick"})
 
-    queue = RequestQueue(stream, max_running=1, stall=10)
+    queue = RequestQueue(stream, concurrency=1, interval=10)
     long_lived = asyncio.create_task(_request(queue, 0))
     await streaming.wait()
     assert queue.running == 0
@@ -110,39 +111,66 @@ async def test_a_request_that_raises_frees_its_place() -> None:
         await asyncio.sleep(0)
         raise RuntimeError("the app failed")
 
-    queue = RequestQueue(failing, max_running=1, stall=10)
+    queue = RequestQueue(failing, concurrency=1, interval=10)
     results = await asyncio.gather(*(_request(queue, n) for n in range(3)), return_exceptions=True)
     assert all(isinstance(r, RuntimeError) for r in results)
     assert (queue.running, queue.waiting) == (0, 0)
 
 
-async def test_when_nothing_finishes_for_stall_seconds_the_next_batch_goes_in() -> None:
+@pytest.fixture
+def loop_busy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop's thread is on the CPU all the time (its CPU time keeps up with the clock)."""
+    monkeypatch.setattr(request_queue, "_cpu_time", request_queue._wall_time)
+
+
+@pytest.fixture
+def loop_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop's thread does nothing (its CPU time stands still)."""
+    monkeypatch.setattr(request_queue, "_cpu_time", lambda: 0.0)
+
+
+async def _quick(scope: Scope, receive: Receive, send: Send) -> None:
+    await asyncio.sleep(0.001)  # suspends, as a request awaiting Kafka does
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+@pytest.mark.usefixtures("loop_idle")
+async def test_when_the_loop_sits_idle_with_requests_queued_more_are_let_in() -> None:
     app = Recorder()
-    queue = RequestQueue(app, max_running=2, stall=0.05)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    tasks = [asyncio.create_task(_request(queue, n)) for n in range(5)]
+    queue = RequestQueue(app, concurrency=2, interval=0.01)
+    tasks = [asyncio.create_task(_request(queue, n)) for n in range(8)]
     await _settle()
     assert app.inside == [0, 1]
 
-    while len(app.inside) < 4:  # noqa: ASYNC110 (polls the app's state, no event to wait on)
-        await asyncio.sleep(0.005)
-    assert 0.05 <= loop.time() - started < 0.5
-    assert app.inside == [0, 1, 2, 3]  # one batch of max_running, in order
+    await asyncio.sleep(0.2)  # several intervals, each growing the limit by half
+    assert app.entered == list(range(8))  # all in, still in arrival order
+    assert queue.limit >= 8
 
-    for gate in (app.gate(n) for n in range(5)):
+    for gate in (app.gate(n) for n in range(8)):
         gate.set_result(None)
     await asyncio.gather(*tasks)
     assert (queue.running, queue.waiting) == (0, 0)
 
 
-async def test_no_stall_release_while_requests_keep_finishing() -> None:
-    async def quick(scope: Scope, receive: Receive, send: Send) -> None:
-        await asyncio.sleep(0.002)
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
+async def test_the_real_loop_idling_on_stuck_requests_lets_the_queue_through() -> None:
+    app = Recorder()  # no fake clock: every request inside waits, the loop really is idle
+    queue = RequestQueue(app, concurrency=2, interval=0.01)
+    tasks = [asyncio.create_task(_request(queue, n)) for n in range(8)]
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if len(app.inside) == 8:
+            break
+    assert app.entered == list(range(8))
 
-    queue = RequestQueue(quick, max_running=2, stall=0.02)
+    for gate in (app.gate(n) for n in range(8)):
+        gate.set_result(None)
+    await asyncio.gather(*tasks)
+
+
+@pytest.mark.usefixtures("loop_busy")
+async def test_while_the_loop_is_busy_the_queue_keeps_to_its_concurrency() -> None:
+    queue = RequestQueue(_quick, concurrency=2, interval=0.005)
     most = 0
 
     async def watch() -> None:
@@ -157,11 +185,21 @@ async def test_no_stall_release_while_requests_keep_finishing() -> None:
     with pytest.raises(asyncio.CancelledError):
         await watcher
     assert most == 2
+    assert queue.limit == 2
+
+
+@pytest.mark.usefixtures("loop_busy")
+async def test_a_limit_raised_while_the_loop_idled_drifts_back_once_it_is_busy() -> None:
+    queue = RequestQueue(_quick, concurrency=2, interval=0.005)
+    queue.limit = 40  # as after a spell of a slow broker
+
+    await asyncio.gather(*(_request(queue, n) for n in range(400)))
+    assert 2 <= queue.limit < 40
 
 
 async def test_a_waiter_cancelled_in_the_queue_never_enters_and_loses_no_place() -> None:
     app = Recorder()
-    queue = RequestQueue(app, max_running=1, stall=10)
+    queue = RequestQueue(app, concurrency=1, interval=10)
     first = asyncio.create_task(_request(queue, 0))
     gone = asyncio.create_task(_request(queue, 1))  # its client disconnects while queued
     third = asyncio.create_task(_request(queue, 2))
@@ -180,7 +218,7 @@ async def test_a_waiter_cancelled_in_the_queue_never_enters_and_loses_no_place()
 
 async def test_a_waiter_cancelled_as_its_turn_came_passes_the_place_on() -> None:
     app = Recorder()
-    queue = RequestQueue(app, max_running=1, stall=10)
+    queue = RequestQueue(app, concurrency=1, interval=10)
     unlucky: asyncio.Task[list[Message]] | None = None
 
     async def send_then_cancel(message: Message) -> None:
@@ -204,7 +242,7 @@ async def test_a_waiter_cancelled_as_its_turn_came_passes_the_place_on() -> None
 
 async def test_a_full_queue_is_a_503_with_retry_after_not_a_hang() -> None:
     app = Recorder()
-    queue = RequestQueue(app, max_running=1, max_waiting=2, stall=10, retry_after=3)
+    queue = RequestQueue(app, concurrency=1, max_queued=2, interval=10, retry_after=3)
     tasks = [asyncio.create_task(_request(queue, n)) for n in range(3)]
     await _settle()
 
@@ -227,14 +265,14 @@ async def test_websockets_lifespan_and_a_zero_limit_pass_straight_through() -> N
         seen.append(scope["type"])
         await asyncio.sleep(0.01)
 
-    queue = RequestQueue(app, max_running=1, stall=10)
+    queue = RequestQueue(app, concurrency=1, interval=10)
     await asyncio.gather(
         *(queue(_scope(kind), _receive, _noop_send) for kind in ("websocket",) * 3)
     )
     await queue(_scope("lifespan"), _receive, _noop_send)
     assert queue.running == 0
 
-    off = RequestQueue(app, max_running=0)
+    off = RequestQueue(app, concurrency=0)
     await asyncio.gather(*(off(_scope(), _receive, _noop_send) for _ in range(3)))
     assert seen == ["websocket"] * 3 + ["lifespan"] + ["http"] * 3
 
@@ -244,7 +282,7 @@ async def _noop_send(message: Message) -> None:
 
 
 def test_bad_limits_are_refused() -> None:
-    with pytest.raises(ValueError, match="max_running"):
-        RequestQueue(_noop_send, max_running=-1)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="stall"):
-        RequestQueue(_noop_send, stall=0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="concurrency"):
+        RequestQueue(_noop_send, concurrency=-1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="interval"):
+        RequestQueue(_noop_send, interval=0)  # type: ignore[arg-type]

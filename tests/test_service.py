@@ -224,16 +224,25 @@ async def test_unreachable_kafka_is_a_503_within_the_deadline_and_recovers(
     kafka = LocalKafka(1, state_dir=tmp_path / "kafka")
     await asyncio.to_thread(kafka.start)
     try:
-        async with service(kafka.bootstrap_servers, topic_name, request_deadline=1.5) as (
-            _url,
-            client,
-        ):
+        async with service(
+            kafka.bootstrap_servers, topic_name, request_deadline=1.5, request_concurrency=4
+        ) as (_url, client):
             assert (await client.post("/items1", json={"name": "up"})).status_code == 200
             await asyncio.to_thread(kafka.stop_node, 0, hard=True)
 
             started = time.monotonic()
+            # More awaited requests than the queue lets in: all wait for the dead broker.
+            stuck = [
+                asyncio.create_task(client.post("/items1", json={"name": f"stuck{n}"}))
+                for n in range(12)
+            ]
+            await asyncio.sleep(0.2)
+            asked = time.monotonic()
+            health = await client.get("/healthz")
+            health_took = time.monotonic() - asked
             down = await client.post("/items1", json={"name": "down"})
             waited = time.monotonic() - started
+            stuck_answers = await asyncio.gather(*stuck)
             ready = await _eventually(client, "/readyz", 503)
 
             await asyncio.to_thread(kafka.start_node, 0)
@@ -243,9 +252,13 @@ async def test_unreachable_kafka_is_a_503_within_the_deadline_and_recovers(
         await asyncio.to_thread(kafka.stop)
 
     print(
-        f"\nKafka down: 503 after {waited:.2f}s (deadline 1.5 s); readyz {ready.status_code}, "
+        f"\nKafka down: 503 after {waited:.2f}s (deadline 1.5 s); /healthz behind 12 stuck "
+        f"requests in {health_took * 1000:.0f} ms; readyz {ready.status_code}, "
         f"then {ready_again.status_code} and {back.status_code} once it is back"
     )
+    assert health.status_code == 200
+    assert health_took < 0.5  # the queue let it past the requests waiting for Kafka
+    assert [a.status_code for a in stuck_answers] == [503] * 12
     assert down.status_code == 503
     assert down.headers["Retry-After"] == "1"
     assert "did not acknowledge" in down.json()["detail"]
@@ -393,11 +406,11 @@ async def test_requests_beyond_the_running_limit_queue_and_all_get_their_answer(
     kafka_bootstrap: str, topic_name: str
 ) -> None:
     settings = service_settings(
-        kafka_bootstrap, topic_name, max_running_requests=2, live_push=False, item_cache=False
+        kafka_bootstrap, topic_name, request_concurrency=2, live_push=False, item_cache=False
     )
     app = create_app(settings)
     [queue] = [m for m in app.user_middleware if m.cls is RequestQueue]  # type: ignore[comparison-overlap]
-    assert queue.kwargs["max_running"] == 2
+    assert queue.kwargs["concurrency"] == 2
 
     async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
         answers = await asyncio.gather(

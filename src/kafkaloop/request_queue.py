@@ -1,4 +1,4 @@
-"""A queue in front of an ASGI app: a few requests run at once, the others wait their turn.
+"""A queue in front of an ASGI app: enough requests inside to keep the loop busy, no more.
 
 uvicorn starts every request it reads at once. Under load, hundreds of requests then sit
 suspended inside the app at the same time, each waiting for Kafka (or anything else) with its
@@ -6,20 +6,22 @@ frames and objects alive, and every one resumes from memory the others have push
 CPU's caches. On the reference service that cost an awaited endpoint more than Kafka did
 (bench/README.md, the web load section).
 
-``RequestQueue`` lets `max_running` requests into the app at once and queues the rest, first
+``RequestQueue`` lets `concurrency` requests into the app at once and queues the rest, first
 come first served, before any of the app's code runs for them: a queued request is a parked
-future, not a suspended stack. It refuses nothing while the queue has room, and it never lets
-the app sit idle on a full house: when no request has finished for `stall` seconds (the
-running ones all wait on something slow, e.g. an unreachable broker), it lets the next batch
-in anyway. A request stops counting once its answer starts, so a long stream (SSE) does not
-hold a place. WebSocket and lifespan traffic pass straight through.
+future, not a suspended stack. A fixed number would cap throughput at that number over the
+time a request waits (Kafka slower than usual, a dead broker): so while requests are queued
+it watches the event loop's thread, and when the loop sat idle for part of an interval it lets
+more in; once the loop is busy again the number drifts back down. A request stops counting
+once its answer starts, so a long stream (SSE) does not hold a place. WebSocket and lifespan
+traffic pass straight through. Nothing is refused until `max_queued` wait.
 
-    app.add_middleware(RequestQueue, max_running=32)
+    app.add_middleware(RequestQueue, concurrency=32)
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,40 +30,51 @@ from kafkaloop._asgi import reply
 
 __all__ = ["RequestQueue"]
 
+# The loop thread's CPU time against wall time says whether the loop had work (module-level,
+# so tests can tell the queue how busy the loop was).
+_cpu_time = time.thread_time
+_wall_time = time.monotonic
+
+# Below this share of an interval on the CPU, the loop waited for lack of work: let more in.
+_IDLE = 0.9
+# Above it, the loop had all it could do: the number inside drifts back towards `concurrency`.
+_BUSY = 0.98
+
 
 class RequestQueue:
-    """ASGI middleware: at most `max_running` HTTP requests in the app at once, the rest queued
-    in arrival order; 503 (with Retry-After) only when `max_waiting` already wait.
+    """ASGI middleware: `concurrency` HTTP requests in the app at once (more while the event
+    loop would otherwise sit idle), the rest queued in arrival order; 503 (with Retry-After)
+    only when `max_queued` already wait.
 
-    Queued requests are let in past the limit when none has finished for `stall` seconds.
-    ``max_running=0`` turns the queue off. One event loop at a time, like the app it wraps.
+    ``concurrency=0`` turns the queue off. One event loop at a time, like the app it wraps.
     """
 
     def __init__(
         self,
         app: ASGIApp,
-        max_running: int = 32,
-        max_waiting: int = 10_000,
-        stall: float = 0.01,
+        concurrency: int = 32,
+        max_queued: int = 10_000,
+        interval: float = 0.005,
         retry_after: int = 1,
     ) -> None:
-        if max_running < 0 or max_waiting < 0 or stall <= 0:
-            raise ValueError("max_running and max_waiting must be >= 0 and stall > 0")
+        if concurrency < 0 or max_queued < 0 or interval <= 0:
+            raise ValueError("concurrency and max_queued must be >= 0 and interval > 0")
         self.app = app
-        self.max_running = max_running
-        self.max_waiting = max_waiting
-        self.stall = stall
+        self.concurrency = concurrency
+        self.max_queued = max_queued
+        self.interval = interval
         self.retry_after = retry_after
+        self.limit = concurrency  # what is let in now: concurrency, or more while the loop idles
         self.running = 0  # requests in the app whose answer has not started
         self._waiting: deque[asyncio.Future[None]] = deque()
-        self._finished = 0  # ever; the stall check compares it across one interval
-        self._stall_timer: asyncio.TimerHandle | None = None
-        self._stall_loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
+        self._since = (0.0, 0.0)  # (wall, loop thread's CPU) at the last check
 
     def __repr__(self) -> str:
         return (
-            f"RequestQueue(max_running={self.max_running}, running={self.running}, "
-            f"waiting={len(self._waiting)})"
+            f"RequestQueue(concurrency={self.concurrency}, limit={self.limit}, "
+            f"running={self.running}, waiting={len(self._waiting)})"
         )
 
     @property
@@ -70,12 +83,12 @@ class RequestQueue:
         return len(self._waiting)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.max_running:
+        if scope["type"] != "http" or not self.concurrency:
             await self.app(scope, receive, send)
             return
-        if self.running < self.max_running and not self._waiting:
+        if self.running < self.limit and not self._waiting:
             self.running += 1
-        elif len(self._waiting) >= self.max_waiting:
+        elif len(self._waiting) >= self.max_queued:
             await reply(
                 send,
                 503,
@@ -105,11 +118,12 @@ class RequestQueue:
         loop = asyncio.get_running_loop()
         turn: asyncio.Future[None] = loop.create_future()
         self._waiting.append(turn)
-        if self._stall_timer is None or self._stall_loop is not loop:
-            if self._stall_timer is not None:
-                self._stall_timer.cancel()  # left on a loop that is gone (tests, restarts)
-            self._stall_loop = loop
-            self._stall_timer = loop.call_later(self.stall, self._check_stall, self._finished)
+        if self._timer is None or self._timer_loop is not loop:
+            if self._timer is not None:
+                self._timer.cancel()  # left on a loop that is gone (tests, restarts)
+            self._timer_loop = loop
+            self._since = (_wall_time(), _cpu_time())
+            self._timer = loop.call_later(self.interval, self._check)
         try:
             await turn
         except asyncio.CancelledError:
@@ -119,22 +133,27 @@ class RequestQueue:
 
     def _leave(self) -> None:
         self.running -= 1
-        self._finished += 1
-        self._admit(self.max_running - self.running)
+        self._admit()
 
-    def _admit(self, places: int) -> None:
-        while places > 0 and self._waiting:
+    def _admit(self) -> None:
+        while self.running < self.limit and self._waiting:
             turn = self._waiting.popleft()
             if not turn.done():  # a cancelled waiter's future is done: skip it
                 turn.set_result(None)
                 self.running += 1
-                places -= 1
 
-    def _check_stall(self, finished_before: int) -> None:
-        if self._finished == finished_before:
-            self._admit(max(self.max_running, 1))  # nothing moved: let a batch in anyway
-        self._stall_timer = None
-        if self._waiting:
-            self._stall_timer = asyncio.get_running_loop().call_later(
-                self.stall, self._check_stall, self._finished
-            )
+    def _check(self) -> None:
+        """Every `interval` while requests wait: more in if the loop idled, fewer if it did not."""
+        wall, cpu = _wall_time(), _cpu_time()
+        busy = (cpu - self._since[1]) / max(wall - self._since[0], 1e-9)
+        self._since = (wall, cpu)
+        if busy < _IDLE:
+            self.limit += max(self.limit // 2, 1)
+            self._admit()
+        elif busy > _BUSY and self.limit > self.concurrency:
+            self.limit = max(self.concurrency, self.limit - max(self.limit // 8, 1))
+        self._timer = (
+            asyncio.get_running_loop().call_later(self.interval, self._check)
+            if self._waiting
+            else None
+        )

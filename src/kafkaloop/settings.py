@@ -101,11 +101,11 @@ class ServiceSettings(KafkaSettings):
         description="Freeze start-up objects out of the garbage collector's walks and collect "
         "young objects less often while serving (kafkaloop.fastapi.serving_gc)",
     )
-    max_running_requests: int = Field(
+    request_concurrency: int = Field(
         32,
         ge=0,
-        description="HTTP requests let into the app at once; the rest queue in arrival order "
-        "(kafkaloop.fastapi.RequestQueue). 0: no queue",
+        description="HTTP requests let into the app at once (more while the event loop would "
+        "idle); the rest queue in arrival order (kafkaloop.fastapi.RequestQueue). 0: no queue",
     )
     max_queued_requests: int = Field(
         10_000, ge=0, description="Queued HTTP requests beyond which new ones get 503"

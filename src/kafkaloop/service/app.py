@@ -473,8 +473,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     # queueing; metrics count everything, time spent queued included.
     app.add_middleware(
         RequestQueue,
-        max_running=settings.max_running_requests,
-        max_waiting=settings.max_queued_requests,
+        concurrency=settings.request_concurrency,
+        max_queued=settings.max_queued_requests,
     )
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
