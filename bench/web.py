@@ -519,6 +519,10 @@ def delete_topics(bootstrap: str, names: Sequence[str]) -> None:
             future.result(30)
 
 
+def _interrupted(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 async def post_many(port: int, path: str, total: int, connections: int) -> collections.Counter[int]:
     """`total` POSTs over `connections` keep-alive connections, every answer awaited.
 
@@ -732,6 +736,8 @@ def run(args: argparse.Namespace) -> int:
     cells: list[Cell] = []
     exact: list[list[Any]] = []
     progress = Progress(1 + cells_total + exact_total)
+    # SIGTERM unwinds like Ctrl-C: the servers, the broker and the topics are cleaned up.
+    signal.signal(signal.SIGTERM, _interrupted)
     with bench_broker() as kafka, tempfile.TemporaryDirectory(prefix="bench-web-") as tmp:
         # A broker named by $KAFKA_BOOTSTRAP_SERVERS is not the bench's to pin.
         bootstrap = (

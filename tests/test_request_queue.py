@@ -18,7 +18,11 @@ def _scope(kind: str = "http") -> dict[str, Any]:
 
 
 async def _receive() -> Message:
-    return {"type": "http.request", "body": b"", "more_body": False}
+    return {"type": "http.request", "body": b"item", "more_body": False}
+
+
+async def _gone() -> Message:
+    return {"type": "http.disconnect"}
 
 
 class Recorder:
@@ -29,12 +33,14 @@ class Recorder:
         self.entered: list[int] = []
         self.gates: dict[int, asyncio.Future[None]] = {}
         self.most_inside = 0
+        self.bodies: list[bytes] = []
 
     def gate(self, n: int) -> asyncio.Future[None]:
         return self.gates.setdefault(n, asyncio.get_running_loop().create_future())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         n = scope["n"]
+        self.bodies.append((await receive()).get("body", b""))
         self.entered.append(n)
         self.inside.append(n)
         self.most_inside = max(self.most_inside, len(self.inside))
@@ -46,13 +52,13 @@ class Recorder:
         await send({"type": "http.response.body", "body": str(n).encode()})
 
 
-async def _request(app: Any, n: int) -> list[Message]:
+async def _request(app: Any, n: int, path: str = "/", receive: Receive = _receive) -> list[Message]:
     sent: list[Message] = []
 
     async def send(message: Message) -> None:
         sent.append(message)
 
-    await app({**_scope(), "n": n}, _receive, send)
+    await app({**_scope(), "path": path, "n": n}, receive, send)
     return sent
 
 
@@ -73,8 +79,10 @@ async def test_at_most_concurrency_are_inside_and_the_rest_enter_in_arrival_orde
         app.gate(n).set_result(None)
         await _settle()
 
-    answers = await asyncio.gather(*tasks)
+    async with asyncio.timeout(5):
+        answers = await asyncio.gather(*tasks)
     assert app.entered == [0, 1, 2, 3, 4, 5]
+    assert app.bodies == [b"item"] * 6  # a queued request's body reaches the app all the same
     assert app.most_inside == 2
     assert [a[1]["body"] for a in answers] == [str(n).encode() for n in range(6)]
     assert (queue.running, queue.waiting) == (0, 0)
@@ -117,16 +125,29 @@ async def test_a_request_that_raises_frees_its_place() -> None:
     assert (queue.running, queue.waiting) == (0, 0)
 
 
-@pytest.fixture
-def loop_busy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The loop's thread is on the CPU all the time (its CPU time keeps up with the clock)."""
-    monkeypatch.setattr(request_queue, "_cpu_time", request_queue._wall_time)
+class FakeCPU:
+    """The loop thread's CPU clock as the test says: busy (keeps up with the clock) or idle."""
+
+    def __init__(self) -> None:
+        self.busy = True
+        self.offset = 0.0
+        self.frozen = 0.0
+
+    def __call__(self) -> float:
+        return request_queue._wall_time() - self.offset if self.busy else self.frozen
+
+    def go_idle(self) -> None:
+        self.frozen, self.busy = self(), False
+
+    def go_busy(self) -> None:
+        self.offset, self.busy = request_queue._wall_time() - self.frozen, True
 
 
 @pytest.fixture
-def loop_idle(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The loop's thread does nothing (its CPU time stands still)."""
-    monkeypatch.setattr(request_queue, "_cpu_time", lambda: 0.0)
+def cpu(monkeypatch: pytest.MonkeyPatch) -> FakeCPU:
+    fake = FakeCPU()
+    monkeypatch.setattr(request_queue, "_cpu_time", fake)
+    return fake
 
 
 async def _quick(scope: Scope, receive: Receive, send: Send) -> None:
@@ -135,8 +156,10 @@ async def _quick(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-@pytest.mark.usefixtures("loop_idle")
-async def test_when_the_loop_sits_idle_with_requests_queued_more_are_let_in() -> None:
+async def test_when_the_loop_sits_idle_with_requests_queued_more_are_let_in(
+    cpu: FakeCPU,
+) -> None:
+    cpu.go_idle()
     app = Recorder()
     queue = RequestQueue(app, concurrency=2, interval=0.01)
     tasks = [asyncio.create_task(_request(queue, n)) for n in range(8)]
@@ -145,11 +168,12 @@ async def test_when_the_loop_sits_idle_with_requests_queued_more_are_let_in() ->
 
     await asyncio.sleep(0.2)  # several intervals, each growing the limit by half
     assert app.entered == list(range(8))  # all in, still in arrival order
-    assert queue.limit >= 8
+    assert queue.waiting == 0
 
     for gate in (app.gate(n) for n in range(8)):
         gate.set_result(None)
-    await asyncio.gather(*tasks)
+    async with asyncio.timeout(5):
+        await asyncio.gather(*tasks)
     assert (queue.running, queue.waiting) == (0, 0)
 
 
@@ -165,11 +189,11 @@ async def test_the_real_loop_idling_on_stuck_requests_lets_the_queue_through() -
 
     for gate in (app.gate(n) for n in range(8)):
         gate.set_result(None)
-    await asyncio.gather(*tasks)
+    async with asyncio.timeout(5):
+        await asyncio.gather(*tasks)
 
 
-@pytest.mark.usefixtures("loop_busy")
-async def test_while_the_loop_is_busy_the_queue_keeps_to_its_concurrency() -> None:
+async def test_while_the_loop_is_busy_the_queue_keeps_to_its_concurrency(cpu: FakeCPU) -> None:
     queue = RequestQueue(_quick, concurrency=2, interval=0.005)
     most = 0
 
@@ -180,21 +204,57 @@ async def test_while_the_loop_is_busy_the_queue_keeps_to_its_concurrency() -> No
             await asyncio.sleep(0)
 
     watcher = asyncio.create_task(watch())
-    await asyncio.gather(*(_request(queue, n) for n in range(60)))
+    async with asyncio.timeout(5):
+        await asyncio.gather(*(_request(queue, n) for n in range(60)))
     watcher.cancel()
     with pytest.raises(asyncio.CancelledError):
         await watcher
     assert most == 2
     assert queue.limit == 2
+    assert queue.queued_total > 0
 
 
-@pytest.mark.usefixtures("loop_busy")
-async def test_a_limit_raised_while_the_loop_idled_drifts_back_once_it_is_busy() -> None:
-    queue = RequestQueue(_quick, concurrency=2, interval=0.005)
-    queue.limit = 40  # as after a spell of a slow broker
+async def test_a_limit_raised_while_the_loop_idled_comes_back_once_it_is_busy(
+    cpu: FakeCPU,
+) -> None:
+    app = Recorder()
+    queue = RequestQueue(app, concurrency=2, interval=0.005)
+    cpu.go_idle()  # a broker outage: everything inside waits, the loop idles
+    tasks = [asyncio.create_task(_request(queue, n)) for n in range(40)]
+    async with asyncio.timeout(5):
+        while len(app.inside) < 40:  # noqa: ASYNC110 (polls the app's state)
+            await asyncio.sleep(0.001)
+    assert queue.limit >= 40
+    cpu.go_busy()
+    for gate in (app.gate(n) for n in range(40)):
+        gate.set_result(None)
+    async with asyncio.timeout(5):
+        await asyncio.gather(*tasks)
 
-    await asyncio.gather(*(_request(queue, n) for n in range(400)))
-    assert 2 <= queue.limit < 40
+    # Fewer users than the raised limit now: nobody queues, and the limit still comes back.
+    for _ in range(3):
+        async with asyncio.timeout(5):
+            await asyncio.gather(*(_request(queue, n) for n in range(2)))
+    await asyncio.sleep(0.3)
+    assert queue.limit == 2
+    assert (queue.running, queue.waiting) == (0, 0)
+
+
+async def test_a_request_whose_client_left_while_queued_never_enters() -> None:
+    app = Recorder()
+    queue = RequestQueue(app, concurrency=1, interval=10)
+    first = asyncio.create_task(_request(queue, 0))
+    gone = asyncio.create_task(_request(queue, 1, receive=_gone))
+    third = asyncio.create_task(_request(queue, 2))
+    await _settle()
+
+    app.gate(0).set_result(None)
+    app.gate(2).set_result(None)
+    async with asyncio.timeout(5):
+        _, left, _ = await asyncio.gather(first, gone, third)
+    assert left == []  # nothing sent to a client that is not there
+    assert app.entered == [0, 2]
+    assert (queue.running, queue.waiting) == (0, 0)
 
 
 async def test_a_waiter_cancelled_in_the_queue_never_enters_and_loses_no_place() -> None:
@@ -206,6 +266,7 @@ async def test_a_waiter_cancelled_in_the_queue_never_enters_and_loses_no_place()
     await _settle()
     gone.cancel()
     await _settle()
+    assert queue.waiting == 1  # the one that left is no longer counted
 
     app.gate(0).set_result(None)
     app.gate(2).set_result(None)
@@ -258,23 +319,29 @@ async def test_a_full_queue_is_a_503_with_retry_after_not_a_hang() -> None:
     assert 3 not in app.entered
 
 
-async def test_websockets_lifespan_and_a_zero_limit_pass_straight_through() -> None:
-    seen: list[str] = []
+@pytest.mark.parametrize(
+    ("kind", "path", "concurrency"),
+    [("websocket", "/", 1), ("http", "/healthz", 1), ("http", "/", 0)],
+    ids=["websocket", "exempt-path", "queue-off"],
+)
+async def test_websockets_exempt_paths_and_a_zero_concurrency_pass_straight_through(
+    kind: str, path: str, concurrency: int
+) -> None:
+    app = Recorder()
+    queue = RequestQueue(app, concurrency=concurrency, interval=10, exempt=("/healthz",))
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        seen.append(scope["type"])
-        await asyncio.sleep(0.01)
+    async def call(n: int) -> None:
+        await queue({"type": kind, "path": path, "headers": [], "n": n}, _receive, _noop_send)
 
-    queue = RequestQueue(app, concurrency=1, interval=10)
-    await asyncio.gather(
-        *(queue(_scope(kind), _receive, _noop_send) for kind in ("websocket",) * 3)
-    )
-    await queue(_scope("lifespan"), _receive, _noop_send)
-    assert queue.running == 0
+    tasks = [asyncio.create_task(call(n)) for n in range(3)]
+    await _settle()
+    assert app.inside == [0, 1, 2]  # all three inside at once
+    assert (queue.running, queue.waiting) == (0, 0)
 
-    off = RequestQueue(app, concurrency=0)
-    await asyncio.gather(*(off(_scope(), _receive, _noop_send) for _ in range(3)))
-    assert seen == ["websocket"] * 3 + ["lifespan"] + ["http"] * 3
+    for gate in (app.gate(n) for n in range(3)):
+        gate.set_result(None)
+    async with asyncio.timeout(5):
+        await asyncio.gather(*tasks)
 
 
 async def _noop_send(message: Message) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -143,7 +142,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
+def _bench(args: argparse.Namespace) -> int:  # noqa: RET503 (execv does not return)
     # The benchmarks live in the repository's bench/ (they are not installed with the library).
     if not (Path.cwd() / "bench" / f"{args.name}.py").exists():
         print(
@@ -152,8 +151,9 @@ def _bench(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    # Replaced by the benchmark, so Ctrl-C and SIGTERM reach it and it cleans up after itself.
     command = [sys.executable, "-m", f"bench.{args.name}", *args.rest]
-    return subprocess.run(command, check=False).returncode
+    os.execv(sys.executable, command)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,8 +12,13 @@ future, not a suspended stack. A fixed number would cap throughput at that numbe
 time a request waits (Kafka slower than usual, a dead broker): so while requests are queued
 it watches the event loop's thread, and when the loop sat idle for part of an interval it lets
 more in; once the loop is busy again the number drifts back down. A request stops counting
-once its answer starts, so a long stream (SSE) does not hold a place. WebSocket and lifespan
-traffic pass straight through. Nothing is refused until `max_queued` wait.
+once its answer starts, so a long stream (SSE) does not hold a place. A request whose client
+left while it was queued never enters. WebSocket and lifespan traffic, and the `exempt` paths
+(health checks), pass straight through. Nothing is refused until `max_queued` wait.
+
+"Idle" is time the loop's thread was off the CPU, whatever kept it off: with a CPU quota below
+one core, other busy processes on its core, or threads holding the GIL, the queue reads idle
+and lets more in, towards no queue at all, never towards fewer requests served.
 
     app.add_middleware(RequestQueue, concurrency=32)
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Collection
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -47,9 +53,11 @@ _BUSY = 0.9
 class RequestQueue:
     """ASGI middleware: `concurrency` HTTP requests in the app at once (more while the event
     loop would otherwise sit idle), the rest queued in arrival order; 503 (with Retry-After)
-    only when `max_queued` already wait.
+    only when `max_queued` already wait (``max_queued=0``: none waits, and none is let in past
+    `concurrency` either).
 
-    ``concurrency=0`` turns the queue off. One event loop at a time, like the app it wraps.
+    Paths in `exempt` never queue. ``concurrency=0`` turns the queue off. One event loop at a
+    time, like the app it wraps.
     """
 
     def __init__(
@@ -59,6 +67,7 @@ class RequestQueue:
         max_queued: int = 10_000,
         interval: float = 0.025,
         retry_after: int = 1,
+        exempt: Collection[str] = (),
     ) -> None:
         if concurrency < 0 or max_queued < 0 or interval <= 0:
             raise ValueError("concurrency and max_queued must be >= 0 and interval > 0")
@@ -67,41 +76,46 @@ class RequestQueue:
         self.max_queued = max_queued
         self.interval = interval
         self.retry_after = retry_after
+        self.exempt = frozenset(exempt)
         self.limit = concurrency  # what is let in now: concurrency, or more while the loop idles
         self.running = 0  # requests in the app whose answer has not started
-        self._waiting: deque[asyncio.Future[None]] = deque()
+        self.queued_total = 0  # requests that ever waited their turn
+        self._waiting: deque[asyncio.Future[None]] = deque()  # cancelled ones until their turn
+        self._queued = 0  # live waiters in _waiting
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._since = (0.0, 0.0)  # (wall, loop thread's CPU) at the last check
 
     def __repr__(self) -> str:
         return (
             f"RequestQueue(concurrency={self.concurrency}, limit={self.limit}, "
-            f"running={self.running}, waiting={len(self._waiting)})"
+            f"running={self.running}, waiting={self._queued})"
         )
 
     @property
     def waiting(self) -> int:
-        """Requests queued now (a cancelled one may count until its turn comes)."""
-        return len(self._waiting)
+        """Requests queued now."""
+        return self._queued
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.concurrency:
+        if scope["type"] != "http" or not self.concurrency or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
-        if self.running < self.limit and not self._waiting:
+        waited = False
+        if self.running < self.limit and not self._queued:
             self.running += 1
-        elif len(self._waiting) >= self.max_queued:
+        elif self._queued >= self.max_queued:
             await reply(
                 send,
                 503,
-                f"The server is overloaded: {len(self._waiting)} requests are already queued",
+                f"The server is overloaded: {self._queued} requests are already queued",
                 "Overloaded",
                 ((b"retry-after", str(self.retry_after).encode()),),
             )
             return
         else:
             await self._wait_turn()
+            waited = True
         counted = True
 
         async def send_and_leave(message: Message) -> None:
@@ -112,6 +126,13 @@ class RequestQueue:
             await send(message)
 
         try:
+            if waited:
+                # Its client may have left while it waited (servers do not cancel the request
+                # then): the first message says so, or is replayed to the app.
+                first = await receive()
+                if first["type"] == "http.disconnect":
+                    return
+                receive = _replay(first, receive)
             await self.app(scope, receive, send_and_leave)
         finally:
             if counted:
@@ -119,20 +140,40 @@ class RequestQueue:
 
     async def _wait_turn(self) -> None:
         loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._move_to(loop)
         turn: asyncio.Future[None] = loop.create_future()
         self._waiting.append(turn)
-        if self._timer is None or self._timer_loop is not loop:
-            if self._timer is not None:
-                self._timer.cancel()  # left on a loop that is gone (tests, restarts)
-            self._timer_loop = loop
-            self._since = (_wall_time(), _cpu_time())
-            self._timer = loop.call_later(self.interval, self._check)
+        self._queued += 1
+        self.queued_total += 1
+        self._start_checks(loop)
         try:
             await turn
         except asyncio.CancelledError:
-            if turn.done() and not turn.cancelled():
+            if turn.cancelled():
+                self._queued -= 1  # left the queue; its future is skipped when reached
+            else:
                 self._leave()  # given a place just as it was cancelled: pass it on
             raise
+
+    def _move_to(self, loop: asyncio.AbstractEventLoop) -> None:
+        old = self._loop
+        if old is not None and not old.is_closed() and self._queued:
+            raise RuntimeError("a RequestQueue serves one running event loop at a time")
+        # The old loop is gone (tests, a restarted server): what it left counts no more.
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if old is not None and old.is_closed():
+            self.running = 0
+        self._waiting.clear()
+        self._queued = 0
+        self._loop = loop
+
+    def _start_checks(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer is None:
+            self._since = (_wall_time(), _cpu_time())
+            self._timer = loop.call_later(self.interval, self._check)
 
     def _leave(self) -> None:
         self.running -= 1
@@ -143,20 +184,34 @@ class RequestQueue:
             turn = self._waiting.popleft()
             if not turn.done():  # a cancelled waiter's future is done: skip it
                 turn.set_result(None)
+                self._queued -= 1
                 self.running += 1
 
     def _check(self) -> None:
-        """Every `interval` while requests wait: more in if the loop idled, fewer if it did not."""
+        """Every `interval` while requests wait or the limit is raised: more in if the loop
+        idled with requests queued; back towards `concurrency` if it was busy or none waited."""
         wall, cpu = _wall_time(), _cpu_time()
         busy = (cpu - self._since[1]) / max(wall - self._since[0], 1e-9)
         self._since = (wall, cpu)
-        if busy < _IDLE:
+        if self._queued and busy < _IDLE:
             self.limit += max(self.limit // 2, 1)
             self._admit()
-        elif busy > _BUSY and self.limit > self.concurrency:
+        elif self.limit > self.concurrency and (busy > _BUSY or not self._queued):
             self.limit = max(self.concurrency, self.limit - max(self.limit // 8, 1))
-        self._timer = (
-            asyncio.get_running_loop().call_later(self.interval, self._check)
-            if self._waiting
-            else None
-        )
+        self._timer = None
+        if self._queued or self.limit > self.concurrency:
+            self._start_checks(asyncio.get_running_loop())
+
+
+def _replay(first: Message, receive: Receive) -> Receive:
+    """`receive`, with `first` (already taken from it) handed out again first."""
+    pending: Message | None = first
+
+    async def replayed() -> Message:
+        nonlocal pending
+        if pending is None:
+            return await receive()
+        message, pending = pending, None
+        return message
+
+    return replayed

@@ -469,13 +469,15 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
 
-    # Innermost first: the queue lets requests into the app; limits answer 413/431 without
-    # queueing; metrics count everything, time spent queued included.
+    # Innermost first: limits answer 413/431 (and read a chunked body) only once a request is
+    # let in; the queue lets requests in, probes never wait in it; metrics count everything,
+    # time spent queued included.
+    app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(
         RequestQueue,
         concurrency=settings.request_concurrency,
         max_queued=settings.max_queued_requests,
+        exempt=("/healthz", "/readyz", "/metrics"),
     )
-    app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
