@@ -1,4 +1,4 @@
-"""FastAPI integration: clients in a lifespan, dependencies, HTTP errors, a body-size limit.
+"""FastAPI integration: clients in a lifespan, dependencies, HTTP errors, request limits and queue.
 
 from kafkaloop.fastapi import KafkaClients, get_producer, install_error_handlers, kafka_clients
 
