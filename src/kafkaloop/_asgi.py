@@ -1,10 +1,10 @@
-"""Small ASGI helpers shared by the middlewares: a complete JSON answer in one call."""
+"""Small ASGI helpers shared by the middlewares: a complete JSON answer, a message replayed."""
 
 from __future__ import annotations
 
 import json
 
-from starlette.types import Send
+from starlette.types import Message, Receive, Send
 
 
 async def reply(
@@ -24,3 +24,17 @@ async def reply(
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def replay(first: Message, receive: Receive) -> Receive:
+    """`receive`, handing out `first` (already taken from it, or read in full) before the rest."""
+    pending: Message | None = first
+
+    async def replayed() -> Message:
+        nonlocal pending
+        if pending is None:
+            return await receive()
+        message, pending = pending, None
+        return message
+
+    return replayed

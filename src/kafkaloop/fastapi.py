@@ -29,10 +29,10 @@ from confluent_kafka import KafkaError
 from confluent_kafka.admin import NewTopic
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kafkaloop._admin import AIOAdminClient
-from kafkaloop._asgi import reply
+from kafkaloop._asgi import replay, reply
 from kafkaloop._exceptions import (
     ClientClosedError,
     DeliveryError,
@@ -375,16 +375,8 @@ class RequestLimits:
                 return
             if not message.get("more_body", False):
                 break
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
-
-        await self.app(scope, replay, send)
+        whole = {"type": "http.request", "body": bytes(body), "more_body": False}
+        await self.app(scope, replay(whole, receive), send)
 
 
 async def _reply(send: Send, status: int, detail: str) -> None:

@@ -33,7 +33,7 @@ from collections.abc import Collection
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kafkaloop._asgi import reply
+from kafkaloop._asgi import replay, reply
 
 __all__ = ["RequestQueue"]
 
@@ -133,7 +133,7 @@ class RequestQueue:
                 first = await receive()
                 if first["type"] == "http.disconnect":
                     return
-                receive = _replay(first, receive)
+                receive = replay(first, receive)
             await self.app(scope, receive, send_and_leave)
         finally:
             if counted:
@@ -199,20 +199,8 @@ class RequestQueue:
             self._admit()
         elif self.limit > self.concurrency and (busy > _BUSY or not self._queued):
             self.limit = max(self.concurrency, self.limit - max(self.limit // 8, 1))
-        self._timer = None
-        if self._queued or self.limit > self.concurrency:
-            self._start_checks(asyncio.get_running_loop())
-
-
-def _replay(first: Message, receive: Receive) -> Receive:
-    """`receive`, with `first` (already taken from it) handed out again first."""
-    pending: Message | None = first
-
-    async def replayed() -> Message:
-        nonlocal pending
-        if pending is None:
-            return await receive()
-        message, pending = pending, None
-        return message
-
-    return replayed
+        self._timer = (
+            asyncio.get_running_loop().call_later(self.interval, self._check)
+            if self._queued or self.limit > self.concurrency
+            else None
+        )
