@@ -1,12 +1,17 @@
-"""Live push: bounded per-client queues, drops counted, slow clients disconnected."""
+"""Live push: bounded per-client queues, drops counted, slow clients disconnected; an idle
+hub stops fetching and resumes without missing what came after a new subscriber."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import time
 from collections.abc import AsyncIterator
 
 import pytest
+from confluent_kafka.admin import NewTopic
 
+from kafkaloop import AIOAdminClient, AIOProducer
 from kafkaloop.push import Broadcaster, SlowClientError
 
 # Nothing listens here: these tests exercise the fan-out, not Kafka.
@@ -59,3 +64,53 @@ async def test_closing_a_subscription_wakes_its_reader(hub: Broadcaster) -> None
     with pytest.raises(SlowClientError, match="bye"):
         await reader
     assert hub.subscribers == 0
+
+
+async def eventually(condition: object, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.05)
+
+
+async def test_an_idle_hub_stops_fetching_and_resumes_from_its_next_subscriber(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    config = {"bootstrap.servers": kafka_bootstrap}
+    async with AIOAdminClient(config) as admin:
+        await admin.create_topics([NewTopic(topic_name, num_partitions=3)])
+    hub = Broadcaster(
+        config, [topic_name], encode=lambda r: (r.value or b"").decode(), idle_pause=0.3
+    )
+    try:
+        async with AIOProducer(config) as producer:
+            await hub.start()
+            await eventually(lambda: hub.paused)
+            consumer = hub._consumer
+
+            def positions() -> list[int]:  # (TopicPartitions compare without their offsets)
+                return [tp.offset for tp in consumer.position(consumer.assignment())]
+
+            before = positions()
+            # Nobody listens: these are not fetched, and never pushed.
+            await producer.produce_many(topic_name, [f"old{i}".encode() for i in range(30)])
+            await asyncio.sleep(1.0)
+            assert positions() == before
+            assert hub.lag() == 0
+
+            subscription = hub.subscribe()
+            # At once, before the hub has resumed: nothing produced from here may be missed.
+            await producer.produce_many(
+                topic_name, [(str(i).encode(), f"new{i}".encode()) for i in range(20)]
+            )
+            pushed = [await asyncio.wait_for(subscription.get(), 20) for _ in range(20)]
+            await asyncio.sleep(0.5)
+
+            assert not hub.paused
+            assert sorted(pushed) == sorted(f"new{i}" for i in range(20))
+            assert subscription._items == collections.deque()  # nothing older came after
+
+            subscription.close()
+            await eventually(lambda: hub.paused)
+    finally:
+        await hub.stop()

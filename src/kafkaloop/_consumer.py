@@ -643,6 +643,18 @@ class AIOConsumer:
         )
         return result
 
+    async def offsets_for_times(
+        self, partitions: Sequence[TopicPartition], timeout: float = 10.0
+    ) -> list[TopicPartition]:
+        """For each partition, whose ``offset`` holds a timestamp (milliseconds since the
+        epoch), the earliest offset whose record is that recent or more; -1 where no record is
+        (yet)."""
+        self._check_open()
+        result: list[TopicPartition] = await self._bridge.run_blocking_here(
+            "calls", self._consumer.offsets_for_times, list(partitions), timeout
+        )
+        return result
+
     async def seek(self, partition: TopicPartition) -> None:
         """Read `partition` from its ``offset`` next (records fetched before are dropped)."""
         self._check_open()

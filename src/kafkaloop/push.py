@@ -3,6 +3,11 @@
 Each client gets a bounded queue. A client that cannot keep up has what does not fit dropped
 (and counted); one that stays full for ``slow_timeout`` seconds is disconnected. Either way it
 never holds up the others, and memory stays bounded by ``queue_size`` per client.
+
+With nobody subscribed for ``idle_pause`` seconds the consumer stops fetching (its partitions
+paused): records nobody will see cost the process nothing. The first client to come back
+resumes it from the records stamped at or after the moment it subscribed, so nothing produced
+after a client subscribed is missed, however long the resume takes.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ __all__ = ["GOING_AWAY", "TOO_SLOW", "Broadcaster", "SlowClientError", "Subscrip
 
 _READ = 500
 """Most records offered per read: the encoding and offering run on the loop."""
+_PAUSED_READ = 0.25
+"""Seconds one read waits while paused: reads of nothing keep the consumer in its group, and
+a subscriber waits at most this long for the resume to begin."""
 
 
 # WebSocket close codes: "try again later" for a client too slow, "going away" at shutdown.
@@ -78,7 +86,7 @@ class Subscription:
         if self.closed_reason is None:
             self.closed_reason = reason
             self.close_code = code
-            self._hub._subscribers.discard(self)
+            self._hub._unsubscribe(self)
             self._ready.set()
 
     async def get(self) -> str:
@@ -104,7 +112,12 @@ class Subscription:
 class Broadcaster:
     """Reads `topics` with a fan-out consumer and offers each record, encoded once, to every
     subscriber. ``await start()`` returns once every partition is assigned at its current end,
-    so anything produced afterwards reaches the subscribers."""
+    so anything produced afterwards reaches the subscribers.
+
+    With no subscriber for `idle_pause` seconds (None: never) fetching stops until one comes.
+    The resume starts each partition at its first record stamped at or after that subscriber's
+    arrival (by the wall clock: a producer whose clock runs behind this one's by more than the
+    resume takes may have a record or two missed then)."""
 
     def __init__(
         self,
@@ -114,6 +127,7 @@ class Broadcaster:
         encode: Callable[[ConsumerRecord], str],
         queue_size: int = 256,
         slow_timeout: float = 10.0,
+        idle_pause: float | None = 5.0,
     ) -> None:
         self._consumer = AIOConsumer.fan_out(
             {**BACKGROUND_FETCH, **config}, topics, on_assign=self._on_assign
@@ -125,6 +139,10 @@ class Broadcaster:
         self._task: asyncio.Task[None] | None = None
         self._assigned = asyncio.Event()
         self._stopping = False
+        self._idle_pause = idle_pause
+        self._idle_since: float | None = time.monotonic()
+        self._paused = False
+        self._wanted_since_ms: int | None = None
         self.delivered = 0
         """Payloads handed to subscribers' queues."""
         self.dropped = 0
@@ -143,14 +161,29 @@ class Broadcaster:
         """How many clients are subscribed now."""
         return len(self._subscribers)
 
+    @property
+    def paused(self) -> bool:
+        """Whether fetching is stopped for want of subscribers."""
+        return self._paused
+
     def subscribe(self) -> Subscription:
         """A new client's subscription; close it when the client goes."""
         subscription = Subscription(self, self._queue_size, self._slow_timeout)
         if self._stopping:
             subscription.close("the service is stopping", GOING_AWAY)
-        else:
-            self._subscribers.add(subscription)
+            return subscription
+        if self._paused and self._wanted_since_ms is None:
+            self._wanted_since_ms = time.time_ns() // 1_000_000  # as records are stamped
+        self._subscribers.add(subscription)
+        self._idle_since = None
         return subscription
+
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        self._subscribers.discard(subscription)
+        if not self._subscribers:
+            self._wanted_since_ms = None  # gone before the resume: nobody to resume for
+            if self._idle_since is None:
+                self._idle_since = time.monotonic()
 
     def close_all(self, reason: str = "the service is stopping") -> None:
         """End every subscription (and any new one) with "going away": streams end, so a
@@ -174,7 +207,17 @@ class Broadcaster:
     async def _run(self) -> None:
         while True:
             try:
-                records = await self._consumer.getmany(max_records=_READ, timeout=1.0)
+                if self._paused:
+                    if self._subscribers:
+                        await self._resume()
+                elif self._idle_too_long():
+                    await self._pause()
+                records = await self._consumer.getmany(
+                    max_records=_READ, timeout=_PAUSED_READ if self._paused else 1.0
+                )
+                if self._paused and records:
+                    await self._pause()  # partitions assigned while paused: pause them too
+                    continue
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -202,6 +245,40 @@ class Broadcaster:
                     subscription.offer(payload)
                 self.delivered += len(self._subscribers)
 
+    def _idle_too_long(self) -> bool:
+        return (
+            self._idle_pause is not None
+            and self._idle_since is not None
+            and not self._subscribers
+            and time.monotonic() - self._idle_since >= self._idle_pause
+        )
+
+    async def _pause(self) -> None:
+        partitions = self._consumer.assignment()
+        if partitions:
+            await self._consumer.pause(partitions)
+            self._paused = True
+            self._wanted_since_ms = None
+
+    async def _resume(self) -> None:
+        """Start each partition at its first record stamped since the first subscriber came;
+        at the end as it is now where there is none yet (asked first: a record appended after
+        that is stamped later, and found)."""
+        since = self._wanted_since_ms
+        if since is None:
+            since = time.time_ns() // 1_000_000
+        partitions = self._consumer.assignment()
+        ends = [(await self._consumer.watermarks(tp))[1] for tp in partitions]
+        found = await self._consumer.offsets_for_times(
+            [TopicPartition(tp.topic, tp.partition, since) for tp in partitions]
+        )
+        for tp, end, first in zip(partitions, ends, found, strict=True):
+            start = first.offset if first.offset >= 0 else end
+            await self._consumer.seek(TopicPartition(tp.topic, tp.partition, start))
+        await self._consumer.resume(partitions)
+        self._paused = False
+        self._wanted_since_ms = None
+
     async def stop(self) -> None:
         """Stop reading, end every subscription, close the consumer."""
         if self._task is not None:
@@ -212,13 +289,16 @@ class Broadcaster:
         await self._consumer.close()
 
     def lag(self) -> int:
-        """Records the push consumer is behind its topics."""
-        return 0 if self._consumer.closed else sum(self._consumer.lag().values())
+        """Records the push consumer is behind its topics (0 while paused: nobody waits)."""
+        if self._consumer.closed or self._paused:
+            return 0
+        return sum(self._consumer.lag().values())
 
     def stats(self) -> dict[str, Any]:
         """Subscribers, delivered and dropped counts."""
         return {
             "subscribers": self.subscribers,
+            "paused": self.paused,
             "delivered": self.delivered,
             "dropped": self.dropped,
         }
