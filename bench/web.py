@@ -888,6 +888,36 @@ def _pct(value: float | None) -> int | str:
     return round(100 * value) if value is not None else ""
 
 
+def _rate(cell: Cell) -> float | None:
+    good = not cell.measured.failure and cell.measured.seconds
+    return cell.measured.ok / cell.measured.seconds if good else None
+
+
+def _paired(group: Sequence[Cell], cells: Sequence[Cell]) -> dict[str, Any]:
+    """The endpoint's throughput over the no-op's of the same round, cell by cell: the no-op
+    ran minutes apart at most, so drift between rounds drops out. Median, lowest and highest
+    over the rounds; their spread is how far one round can be trusted."""
+    noop = {
+        c.round: _rate(c)
+        for c in cells
+        if c.endpoint == NOOP
+        and (c.generator, c.app, c.concurrency)
+        == (group[0].generator, group[0].app, group[0].concurrency)
+    }
+    ratios = []
+    for cell in group:
+        rate, base = _rate(cell), noop.get(cell.round)
+        if rate is not None and base:
+            ratios.append(rate / base)
+    if not ratios:
+        return {"paired_ratio": "", "paired_ratio_min": "", "paired_ratio_max": ""}
+    return {
+        "paired_ratio": round(median(ratios), 3),
+        "paired_ratio_min": round(min(ratios), 3),
+        "paired_ratio_max": round(max(ratios), 3),
+    }
+
+
 def summarize(cells: Sequence[Cell]) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str, str, int], list[Cell]] = collections.defaultdict(list)
     for cell in cells:
@@ -932,6 +962,7 @@ def summarize(cells: Sequence[Cell]) -> list[dict[str, Any]]:
                 "delivery": "; ".join(failed) if failed else "ok",
                 "ratio_to_noop": "",
                 "ratio_to_noop_per_cpu": "",
+                **_paired(group, cells),
             }
         )
     by_key = {(r["generator"], r["app"], r["endpoint"], r["concurrency"]): r for r in rows}
@@ -983,9 +1014,16 @@ def _target(
         else "-"
     )
     met = ratio > target if strict else ratio >= target
+    paired = (
+        f"; round by round {a['paired_ratio']:.3f} ({a['paired_ratio_min']:.3f}-"
+        f"{a['paired_ratio_max']:.3f})"
+        if other[0] == ours[0] and other[1] == f"/{NOOP}" and a.get("paired_ratio") != ""
+        else ""
+    )
     return (
         f"{label} = {ratio:.3f} ({a['rps']} vs {b['rps']} req/s; per server CPU-second "
-        f"{per_cpu}); target {'>' if strict else '>='} {target:g}: {'met' if met else 'MISSED'}"
+        f"{per_cpu}{paired}); target {'>' if strict else '>='} {target:g}: "
+        f"{'met' if met else 'MISSED'}"
     )
 
 
@@ -1156,6 +1194,10 @@ def report(
             "\nThe same, in 2xx answers per CPU-second of the server (what each answer costs; "
             "unmoved by other processes taking part of the server's core):\n",
             ratio_table(rows, levels, "ratio_to_noop_per_cpu"),
+            "\nRound by round: each cell over the no-op's cell of the same round, the median "
+            "over the rounds (drift between rounds drops out; the targets below also give the "
+            "lowest and highest):\n",
+            ratio_table(rows, levels, "paired_ratio"),
             "\n## Delivery: Kafka's count against the 2xx answers\n",
             markdown_table(
                 ["app", "messages in Kafka (cells)", "2xx to producing endpoints (incl. warm-up)"],
