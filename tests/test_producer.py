@@ -20,6 +20,7 @@ from kafkaloop import (
     AIOAdminClient,
     AIOProducer,
     ConfigurationError,
+    DeliveryCallback,
     DeliveryError,
     NoRunningLoopError,
     Persistence,
@@ -338,6 +339,35 @@ async def test_poll_thread_callback_runs_on_the_poll_thread(
     assert len(threads) == 10
     assert threading.current_thread().name not in threads
     assert producer.metrics.delivered == 10
+
+
+async def test_each_message_reports_to_its_own_callback_where_it_asked(
+    producer: AIOProducer, topic_name: str
+) -> None:
+    # produce_nowait keeps the wrapper of the last callback: changing callback, or where it
+    # runs, from one message to the next must still reach the right one, on the right thread.
+    loop_thread = threading.get_ident()
+    seen: dict[str, list[tuple[int, bool]]] = {"a": [], "b": []}
+
+    def callback(name: str) -> DeliveryCallback:
+        def on_delivery(err: DeliveryError | None, md: RecordMetadata) -> None:
+            assert err is None
+            seen[name].append((int(md.offset), threading.get_ident() == loop_thread))
+
+        return on_delivery
+
+    a, b = callback("a"), callback("b")
+    plan = [(a, False), (a, False), (b, False), (a, True), (a, True), (b, True), (a, False)]
+    for on_delivery, on_poll_thread in plan:
+        producer.produce_nowait(
+            topic_name, b"v", partition=0, on_delivery=on_delivery, on_poll_thread=on_poll_thread
+        )
+    producer.produce_nowait(topic_name, b"v", partition=0)  # fire-and-forget: no callback
+    await producer.flush(10)
+
+    assert sorted(seen["a"]) == [(0, True), (1, True), (3, False), (4, False), (6, True)]
+    assert sorted(seen["b"]) == [(2, True), (5, False)]
+    assert producer.metrics.delivered == 8
 
 
 async def test_raising_callbacks_are_logged_and_kill_neither_thread_nor_loop(

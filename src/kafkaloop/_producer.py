@@ -220,6 +220,8 @@ class AIOProducer:
         self._poller.start()
         # Where on_poll_thread callbacks run when the loop serves the reports (made on demand).
         self._callback_thread: CallbackThread | None = None
+        # produce_nowait's last on_delivery, on_poll_thread and the report callback made of them.
+        self._last_callback: tuple[object, bool, Any] = (None, False, None)
 
     def __repr__(self) -> str:
         return (
@@ -338,20 +340,32 @@ class AIOProducer:
         callback: Callable[[KafkaError | None, Message], None] | None
         if on_delivery is None:
             callback = None  # the producer-wide on_delivery counts it
-        elif on_poll_thread:
-            callback = self._thread_callback(on_delivery)
         else:
-            callback = functools.partial(self._call_soon, self._call_on_loop, on_delivery)
+            # An endpoint passes the same callback every time: its wrapper is made once.
+            last = self._last_callback
+            if last[0] is on_delivery and last[1] == on_poll_thread:
+                callback = last[2]
+            else:
+                callback = (
+                    self._thread_callback(on_delivery)
+                    if on_poll_thread
+                    else functools.partial(self._call_soon, self._call_on_loop, on_delivery)
+                )
+                self._last_callback = (on_delivery, on_poll_thread, callback)
         if self._waiting:
             raise self._queue_full_error()
         try:
-            self._producer.produce(
-                topic,
-                value,
-                key,
-                -1 if partition is None else partition,
-                **_extra(callback, headers, timestamp),
-            )
+            if headers is None and timestamp is None:
+                # Positional arguments: keywords would cost a dict per message in the C call.
+                self._produce(topic, value, key, -1 if partition is None else partition, callback)
+            else:
+                self._produce(
+                    topic,
+                    value,
+                    key,
+                    -1 if partition is None else partition,
+                    **_extra(callback, headers, timestamp),
+                )
         except BufferError:
             raise self._queue_full_error() from None
         except KafkaException as exc:
@@ -487,12 +501,19 @@ class AIOProducer:
     def _call_on_loop(
         self, callback: DeliveryCallback, err: KafkaError | None, msg: Message
     ) -> None:
-        error = self._count_on_loop(err, msg)
+        settle = self._settle
+        if err is None:  # (inlined _count_on_loop: this runs once per message)
+            settle.delivered += 1
+            error = None
+        else:
+            error = self._count_on_loop(err, msg)
         try:
-            self._run_user_callback(callback, (error, self._settle.metadata(msg)))
+            result = callback(error, cast(RecordMetadata, settle.metadata(msg)))
+            if result is not None and inspect.isawaitable(result):
+                self._track_user_task(result)
         except Exception:
             logger.exception("An on_delivery callback raised on the event loop")
-        if self._settle.room_wanted:
+        if settle.room_wanted:
             self._on_room()
 
     def _user_task_done(self, task: asyncio.Task[Any]) -> None:
@@ -532,13 +553,17 @@ class AIOProducer:
 
     def _on_untracked_delivery(self, err: KafkaError | None, msg: Message) -> None:
         """On librdkafka's calling thread: the outcome of a fire-and-forget message."""
-        self._count_on_thread(err)
-        if err is not None:
+        if err is None:  # (the common case, once per message: no further call)
+            with self._thread_counts_lock:
+                self._delivered_thread += 1
+        else:
+            self._count_on_thread(err)
             self._failure_log.warning(
                 "Fire-and-forget message not delivered: %s",
                 DeliveryError(err, msg.topic(), msg.partition()),
             )
-        self._notify_room()
+        if self._settle.room_wanted:
+            self._notify_room()
 
     def _count_on_thread(self, err: KafkaError | None) -> None:
         with self._thread_counts_lock:
@@ -659,9 +684,12 @@ class AIOProducer:
     def _run_user_callback(self, callback: Callable[..., Any], args: tuple[Any, ...]) -> None:
         result = callback(*args)
         if inspect.isawaitable(result):
-            task = asyncio.ensure_future(result)
-            self._user_tasks.add(task)
-            task.add_done_callback(self._user_task_done)
+            self._track_user_task(result)
+
+    def _track_user_task(self, awaitable: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(awaitable)
+        self._user_tasks.add(task)
+        task.add_done_callback(self._user_task_done)
 
     # -- flushing and closing --------------------------------------------------------------
 

@@ -1,0 +1,170 @@
+"""Out-of-band produce: what one message costs the event loop's thread, with no HTTP around it.
+
+    .venv/bin/python -m bench.out_of_band            # 5 rounds of 100,000 messages per mode
+    .venv/bin/python -m bench.out_of_band --quick    # 1 round of 20,000
+
+The web benchmark's out-of-band endpoints can keep of the no-op's throughput only what the
+Kafka work they leave on the loop allows (at some 120 µs a request, 1 µs is 0.8%). This measures
+that work alone: the loop thread's CPU time (``time.thread_time``) per message, over producing
+the messages and serving every delivery report, for each way the service produces out of band:
+
+- ``fire-and-forget``: ``produce_nowait(topic, value, key)``, counted and failures logged;
+- ``callback on loop``: ``produce_nowait(..., on_delivery=cb)``;
+- ``callback on poll thread``: ``produce_nowait(..., on_delivery=cb, on_poll_thread=True)``
+  (the callback's own work is on another thread; what it costs the loop is here);
+- ``confluent-kafka``: the floor, ``Producer.produce(topic, value, key)`` with a producer-wide
+  ``on_delivery`` that counts, and ``poll(0)`` on the loop's thread; no asyncio at all.
+
+Modes alternate within each round, so drift hits all alike; figures are medians over rounds.
+Pin it to one core (``taskset -c 0``) for steadier figures. Writes bench/results/out_of_band.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from bench._common import RESULTS, Progress, bench_kafka, machine_note, markdown_table, median
+from kafkaloop import AIOProducer, DeliveryError, RecordMetadata
+
+VALUE = b'{"name":"bench"}'
+KEY = "bench"
+YIELD_EVERY = 200
+"""Messages between two turns of the loop (where delivery reports are served)."""
+
+MODES = ["fire-and-forget", "callback on loop", "callback on poll thread", "confluent-kafka"]
+
+
+async def _kafkaloop(producer: AIOProducer, topic: str, mode: str, count: int) -> float:
+    delivered = 0
+
+    def on_delivery(err: DeliveryError | None, _md: RecordMetadata) -> None:
+        nonlocal delivered
+        if err is None:
+            delivered += 1
+
+    produce: Callable[[], None]
+    if mode == "fire-and-forget":
+
+        def produce() -> None:
+            producer.produce_nowait(topic, VALUE, KEY)
+
+    elif mode == "callback on loop":
+
+        def produce() -> None:
+            producer.produce_nowait(topic, VALUE, KEY, on_delivery=on_delivery)
+
+    else:
+
+        def produce() -> None:
+            producer.produce_nowait(topic, VALUE, KEY, on_delivery=on_delivery, on_poll_thread=True)
+
+    before = producer.metrics.delivered
+    started = time.thread_time()
+    for i in range(count):
+        produce()
+        if i % YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+    await producer.flush()
+    spent = time.thread_time() - started
+    if producer.metrics.delivered - before != count:
+        raise SystemExit(f"{mode}: {producer.metrics.delivered - before} of {count} delivered")
+    if mode != "fire-and-forget" and delivered != count:
+        raise SystemExit(f"{mode}: {delivered} of {count} callbacks")
+    return spent / count
+
+
+def _confluent(bootstrap: str, topic: str, count: int) -> float:
+    delivered = 0
+
+    def on_delivery(err: object, _msg: object) -> None:
+        nonlocal delivered
+        if err is None:
+            delivered += 1
+
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 1, "on_delivery": on_delivery}
+    )
+    producer.produce(topic, VALUE, KEY)
+    producer.flush()
+    delivered = 0
+    started = time.thread_time()
+    for i in range(count):
+        producer.produce(topic, VALUE, KEY)
+        if i % YIELD_EVERY == 0:
+            producer.poll(0)
+    producer.flush()
+    spent = time.thread_time() - started
+    if delivered != count:
+        raise SystemExit(f"confluent-kafka: {delivered} of {count} delivered")
+    return spent / count
+
+
+async def run(bootstrap: str, rounds: int, count: int) -> dict[str, list[float]]:
+    topic = f"bench-out-of-band-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=3)])[topic].result(30)
+    results: dict[str, list[float]] = defaultdict(list)
+    progress = Progress(rounds * len(MODES))
+    async with AIOProducer({"bootstrap.servers": bootstrap}) as producer:
+        await producer.produce(topic, VALUE, KEY)  # connected, metadata known
+        for r in range(rounds):
+            for mode in MODES[r % len(MODES) :] + MODES[: r % len(MODES)]:
+                progress.step(f"round {r + 1} {mode}")
+                if mode == "confluent-kafka":
+                    results[mode].append(_confluent(bootstrap, topic, count))
+                else:
+                    results[mode].append(await _kafkaloop(producer, topic, mode, count))
+    progress.finish()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--messages", type=int, default=100_000, help="per mode and round")
+    parser.add_argument("--quick", action="store_true", help="1 round of 20,000 messages")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.messages = 1, 20_000
+    if args.rounds < 1 or args.messages < YIELD_EVERY:
+        parser.error(f"--rounds must be at least 1 and --messages at least {YIELD_EVERY}")
+    with bench_kafka() as bootstrap:
+        results = asyncio.run(run(bootstrap, args.rounds, args.messages))
+    floor = median(results["confluent-kafka"])
+    rows = [
+        [
+            mode,
+            1e6 * median(results[mode]),
+            1e6 * min(results[mode]),
+            1e6 * max(results[mode]),
+            1e6 * (median(results[mode]) - floor),
+        ]
+        for mode in MODES
+    ]
+    text = "\n".join(
+        [
+            "# Out-of-band produce: the event loop thread's CPU per message\n",
+            machine_note(),
+            f"{args.rounds} round(s) of {args.messages:,} messages per mode, 3 partitions, "
+            "`linger.ms` 1 (kafkaloop's default); producing and serving every report.\n",
+            markdown_table(
+                ["mode", "µs / message", "lowest", "highest", "over confluent-kafka"], rows
+            ),
+        ]
+    )
+    print(text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "out_of_band.md").write_text(text + "\n")
+    print(f"\nWrote {RESULTS / 'out_of_band.md'}")
+
+
+if __name__ == "__main__":
+    main()
