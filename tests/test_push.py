@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
+from confluent_kafka import TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from kafkaloop import AIOAdminClient, AIOProducer
-from kafkaloop.push import Broadcaster, SlowClientError
+from kafkaloop.push import Broadcaster, SlowClientError, Subscription
 
 # Nothing listens here: these tests exercise the fan-out, not Kafka.
 CONFIG = {"bootstrap.servers": "127.0.0.1:1"}
@@ -66,9 +67,9 @@ async def test_closing_a_subscription_wakes_its_reader(hub: Broadcaster) -> None
     assert hub.subscribers == 0
 
 
-async def eventually(condition: object, timeout: float = 15.0) -> None:
+async def eventually(condition: Callable[[], bool], timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, "the condition never held"
         await asyncio.sleep(0.05)
 
@@ -96,7 +97,6 @@ async def test_an_idle_hub_stops_fetching_and_resumes_from_its_next_subscriber(
             await producer.produce_many(topic_name, [f"old{i}".encode() for i in range(30)])
             await asyncio.sleep(1.0)
             assert positions() == before
-            assert hub.lag() == 0
 
             subscription = hub.subscribe()
             # At once, before the hub has resumed: nothing produced from here may be missed.
@@ -112,5 +112,40 @@ async def test_an_idle_hub_stops_fetching_and_resumes_from_its_next_subscriber(
 
             subscription.close()
             await eventually(lambda: hub.paused)
+    finally:
+        await hub.stop()
+
+
+async def test_a_client_arriving_while_the_hub_pauses_misses_nothing(
+    kafka_bootstrap: str, topic_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = {"bootstrap.servers": kafka_bootstrap}
+    async with AIOAdminClient(config) as admin:
+        await admin.create_topics([NewTopic(topic_name, num_partitions=3)])
+    hub = Broadcaster(
+        config, [topic_name], encode=lambda r: (r.value or b"").decode(), idle_pause=0.3
+    )
+    try:
+        async with AIOProducer(config) as producer:
+            await hub.start()
+            consumer = hub._consumer
+            real_pause = consumer.pause
+            arrived: list[Subscription] = []
+
+            async def pause_as_a_client_arrives(partitions: list[TopicPartition]) -> None:
+                # The client comes in the middle of the pause, and items right after it.
+                arrived.append(hub.subscribe())
+                await producer.produce_many(
+                    topic_name, [(str(i).encode(), f"new{i}".encode()) for i in range(10)]
+                )
+                await real_pause(partitions)
+
+            monkeypatch.setattr(consumer, "pause", pause_as_a_client_arrives)
+            await eventually(lambda: bool(arrived))
+            [subscription] = arrived
+            pushed = [await asyncio.wait_for(subscription.get(), 20) for _ in range(10)]
+
+            assert sorted(pushed) == sorted(f"new{i}" for i in range(10))
+            assert not hub.paused
     finally:
         await hub.stop()

@@ -221,7 +221,9 @@ class AIOProducer:
         # Where on_poll_thread callbacks run when the loop serves the reports (made on demand).
         self._callback_thread: CallbackThread | None = None
         # produce_nowait's last on_delivery, on_poll_thread and the report callback made of them.
-        self._last_callback: tuple[object, bool, Any] = (None, False, None)
+        self._last_callback: tuple[
+            DeliveryCallback | None, bool, Callable[[KafkaError | None, Message], None] | None
+        ] = (None, False, None)
 
     def __repr__(self) -> str:
         return (
@@ -769,6 +771,7 @@ class AIOProducer:
         if self._waiting_timer is not None:
             self._waiting_timer.cancel()
         self._bridge.close()
+        self._last_callback = (None, False, None)  # (nor keep the user's callback alive)
         self._undelivered = undelivered
         self._state = _State.CLOSED
         self._refuse("closed")

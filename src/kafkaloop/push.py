@@ -21,7 +21,8 @@ from typing import Any
 from confluent_kafka import TopicPartition
 
 from kafkaloop._consumer import BACKGROUND_FETCH, AIOConsumer
-from kafkaloop._logging import logger
+from kafkaloop._exceptions import ConsumerError
+from kafkaloop._logging import RateLimitedLog, logger
 from kafkaloop._models import ConsumerRecord
 
 __all__ = ["GOING_AWAY", "TOO_SLOW", "Broadcaster", "SlowClientError", "Subscription"]
@@ -30,7 +31,9 @@ _READ = 500
 """Most records offered per read: the encoding and offering run on the loop."""
 _PAUSED_READ = 0.25
 """Seconds one read waits while paused: reads of nothing keep the consumer in its group, and
-a subscriber waits at most this long for the resume to begin."""
+a subscriber waits about this long for the resume to begin."""
+_RESUME_TIMEOUT = 5.0
+"""Seconds each of the resume's questions to the broker may take before it is tried again."""
 
 
 # WebSocket close codes: "try again later" for a client too slow, "going away" at shutdown.
@@ -112,12 +115,14 @@ class Subscription:
 class Broadcaster:
     """Reads `topics` with a fan-out consumer and offers each record, encoded once, to every
     subscriber. ``await start()`` returns once every partition is assigned at its current end,
-    so anything produced afterwards reaches the subscribers.
+    so anything produced afterwards reaches the clients subscribed by then.
 
     With no subscriber for `idle_pause` seconds (None: never) fetching stops until one comes.
-    The resume starts each partition at its first record stamped at or after that subscriber's
-    arrival (by the wall clock: a producer whose clock runs behind this one's by more than the
-    resume takes may have a record or two missed then)."""
+    The resume starts each partition at its first record stamped at or after the moment the
+    first subscriber came, by this process's wall clock. Records are stamped by their producer
+    (or, on a topic with ``message.timestamp.type=LogAppendTime``, by the broker): one whose
+    clock runs behind this one's by more than the resume takes may have a record or two missed
+    then."""
 
     def __init__(
         self,
@@ -142,7 +147,9 @@ class Broadcaster:
         self._idle_pause = idle_pause
         self._idle_since: float | None = time.monotonic()
         self._paused = False
+        # When the subscribers last went from none to some: where a resume starts reading.
         self._wanted_since_ms: int | None = None
+        self._resume_failures = RateLimitedLog(logger)
         self.delivered = 0
         """Payloads handed to subscribers' queues."""
         self.dropped = 0
@@ -172,7 +179,7 @@ class Broadcaster:
         if self._stopping:
             subscription.close("the service is stopping", GOING_AWAY)
             return subscription
-        if self._paused and self._wanted_since_ms is None:
+        if not self._subscribers:  # (even while a pause is under way: it may end paused)
             self._wanted_since_ms = time.time_ns() // 1_000_000  # as records are stamped
         self._subscribers.add(subscription)
         self._idle_since = None
@@ -181,7 +188,7 @@ class Broadcaster:
     def _unsubscribe(self, subscription: Subscription) -> None:
         self._subscribers.discard(subscription)
         if not self._subscribers:
-            self._wanted_since_ms = None  # gone before the resume: nobody to resume for
+            self._wanted_since_ms = None  # nobody left to resume for
             if self._idle_since is None:
                 self._idle_since = time.monotonic()
 
@@ -209,7 +216,7 @@ class Broadcaster:
             try:
                 if self._paused:
                     if self._subscribers:
-                        await self._resume()
+                        await self._try_resume()
                 elif self._idle_too_long():
                     await self._pause()
                 records = await self._consumer.getmany(
@@ -258,7 +265,14 @@ class Broadcaster:
         if partitions:
             await self._consumer.pause(partitions)
             self._paused = True
-            self._wanted_since_ms = None
+
+    async def _try_resume(self) -> None:
+        """Resume, or log why not: the read that follows keeps the consumer in its group, and
+        the next turn tries again."""
+        try:
+            await self._resume()
+        except Exception as exc:
+            self._resume_failures.warning("The push consumer could not resume yet: %r", exc)
 
     async def _resume(self) -> None:
         """Start each partition at its first record stamped since the first subscriber came;
@@ -268,16 +282,21 @@ class Broadcaster:
         if since is None:
             since = time.time_ns() // 1_000_000
         partitions = self._consumer.assignment()
-        ends = [(await self._consumer.watermarks(tp))[1] for tp in partitions]
+        ends = [(await self._consumer.watermarks(tp, _RESUME_TIMEOUT))[1] for tp in partitions]
         found = await self._consumer.offsets_for_times(
-            [TopicPartition(tp.topic, tp.partition, since) for tp in partitions]
+            [TopicPartition(tp.topic, tp.partition, since) for tp in partitions],
+            _RESUME_TIMEOUT,
         )
         for tp, end, first in zip(partitions, ends, found, strict=True):
+            if first.error is not None:
+                raise ConsumerError(
+                    f"No offset for {tp.topic} [{tp.partition}] at {since} ms: {first.error}",
+                    error=first.error,
+                )
             start = first.offset if first.offset >= 0 else end
             await self._consumer.seek(TopicPartition(tp.topic, tp.partition, start))
         await self._consumer.resume(partitions)
         self._paused = False
-        self._wanted_since_ms = None
 
     async def stop(self) -> None:
         """Stop reading, end every subscription, close the consumer."""
