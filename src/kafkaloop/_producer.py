@@ -534,13 +534,19 @@ class AIOProducer:
         self, callback: DeliveryCallback, err: KafkaError | None, msg: Message
     ) -> None:
         """On librdkafka's calling thread: an out-of-band callback that asked to run there."""
-        self._count_on_thread(err)
-        error = None if err is None else DeliveryError(err, msg.topic(), msg.partition())
+        if err is None:  # (once per message: no further call)
+            with self._thread_counts_lock:
+                self._delivered_thread += 1
+            error = None
+        else:
+            self._count_on_thread(err)
+            error = DeliveryError(err, msg.topic(), msg.partition())
         try:
             callback(error, cast(RecordMetadata, self._settle.metadata(msg)))
         except Exception:
             logger.exception("An on_delivery callback raised on the poll thread")
-        self._notify_room()
+        if self._settle.room_wanted:
+            self._notify_room()
 
     def _thread_callback(
         self, on_delivery: DeliveryCallback
