@@ -7,8 +7,9 @@
 
 Reads happen without touching Kafka. The table is as fresh as its consumer: behind the topic by
 the consumer's lag (up to about 100 ms: fetches wait for 64 KiB or 50 ms, and reads gather for
-up to 50 ms more); after a restart it is rebuilt from the topic, and ``ready`` is set once it
-has caught up with where the topic ended at start-up.
+up to 50 ms more; under load, over 4,000 records a second, for up to 200 ms). After a restart
+it is rebuilt from the topic, and ``ready`` is set once it has caught up with where the topic
+ended at start-up.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ __all__ = ["TopicTable", "count", "latest"]
 
 _READ = 1000
 """Most records folded per read: the fold runs on the loop, so one read never holds it long."""
+_GATHER, _GATHER_BUSY, _BUSY = 0.05, 0.2, 200
+"""Seconds records gather between reads, and how many make a read busy (4,000 a second)."""
 _READY_WITHIN = 30.0
 """Seconds start() waits out errors that pass (a partition whose leader is not elected yet)."""
 
@@ -171,9 +174,11 @@ class TopicTable(Generic[V]):
                 await asyncio.sleep(1.0)
                 continue
             if len(records) < _READ:
-                # Let records gather (the table trails by up to 50 ms more): one read per
-                # 50 ms under load, not one per message.
-                await asyncio.sleep(0.05)
+                # Let records gather: one read per 50 ms, not one per message. Under load
+                # (reads of _BUSY or more) one per 200 ms: fewer, larger reads cost the loop
+                # less per record (0.8-0.9 µs, against 1.3-1.5 reading every 50 ms, at 8,000
+                # records a second), and the table trails by up to 150 ms more then.
+                await asyncio.sleep(_GATHER_BUSY if len(records) >= _BUSY else _GATHER)
             for record in records:
                 key = record.key
                 value = fold(data.get(key), record)
