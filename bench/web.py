@@ -910,8 +910,14 @@ def _paired(group: Sequence[Cell], cells: Sequence[Cell]) -> dict[str, Any]:
         if rate is not None and base:
             ratios.append(rate / base)
     if not ratios:
-        return {"paired_ratio": "", "paired_ratio_min": "", "paired_ratio_max": ""}
+        return {
+            "paired_ratio": "",
+            "paired_ratio_min": "",
+            "paired_ratio_max": "",
+            "paired_rounds": 0,
+        }
     return {
+        "paired_rounds": len(ratios),
         "paired_ratio": round(median(ratios), 3),
         "paired_ratio_min": round(min(ratios), 3),
         "paired_ratio_max": round(max(ratios), 3),
@@ -1015,14 +1021,14 @@ def _target(
     )
     met = ratio > target if strict else ratio >= target
     paired = (
-        f"; round by round {a['paired_ratio']:.3f} ({a['paired_ratio_min']:.3f}-"
-        f"{a['paired_ratio_max']:.3f})"
+        f"; round by round (n={a['paired_rounds']}): median {a['paired_ratio']:.3f}, "
+        f"{a['paired_ratio_min']:.3f}-{a['paired_ratio_max']:.3f}"
         if other[0] == ours[0] and other[1] == f"/{NOOP}" and a.get("paired_ratio") != ""
         else ""
     )
     return (
         f"{label} = {ratio:.3f} ({a['rps']} vs {b['rps']} req/s; per server CPU-second "
-        f"{per_cpu}{paired}); target {'>' if strict else '>='} {target:g}: "
+        f"{per_cpu}){paired}; target {'>' if strict else '>='} {target:g}: "
         f"{'met' if met else 'MISSED'}"
     )
 

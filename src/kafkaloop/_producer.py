@@ -177,7 +177,8 @@ class AIOProducer:
         self.last_error: KafkaError | None = None
         """The most recent client-level error librdkafka reported (None when none yet)."""
         self._fatal_error: KafkaError | None = None
-        # Counters are each written by one thread: the loop's, or (under the lock) librdkafka's.
+        # Counters are each written by the loop, or under the lock by the threads reports and
+        # callbacks run on (librdkafka's poll thread, the callback thread, the loop itself).
         # Deliveries counted on the loop are self._settle.delivered (below).
         self._produced = 0
         self._failed_loop = 0
@@ -533,7 +534,8 @@ class AIOProducer:
     def _call_on_thread(
         self, callback: DeliveryCallback, err: KafkaError | None, msg: Message
     ) -> None:
-        """On librdkafka's calling thread: an out-of-band callback that asked to run there."""
+        """An out-of-band callback that asked for a thread of the producer's: on the poll
+        thread, or on the callback thread when the loop serves the reports."""
         if err is None:  # (once per message: no further call)
             with self._thread_counts_lock:
                 self._delivered_thread += 1
