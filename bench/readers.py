@@ -80,9 +80,8 @@ async def _start(mode: str, bootstrap: str, topic: str) -> Callable[[], Awaitabl
 
 async def _measure(mode: str, bootstrap: str, items: int) -> tuple[float, float]:
     topic = f"bench-readers-{uuid.uuid4().hex[:8]}"
-    AdminClient({"bootstrap.servers": bootstrap}).create_topics(
-        [NewTopic(topic, num_partitions=3)]
-    )[topic].result(30)
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # (kept alive until the answer)
+    admin.create_topics([NewTopic(topic, num_partitions=3)])[topic].result(30)
     stop = await _start(mode, bootstrap, topic)
     try:
         await asyncio.sleep(2.0)  # past the idle pause; the readers settled
