@@ -74,15 +74,18 @@ async def eventually(condition: Callable[[], bool], timeout: float = 15.0) -> No
         await asyncio.sleep(0.05)
 
 
+async def idle_hub(config: dict[str, str], topic: str) -> Broadcaster:
+    """A hub (not started) on a new 3-partition topic, pausing after 0.3 s without clients."""
+    async with AIOAdminClient(config) as admin:
+        await admin.create_topics([NewTopic(topic, num_partitions=3)])
+    return Broadcaster(config, [topic], encode=lambda r: (r.value or b"").decode(), idle_pause=0.3)
+
+
 async def test_an_idle_hub_stops_fetching_and_resumes_from_its_next_subscriber(
     kafka_bootstrap: str, topic_name: str
 ) -> None:
     config = {"bootstrap.servers": kafka_bootstrap}
-    async with AIOAdminClient(config) as admin:
-        await admin.create_topics([NewTopic(topic_name, num_partitions=3)])
-    hub = Broadcaster(
-        config, [topic_name], encode=lambda r: (r.value or b"").decode(), idle_pause=0.3
-    )
+    hub = await idle_hub(config, topic_name)
     try:
         async with AIOProducer(config) as producer:
             await hub.start()
@@ -120,14 +123,9 @@ async def test_a_client_arriving_while_the_hub_pauses_misses_nothing(
     kafka_bootstrap: str, topic_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = {"bootstrap.servers": kafka_bootstrap}
-    async with AIOAdminClient(config) as admin:
-        await admin.create_topics([NewTopic(topic_name, num_partitions=3)])
-    hub = Broadcaster(
-        config, [topic_name], encode=lambda r: (r.value or b"").decode(), idle_pause=0.3
-    )
+    hub = await idle_hub(config, topic_name)
     try:
         async with AIOProducer(config) as producer:
-            await hub.start()
             consumer = hub._consumer
             real_pause = consumer.pause
             arrived: list[Subscription] = []
@@ -141,6 +139,7 @@ async def test_a_client_arriving_while_the_hub_pauses_misses_nothing(
                 await real_pause(partitions)
 
             monkeypatch.setattr(consumer, "pause", pause_as_a_client_arrives)
+            await hub.start()
             await eventually(lambda: bool(arrived))
             [subscription] = arrived
             pushed = [await asyncio.wait_for(subscription.get(), 20) for _ in range(10)]
