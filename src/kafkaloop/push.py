@@ -119,10 +119,10 @@ class Broadcaster:
 
     With no subscriber for `idle_pause` seconds (None: never) fetching stops until one comes.
     The resume starts each partition at its first record stamped at or after the moment the
-    first subscriber came, by this process's wall clock. Records are stamped by their producer
-    (or, on a topic with ``message.timestamp.type=LogAppendTime``, by the broker): one whose
-    clock runs behind this one's by more than the resume takes may have a record or two missed
-    then."""
+    first subscriber came, by this process's wall clock (the resume takes up to about a
+    second). Records are stamped by their producer (or, on a topic with
+    ``message.timestamp.type=LogAppendTime``, by the broker): one whose clock runs X behind
+    this one's can have the records it made within X after that moment missed."""
 
     def __init__(
         self,
