@@ -236,9 +236,13 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         ),
     )
 
+    # The model's serializer, called directly: model_dump_json() parses a dozen keyword
+    # arguments and returns str, which would then be encoded back (0.59 µs against 0.14).
+    to_json = Item.__pydantic_serializer__.to_json
+
     def message(item: BaseModel) -> tuple[bytes, str]:
         name: str = item.name  # type: ignore[attr-defined]
-        return item.model_dump_json().encode(), name
+        return to_json(item), name
 
     def on_delivery_loop(err: DeliveryError | None, _md: RecordMetadata) -> None:
         if err is not None:
