@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 
 import pytest
 
 from kafkaloop._bridge import CallbackThread, LoopBridge, LoopPoller
+from tests.wakeups import count_wakeups
 
 
 async def test_calls_from_many_threads_all_run_on_the_loop_in_per_thread_order() -> None:
@@ -130,6 +132,41 @@ async def test_a_callback_thread_runs_calls_in_order_off_the_loop() -> None:
     callbacks.call_soon(record, 101)  # stopped: it runs where it is made, not never
     assert ran[-1] == (101, threading.current_thread().name)
     await asyncio.wait_for(callbacks.caught_up(bridge), 5)
+    bridge.close()
+
+
+async def test_calls_made_inside_run_held_wake_the_callback_thread_once_after_it() -> None:
+    bridge = LoopBridge(asyncio.get_running_loop())
+    callbacks = CallbackThread("test-callbacks")
+    ran: list[int] = []
+    wakeups = count_wakeups(callbacks)
+
+    def serve(n: int) -> str:
+        """As a poll(0) serving n reports does: hand calls over, letting go of the GIL."""
+        # Another thread's call is not held back (the holder's own are, and the calls queued
+        # behind them).
+        from_elsewhere = threading.Thread(target=callbacks.call_soon, args=(ran.append, -1))
+        from_elsewhere.start()
+        from_elsewhere.join()
+        deadline = time.monotonic() + 5
+        while -1 not in ran and time.monotonic() < deadline:
+            time.sleep(0.001)
+        for i in range(n):
+            callbacks.call_soon(ran.append, i)
+            time.sleep(0.002)  # ample time for a woken thread to take the GIL and run them
+        return f"served {n}"
+
+    assert callbacks.run_held(serve, 20) == "served 20"
+    assert ran == [-1]  # the 20 waited for the end of run_held
+    assert wakeups.puts == 2  # the other thread's call, then the 20 together
+    await callbacks.caught_up(bridge)
+    assert ran == [-1, *range(20)]
+
+    with pytest.raises(ZeroDivisionError):  # a serve that raises still sends the wake-up
+        callbacks.run_held(lambda: [callbacks.call_soon(ran.append, 20), 1 / 0])
+    await asyncio.wait_for(callbacks.caught_up(bridge), 5)
+    assert ran[-1] == 20
+    await callbacks.stop(bridge)
     bridge.close()
 
 

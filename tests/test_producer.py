@@ -29,8 +29,10 @@ from kafkaloop import (
     RecordMetadata,
     _bridge,
 )
+from kafkaloop._bridge import CallbackThread
 from kafkaloop.broker import LocalKafka
 from tests.twins import skip_unless_the_loop_serves_reports
+from tests.wakeups import count_wakeups
 
 # Nothing listens here: a cluster that is down.
 UNREACHABLE = "127.0.0.1:1"
@@ -339,6 +341,45 @@ async def test_poll_thread_callback_runs_on_the_poll_thread(
     assert len(threads) == 10
     assert threading.current_thread().name not in threads
     assert producer.metrics.delivered == 10
+
+
+async def test_thread_callbacks_of_one_poll_wake_their_thread_once(
+    kafka_bootstrap: str, topic_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The loop's polls go through CallbackThread.run_held (test_bridge checks what it holds
+    # back), so the callback thread is woken at most once a poll, not once a report or two.
+    polls = 0
+    run_held = CallbackThread.run_held
+
+    def counted(self: CallbackThread, func: Any, *args: Any) -> Any:
+        nonlocal polls
+        polls += 1
+        return run_held(self, func, *args)
+
+    skip_unless_the_loop_serves_reports()
+    monkeypatch.setattr(CallbackThread, "run_held", counted)
+    async with AIOProducer({"bootstrap.servers": kafka_bootstrap}) as producer:
+        loop = asyncio.get_running_loop()
+        all_ran = asyncio.Event()
+        ran = 0
+
+        def on_delivery(err: DeliveryError | None, md: RecordMetadata) -> None:
+            nonlocal ran
+            ran += 1
+            if ran == 300:
+                loop.call_soon_threadsafe(all_ran.set)
+
+        producer.produce_nowait(topic_name, b"v", on_delivery=on_delivery, on_poll_thread=True)
+        thread = producer._callback_thread
+        assert thread is not None
+        wakeups = count_wakeups(thread)
+        for _ in range(299):
+            producer.produce_nowait(topic_name, b"v", on_delivery=on_delivery, on_poll_thread=True)
+        # Served on the loop (not by a flush): every report through _poll.
+        await asyncio.wait_for(all_ran.wait(), 10)
+
+        assert 0 < wakeups.puts <= polls
+        assert producer.metrics.delivered == 300
 
 
 async def test_each_message_reports_to_its_own_callback_where_it_asked(

@@ -243,6 +243,8 @@ class CallbackThread:
     def __init__(self, name: str) -> None:
         self._wakeups: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._closed = False
+        self._holder = 0  # the thread inside held(), or 0
+        self._held: Callable[[], None] | None = None  # its wake-up, sent when held() ends
         self._pending = PendingCalls(self, functools.partial(_callback_failed, name))
         self.call_soon: Callable[..., None] = self._pending.call_soon
         """Run ``callback(*args)`` on this thread soon, from any thread."""
@@ -254,7 +256,27 @@ class CallbackThread:
         if self._closed:  # stopped: a late call runs where it is made rather than never
             drain()
             return
+        if self._holder == threading.get_ident():  # inside run_held(): sent when it returns
+            self._held = drain
+            return
         self._wakeups.put(drain)
+
+    def run_held(self, func: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
+        """``func(*args)``; calls it hands over from this thread wake the thread once, after.
+
+        For the loop serving delivery reports: ``poll(0)`` lets go of the GIL around every
+        report, so a thread woken by the first report would take the GIL from the loop at
+        the next, run one call, sleep, and be woken again: a round of thread switches per
+        report. Held, one wake-up runs the whole batch.
+        """
+        self._holder = threading.get_ident()
+        try:
+            return func(*args)
+        finally:
+            self._holder = 0
+            drain, self._held = self._held, None
+            if drain is not None:
+                self.call_soon_threadsafe(drain)
 
     def is_closed(self) -> bool:
         return self._closed

@@ -209,18 +209,18 @@ class AIOProducer:
             )
             self.__dict__["produce"] = self._fast_produce
 
+        # Where on_poll_thread callbacks run when the loop serves the reports (made on demand).
+        self._callback_thread: CallbackThread | None = None
         # Who serves librdkafka's callbacks: the loop itself, or a poll thread.
         self._poller = poller(
             self._bridge,
-            self._producer.poll,
+            self._poll,
             self._producer,
             name="kafkaloop-producer-poll",
             interval=_POLL_INTERVAL,
             on_loop=not poll_thread,
         )
         self._poller.start()
-        # Where on_poll_thread callbacks run when the loop serves the reports (made on demand).
-        self._callback_thread: CallbackThread | None = None
         # produce_nowait's last on_delivery, on_poll_thread and the report callback made of them.
         self._last_callback: tuple[
             DeliveryCallback | None, bool, Callable[[KafkaError | None, Message], None] | None
@@ -560,6 +560,13 @@ class AIOProducer:
         if self._callback_thread is None:
             self._callback_thread = CallbackThread("kafkaloop-producer-callbacks")
         return functools.partial(self._callback_thread.call_soon, run)
+
+    def _poll(self, timeout: float) -> int:
+        """The poller's ``poll``: the callback thread, if any, is woken once per poll."""
+        thread = self._callback_thread
+        if thread is None:
+            return self._producer.poll(timeout)
+        return thread.run_held(self._producer.poll, timeout)
 
     def _on_untracked_delivery(self, err: KafkaError | None, msg: Message) -> None:
         """On librdkafka's calling thread: the outcome of a fire-and-forget message."""
