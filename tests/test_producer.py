@@ -32,7 +32,7 @@ from kafkaloop import (
 from kafkaloop._bridge import CallbackThread
 from kafkaloop.broker import LocalKafka
 from tests.twins import skip_unless_the_loop_serves_reports
-from tests.wakeups import count_wakeups
+from tests.wakeups import CountingQueue, count_wakeups
 
 # Nothing listens here: a cluster that is down.
 UNREACHABLE = "127.0.0.1:1"
@@ -347,14 +347,22 @@ async def test_thread_callbacks_of_one_poll_wake_their_thread_once(
     kafka_bootstrap: str, topic_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The loop's polls go through CallbackThread.run_held (test_bridge checks what it holds
-    # back), so the callback thread is woken at most once a poll, not once a report or two.
-    polls = 0
+    # back): the callback thread is woken once a poll has served its reports, never during it.
+    wakeups: CountingQueue | None = None
+    sent_during_polls = 0
     run_held = CallbackThread.run_held
 
     def counted(self: CallbackThread, func: Any, *args: Any) -> Any:
-        nonlocal polls
-        polls += 1
-        return run_held(self, func, *args)
+        def poll(*poll_args: Any) -> Any:
+            nonlocal sent_during_polls
+            before = wakeups.puts if wakeups is not None else 0
+            try:
+                return func(*poll_args)
+            finally:
+                if wakeups is not None:
+                    sent_during_polls += wakeups.puts - before
+
+        return run_held(self, poll, *args)
 
     skip_unless_the_loop_serves_reports()
     monkeypatch.setattr(CallbackThread, "run_held", counted)
@@ -378,7 +386,8 @@ async def test_thread_callbacks_of_one_poll_wake_their_thread_once(
         # Served on the loop (not by a flush): every report through _poll.
         await asyncio.wait_for(all_ran.wait(), 10)
 
-        assert 0 < wakeups.puts <= polls
+        assert wakeups.puts > 0
+        assert sent_during_polls == 0
         assert producer.metrics.delivered == 300
 
 

@@ -243,8 +243,8 @@ class CallbackThread:
     def __init__(self, name: str) -> None:
         self._wakeups: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._closed = False
-        self._holder = 0  # the thread inside held(), or 0
-        self._held: Callable[[], None] | None = None  # its wake-up, sent when held() ends
+        self._holder = 0  # the thread inside run_held(), or 0
+        self._held: Callable[[], None] | None = None  # its wake-up, sent when run_held() returns
         self._pending = PendingCalls(self, functools.partial(_callback_failed, name))
         self.call_soon: Callable[..., None] = self._pending.call_soon
         """Run ``callback(*args)`` on this thread soon, from any thread."""
