@@ -101,6 +101,10 @@ class RequestMetrics:
         self.app = app
         self._requests = metrics.requests
         self._latency = metrics.request_latency
+        # Each label set's child, looked up once: labels() costs about 0.7 µs a call, twice a
+        # request. Bounded like the children themselves: methods, route templates, statuses.
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._timers: dict[str, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -121,5 +125,12 @@ class RequestMetrics:
             route: Any = scope.get("route")
             template = getattr(route, "path", "unmatched")
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            self._requests.labels(method, template, str(status)).inc()
-            self._latency.labels(template).observe(time.perf_counter() - started)
+            counter = self._counters.get((method, template, status))
+            if counter is None:
+                counter = self._requests.labels(method, template, str(status))
+                self._counters[method, template, status] = counter
+            counter.inc()
+            timer = self._timers.get(template)
+            if timer is None:
+                timer = self._timers[template] = self._latency.labels(template)
+            timer.observe(time.perf_counter() - started)
