@@ -349,12 +349,13 @@ async def test_thread_callbacks_of_one_poll_wake_their_thread_once(
     # The loop's polls go through CallbackThread.run_held (test_bridge checks what it holds
     # back): the callback thread is woken once a poll has served its reports, never during it.
     wakeups: CountingQueue | None = None
-    sent_during_polls = 0
+    polls = sent_during_polls = 0
     run_held = CallbackThread.run_held
 
     def counted(self: CallbackThread, func: Any, *args: Any) -> Any:
         def poll(*poll_args: Any) -> Any:
-            nonlocal sent_during_polls
+            nonlocal polls, sent_during_polls
+            polls += 1
             before = wakeups.puts if wakeups is not None else 0
             try:
                 return func(*poll_args)
@@ -386,6 +387,7 @@ async def test_thread_callbacks_of_one_poll_wake_their_thread_once(
         # Served on the loop (not by a flush): every report through _poll.
         await asyncio.wait_for(all_ran.wait(), 10)
 
+        assert polls > 0
         assert wakeups.puts > 0
         assert sent_during_polls == 0
         assert producer.metrics.delivered == 300
