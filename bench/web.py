@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.web            # 3 rounds x 6 levels x 13 endpoints x 2 tools
     .venv/bin/python -m bench.web --quick    # 1 round, 3 s cells, concurrency 10 and 400
     .venv/bin/python -m bench.web --apps kafkaloop baseline --generators wrk --concurrency 400
+    .venv/bin/python -m bench.web --apps kafkaloop --variant no-cache KAFKALOOP_ITEM_CACHE=false
 
 Each app is a process of its own (one uvicorn worker, log level warning) on a port of its own,
 producing to a fresh topic of its own; all run for the whole benchmark. Servers are pinned to
@@ -15,6 +16,9 @@ of a server on its core and leaves the broker's JVM wherever the scheduler puts 
 apps' endpoints rotates every round so drift hits all alike. Figures are medians over rounds.
 The reference service also gets /items0, the asyncio floor (bench/apps/kafkaloop_app.py): its
 no-op plus one await and no Kafka, the most any awaited endpoint can keep of the no-op here.
+``--variant NAME ENV=VALUE...`` runs the reference service once more, as the app
+``kafkaloop-NAME`` with those environment variables set, in the same rounds: an A/B of a setting
+in one run, each variant's endpoints judged over its own no-op.
 
 Throughput counts 2xx answers only. wrk gives latency percentiles; siege gives only the mean
 (computed here from its concurrency and elapsed time, as its own `response_time` has 10 ms
@@ -56,7 +60,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -133,6 +137,18 @@ APPS = {
         ("POST", "/items5"),
     ),
 }
+
+
+def variant_app(name: str, env: dict[str, str]) -> App:
+    """The reference service as an app of its own, ``kafkaloop-NAME``, with `env` set."""
+    base = APPS["kafkaloop"]
+    return replace(base, name=f"{base.name}-{name}", env={**base.env, **env})
+
+
+def app_rank(name: str) -> tuple[int, str]:
+    """Report order: the apps as listed in APPS, then the variants by name."""
+    order = list(APPS)
+    return (order.index(name), "") if name in order else (len(order), name)
 
 
 class Server:
@@ -718,6 +734,7 @@ def make_generators(names: Sequence[str], workdir: Path, levels: Sequence[int]) 
 def run(args: argparse.Namespace) -> int:
     run_id = uuid.uuid4().hex[:6]
     apps = [APPS[a] for a in APPS if a in args.apps]
+    apps += [variant_app(name, env) for name, env in args.variants.items()]
     levels: list[int] = args.concurrency
     pins = pinning(args.pin)
     pairs = [(app, endpoint) for app in apps for endpoint in app.endpoints]
@@ -980,8 +997,7 @@ def summarize(cells: Sequence[Cell]) -> list[dict[str, Any]]:
             row["ratio_to_noop_per_cpu"] = round(
                 row["rps_per_server_core"] / noop["rps_per_server_core"], 3
             )
-    order = {name: i for i, name in enumerate(APPS)}
-    rows.sort(key=lambda r: (r["generator"], r["concurrency"], order[r["app"]], r["endpoint"]))
+    rows.sort(key=lambda r: (r["generator"], r["concurrency"], app_rank(r["app"]), r["endpoint"]))
     return rows
 
 
@@ -1035,33 +1051,36 @@ def _target(
 
 def targets(rows: Sequence[dict[str, Any]], levels: Sequence[int]) -> list[str]:
     """The issue's targets at 400 users, judged on throughput; the ratio of 2xx answers per
-    server CPU-second is shown beside, as it holds even when something else shared the core."""
+    server CPU-second is shown beside, as it holds even when something else shared the core.
+    Each variant of the reference service is judged the same way, over its own no-op."""
     level = 400 if 400 in levels else max(levels)
     lines = [] if level == 400 else [f"(no run at 400 users: at {level} instead)"]
-    noop = ("kafkaloop", f"/{NOOP}")
-    awaited = ("kafkaloop", "/items1")
+    ours = sorted({r["app"] for r in rows if r["app"].startswith("kafkaloop")}, key=app_rank)
     for generator in sorted({r["generator"] for r in rows}):
         at = {
             (r["app"], r["endpoint"]): r
             for r in rows
             if r["generator"] == generator and r["concurrency"] == level and r["rps"] != ""
         }
-        found = [_target(at, "kafkaloop awaited / no-op", awaited, noop, 0.95)]
-        floor = at.get(("kafkaloop", f"/{FLOOR}"))
-        if floor and floor["rps"] and at.get(noop) and at.get(awaited) and at[noop]["rps"]:
-            found.append(
-                f"(the asyncio floor, /{FLOOR}: {floor['rps'] / at[noop]['rps']:.2f}x no-op, "
-                "the most an awaited endpoint can keep on this stack; awaited / floor "
-                f"{at[awaited]['rps'] / floor['rps']:.2f})"
-            )
-        for endpoint in OUT_OF_BAND:
-            label = f"kafkaloop /{endpoint} {ENDPOINT_KINDS[endpoint]} / no-op"
-            found.append(_target(at, label, ("kafkaloop", f"/{endpoint}"), noop, 0.98))
+        found = []
+        for app in ours:
+            noop, awaited = (app, f"/{NOOP}"), (app, "/items1")
+            found.append(_target(at, f"{app} awaited / no-op", awaited, noop, 0.95))
+            floor = at.get((app, f"/{FLOOR}"))
+            if floor and floor["rps"] and at.get(noop) and at.get(awaited) and at[noop]["rps"]:
+                found.append(
+                    f"(the asyncio floor, /{FLOOR}: {floor['rps'] / at[noop]['rps']:.2f}x "
+                    "no-op, the most an awaited endpoint can keep on this stack; awaited / "
+                    f"floor {at[awaited]['rps'] / floor['rps']:.2f})"
+                )
+            for endpoint in OUT_OF_BAND:
+                label = f"{app} /{endpoint} {ENDPOINT_KINDS[endpoint]} / no-op"
+                found.append(_target(at, label, (app, f"/{endpoint}"), noop, 0.98))
         found.append(
             _target(
                 at,
                 "kafkaloop awaited / baseline awaited",
-                awaited,
+                ("kafkaloop", "/items1"),
                 ("baseline", "/items1"),
                 1.0,
                 strict=True,
@@ -1079,8 +1098,7 @@ def chart(rows: Sequence[dict[str, Any]], levels: Sequence[int], path: Path) -> 
     import matplotlib.pyplot as plt
 
     generators = sorted({r["generator"] for r in rows})
-    app_order = {name: i for i, name in enumerate(APPS)}
-    lines = sorted({(r["app"], r["endpoint"]) for r in rows}, key=lambda k: (app_order[k[0]], k[1]))
+    lines = sorted({(r["app"], r["endpoint"]) for r in rows}, key=lambda k: (app_rank(k[0]), k[1]))
     legend_rows = math.ceil(len(lines) / 3)
     height = 5.0 + 0.25 * legend_rows
     fig, axes = plt.subplots(
@@ -1251,6 +1269,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--apps", nargs="+", choices=list(APPS), default=list(APPS))
     parser.add_argument(
+        "--variant",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="NAME ENV=VALUE...: also run the reference service as the app kafkaloop-NAME, "
+        "with these environment variables set (repeatable), e.g. --variant no-cache "
+        "KAFKALOOP_ITEM_CACHE=false",
+    )
+    parser.add_argument(
         "--pin",
         choices=["loop", "process"],
         default="loop",
@@ -1269,7 +1297,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             setattr(args, name, value)
     if args.duration < 1 or args.rounds < 1 or min(args.concurrency) < 1:
         parser.error("--duration, --rounds and every --concurrency must be at least 1")
+    args.variants = {}
+    for name, *assignments in args.variant:
+        error = variant_error(name, assignments, args.variants)
+        if error:
+            parser.error(f"--variant {name}: {error}")
+        args.variants[name] = dict(a.split("=", 1) for a in assignments)
     return args
+
+
+def variant_error(name: str, assignments: Sequence[str], seen: Sequence[str]) -> str | None:
+    """What is wrong with a --variant, if anything: its name goes into an app's name and a
+    topic's, so letters, digits and dashes only."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*", name):
+        return "the name takes letters, digits and dashes only"
+    if name in seen:
+        return "given twice"
+    if not assignments:
+        return "no ENV=VALUE given (the reference service as it is already runs as kafkaloop)"
+    for assignment in assignments:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", assignment, flags=re.DOTALL):
+            return f"{assignment!r} is not ENV=VALUE"
+    return None
 
 
 if __name__ == "__main__":
