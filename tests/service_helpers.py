@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from kafkaloop.broker import free_port
 from kafkaloop.service import create_app
 from kafkaloop.settings import ServiceSettings
+from kafkaloop.write_batching import WriteBatchingProtocol
 
 
 def service_settings(bootstrap: str, topic: str, **overrides: Any) -> ServiceSettings:
@@ -31,7 +32,13 @@ async def serving(app: FastAPI) -> AsyncIterator[str]:
     """Serve `app` with uvicorn on a free loopback port in this event loop; yield its URL."""
     port = free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", ws="websockets-sansio"
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        ws="websockets-sansio",
+        http=WriteBatchingProtocol,  # as `kafkaloop serve` runs the service
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -8,9 +8,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kafkaloop._exceptions import KafkaloopError
 from kafkaloop.broker import LocalKafka, cache_dir, print_progress
+
+if TYPE_CHECKING:
+    import asyncio
 
 DEFAULT_PORT = 9092
 
@@ -120,10 +124,17 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = ServiceSettings()
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    http: str | type[asyncio.Protocol] = (
+        "httptools" if importlib.util.find_spec("httptools") else "h11"
+    )
+    if http == "httptools" and settings.write_batching:
+        from kafkaloop.write_batching import WriteBatchingProtocol
+
+        http = WriteBatchingProtocol
     print_progress(
         f"Serving on http://{args.host}:{args.port} with {args.workers} worker(s), "
-        f"Kafka at {settings.bootstrap_servers} ({loop}, {http})"
+        f"Kafka at {settings.bootstrap_servers} ({loop}, "
+        f"{http if isinstance(http, str) else 'httptools, writes batched'})"
     )
     uvicorn.run(
         "kafkaloop.service.app:create_app",

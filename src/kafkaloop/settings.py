@@ -101,6 +101,11 @@ class ServiceSettings(KafkaSettings):
         description="Freeze start-up objects out of the garbage collector's walks and collect "
         "young objects less often while serving (kafkaloop.fastapi.serving_gc)",
     )
+    write_batching: bool = Field(
+        True,
+        description="Write each connection's HTTP output once per event-loop turn, head and "
+        "body together (kafkaloop.write_batching; needs httptools)",
+    )
     request_concurrency: int = Field(
         32,
         ge=0,

@@ -1,0 +1,219 @@
+"""HTTP answers written once per loop turn: what is held, when it leaves, and over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
+
+from kafkaloop.write_batching import _FLUSH_AT, WriteBatchingProtocol, _BatchingTransport, _flusher
+from tests.service_helpers import serving
+
+
+class RecordingTransport(asyncio.Transport):
+    """A socket stand-in: what was written, and whether it was closed or aborted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closing = False
+        self.aborted = False
+
+    def write(self, data: Any) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = self.aborted = True
+
+    def get_write_buffer_size(self) -> int:
+        return sum(map(len, self.writes))
+
+
+def batching() -> tuple[_BatchingTransport, RecordingTransport]:
+    socket = RecordingTransport()
+    return _BatchingTransport(socket, _flusher(asyncio.get_running_loop())), socket
+
+
+async def test_a_head_and_body_leave_in_one_write_on_the_next_loop_turn() -> None:
+    transport, socket = batching()
+
+    transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    transport.write(b"body")
+    assert socket.writes == []
+    assert transport.get_write_buffer_size() == len(b"HTTP/1.1 200 OK\r\n\r\nbody")
+
+    await asyncio.sleep(0)
+    assert socket.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
+
+    await asyncio.sleep(0)
+    assert socket.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]  # nothing written twice
+
+
+async def test_each_connection_gets_its_own_write_in_the_same_turn() -> None:
+    (first, first_socket), (second, second_socket) = batching(), batching()
+
+    first.write(b"a1")
+    second.write(b"b1")
+    first.write(b"a2")
+    await asyncio.sleep(0)
+
+    assert first_socket.writes == [b"a1a2"]
+    assert second_socket.writes == [b"b1"]
+
+
+async def test_more_than_the_limit_in_one_turn_is_written_at_once() -> None:
+    transport, socket = batching()
+    chunk = b"x" * (_FLUSH_AT // 2)
+
+    transport.write(chunk)
+    transport.write(chunk)
+    assert socket.writes == []
+    transport.write(b"y")  # past the limit: no waiting for the turn
+
+    assert socket.writes == [chunk + chunk + b"y"]
+    assert transport.get_write_buffer_size() == len(socket.writes[0])
+    await asyncio.sleep(0)
+    assert len(socket.writes) == 1
+
+
+async def test_close_writes_what_is_held_first_and_abort_drops_it() -> None:
+    closed, closed_socket = batching()
+    closed.write(b"last answer")
+    closed.close()
+    assert closed_socket.writes == [b"last answer"]
+    assert closed_socket.closing
+
+    aborted, aborted_socket = batching()
+    aborted.write(b"never sent")
+    aborted.abort()
+    await asyncio.sleep(0)
+    assert aborted_socket.writes == []
+    assert aborted_socket.aborted
+
+
+async def test_nothing_is_written_to_a_socket_that_closed_meanwhile() -> None:
+    transport, socket = batching()
+    transport.write(b"answer")
+    socket.closing = True  # the client went away within the turn
+
+    await asyncio.sleep(0)
+
+    assert socket.writes == []
+
+
+def _app() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/echo/{text}")
+    async def echo(text: str) -> dict[str, str]:
+        return {"text": text}
+
+    @app.get("/stream")
+    async def stream() -> StreamingResponse:
+        async def chunks() -> AsyncIterator[bytes]:
+            for i in range(64):
+                yield bytes([65 + i % 26]) * 16384  # 1 MiB in all, no await between chunks
+
+        return StreamingResponse(chunks(), media_type="application/octet-stream")
+
+    return app
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    return head, await reader.readexactly(length)
+
+
+async def test_pipelined_answers_arrive_whole_and_in_order_over_a_real_socket() -> None:
+    async with serving(_app()) as url:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(
+                b"".join(f"GET /echo/{n} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for n in range(20))
+            )
+            answers = [await asyncio.wait_for(_read_answer(reader), 10) for _ in range(20)]
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    assert [body for _head, body in answers] == [f'{{"text":"{n}"}}'.encode() for n in range(20)]
+    assert all(head.startswith(b"HTTP/1.1 200 OK\r\n") for head, _body in answers)
+
+
+async def test_an_answer_before_connection_close_arrives_before_the_end() -> None:
+    async with serving(_app()) as url:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(b"GET /echo/bye HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            everything = await asyncio.wait_for(reader.read(), 10)  # up to the server's close
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    assert everything.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert everything.endswith(b'\r\n\r\n{"text":"bye"}')
+
+
+async def test_a_streamed_megabyte_arrives_whole() -> None:
+    async with serving(_app()) as url:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(b"GET /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            everything = await asyncio.wait_for(reader.read(), 30)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    head, _, chunked = everything.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower()
+    body, rest = b"", chunked
+    while True:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        body, rest = body + rest[:size], rest[size + 2 :]
+    assert body == b"".join(bytes([65 + i % 26]) * 16384 for i in range(64))
+
+
+async def test_the_protocol_sends_its_connections_answers_through_the_batching(
+    monkeypatch: Any,
+) -> None:
+    flushed: list[int] = []
+    flush = _BatchingTransport.flush
+
+    def counting_flush(self: _BatchingTransport) -> None:
+        flushed.append(self._held_bytes)
+        flush(self)
+
+    monkeypatch.setattr(_BatchingTransport, "flush", counting_flush)
+    async with serving(_app()) as url:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(b"GET /echo/one HTTP/1.1\r\nHost: x\r\n\r\n")
+            head, body = await asyncio.wait_for(_read_answer(reader), 10)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    assert body == b'{"text":"one"}'
+    assert len(head) + len(body) in flushed  # head and body held, then written together
+    assert WriteBatchingProtocol.__mro__[1].__name__ == "HttpToolsProtocol"
