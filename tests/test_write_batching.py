@@ -6,10 +6,11 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 
-from kafkaloop.write_batching import _FLUSH_AT, WriteBatchingProtocol, _BatchingTransport, _flusher
+from kafkaloop.write_batching import _FLUSH_AT, _BatchingTransport, _flusher
 from tests.service_helpers import serving
 
 
@@ -41,6 +42,20 @@ class RecordingTransport(asyncio.Transport):
 def batching() -> tuple[_BatchingTransport, RecordingTransport]:
     socket = RecordingTransport()
     return _BatchingTransport(socket, _flusher(asyncio.get_running_loop())), socket
+
+
+@pytest.fixture
+def held(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The bytes each batching transport held every time it wrote them out."""
+    sizes: list[int] = []
+    write_held = _BatchingTransport._write_held
+
+    def recording(self: _BatchingTransport) -> None:
+        sizes.append(self._held_bytes)
+        write_held(self)
+
+    monkeypatch.setattr(_BatchingTransport, "_write_held", recording)
+    return sizes
 
 
 async def test_a_head_and_body_leave_in_one_write_on_the_next_loop_turn() -> None:
@@ -85,6 +100,43 @@ async def test_more_than_the_limit_in_one_turn_is_written_at_once() -> None:
     assert len(socket.writes) == 1
 
 
+async def test_a_write_after_a_flush_at_the_limit_still_waits_for_the_turn() -> None:
+    transport, socket = batching()
+
+    transport.write(b"x" * (_FLUSH_AT + 1))
+    transport.write(b"tail")
+    assert socket.writes == [b"x" * (_FLUSH_AT + 1)]
+
+    await asyncio.sleep(0)
+    assert socket.writes == [b"x" * (_FLUSH_AT + 1), b"tail"]
+
+
+class BrokenTransport(RecordingTransport):
+    def write(self, data: Any) -> None:
+        raise RuntimeError("the socket broke")
+
+
+async def test_one_connection_failing_its_write_does_not_strand_the_others() -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+        flusher = _flusher(loop)
+        broken = _BatchingTransport(BrokenTransport(), flusher)
+        fine, fine_socket = batching()
+
+        broken.write(b"lost")
+        fine.write(b"answer")
+        await asyncio.sleep(0)
+        fine.write(b"next")
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+
+    assert fine_socket.writes == [b"answer", b"next"]
+    assert [str(c["exception"]) for c in reported] == ["the socket broke"]
+
+
 async def test_close_writes_what_is_held_first_and_abort_drops_it() -> None:
     closed, closed_socket = batching()
     closed.write(b"last answer")
@@ -95,6 +147,7 @@ async def test_close_writes_what_is_held_first_and_abort_drops_it() -> None:
     aborted, aborted_socket = batching()
     aborted.write(b"never sent")
     aborted.abort()
+    assert aborted.get_write_buffer_size() == 0
     await asyncio.sleep(0)
     assert aborted_socket.writes == []
     assert aborted_socket.aborted
@@ -170,7 +223,9 @@ async def test_an_answer_before_connection_close_arrives_before_the_end() -> Non
     assert everything.endswith(b'\r\n\r\n{"text":"bye"}')
 
 
-async def test_a_streamed_megabyte_arrives_whole() -> None:
+async def test_a_streamed_megabyte_arrives_whole_never_held_past_the_limit(
+    held: list[int],
+) -> None:
     async with serving(_app()) as url:
         host, port = url.removeprefix("http://").split(":")
         reader, writer = await asyncio.open_connection(host, int(port))
@@ -191,19 +246,13 @@ async def test_a_streamed_megabyte_arrives_whole() -> None:
             break
         body, rest = body + rest[:size], rest[size + 2 :]
     assert body == b"".join(bytes([65 + i % 26]) * 16384 for i in range(64))
+    assert held  # the answer went through the batching
+    assert max(held) <= _FLUSH_AT + 16384 + 16  # one chunk and its framing past the limit
 
 
 async def test_the_protocol_sends_its_connections_answers_through_the_batching(
-    monkeypatch: Any,
+    held: list[int],
 ) -> None:
-    flushed: list[int] = []
-    flush = _BatchingTransport.flush
-
-    def counting_flush(self: _BatchingTransport) -> None:
-        flushed.append(self._held_bytes)
-        flush(self)
-
-    monkeypatch.setattr(_BatchingTransport, "flush", counting_flush)
     async with serving(_app()) as url:
         host, port = url.removeprefix("http://").split(":")
         reader, writer = await asyncio.open_connection(host, int(port))
@@ -215,5 +264,26 @@ async def test_the_protocol_sends_its_connections_answers_through_the_batching(
             await writer.wait_closed()
 
     assert body == b'{"text":"one"}'
-    assert len(head) + len(body) in flushed  # head and body held, then written together
-    assert WriteBatchingProtocol.__mro__[1].__name__ == "HttpToolsProtocol"
+    assert len(head) + len(body) in held  # head and body held, then written together
+
+
+def test_answers_are_batched_under_uvloop_too(held: list[int]) -> None:
+    """`kafkaloop serve` runs uvloop, whose transports do not derive from asyncio's."""
+    import uvloop
+
+    async def main() -> tuple[bytes, bytes]:
+        async with serving(_app()) as url:
+            host, port = url.removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            try:
+                writer.write(b"GET /echo/uv HTTP/1.1\r\nHost: x\r\n\r\n")
+                return await asyncio.wait_for(_read_answer(reader), 10)
+            finally:
+                writer.close()
+                await writer.wait_closed()
+
+    head, body = uvloop.run(main())
+
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert body == b'{"text":"uv"}'
+    assert len(head) + len(body) in held  # head and body written together

@@ -4,20 +4,24 @@
 
 uvicorn writes an answer's head and its body with one socket write each, each the moment it is
 asked for: two system calls per answer, and as many wake-ups of the client. Here what a
-connection writes during one turn of the loop is kept and sent with one write when the loop next
-runs its ready callbacks, together with every other connection's answers of that turn. Under
-load the loop then writes in bursts and reads in bursts, and each turn serves more requests for
-the same fixed costs (bench/README.md has the figures). An answer leaves at most one loop turn
-later than it would have: microseconds on an idle loop.
+connection writes during one turn of the loop is held and written with one write (one per
+connection) by a single callback when the loop next runs its ready callbacks. Under load the
+answers of a turn then leave in one burst, the next requests come back in bursts, and each turn
+serves more requests for the same fixed costs (bench/README.md, "Answers written once per loop
+turn", has the figures). An answer leaves at most one loop turn later than it would have:
+microseconds on an idle loop.
 
 Memory stays bounded: a connection that writes more than ``_FLUSH_AT`` bytes within one turn (a
-streamed body) has them written at once, so uvicorn's flow control sees the socket's real
-buffer. ``KAFKALOOP_WRITE_BATCHING=false`` runs uvicorn's own protocol instead.
+streamed body) has them written at once, so at most that much per connection sits outside the
+socket's buffer, which uvicorn's flow control watches. Closing the connection through this
+transport writes what is held first; aborting it, or the client going away, drops it.
+``KAFKALOOP_WRITE_BATCHING=false`` runs uvicorn's own protocol instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -32,31 +36,39 @@ _FLUSH_AT = 64 * 1024
 class _Flusher:
     """One per event loop: the connections holding writes back, flushed once a turn."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def __init__(self) -> None:
         self._waiting: list[_BatchingTransport] = []
 
     def hold(self, transport: _BatchingTransport) -> None:
         if not self._waiting:
-            self._loop.call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._flush)
         self._waiting.append(transport)
 
     def _flush(self) -> None:
         waiting, self._waiting = self._waiting, []
         for transport in waiting:
-            transport.flush()
+            try:
+                transport.flush()
+            except Exception as exc:  # one broken socket must not strand the others' answers
+                asyncio.get_running_loop().call_exception_handler(
+                    {
+                        "message": "Writing a connection's held answers failed",
+                        "exception": exc,
+                        "transport": transport,
+                    }
+                )
 
 
-_flushers: dict[asyncio.AbstractEventLoop, _Flusher] = {}
+# (weak: a loop that is gone takes its flusher with it; the flusher holds no loop)
+_flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _flusher(loop: asyncio.AbstractEventLoop) -> _Flusher:
     flusher = _flushers.get(loop)
     if flusher is None:
-        if len(_flushers) > 16:  # loops come and go (tests): forget the closed ones
-            for old in [old for old in _flushers if old.is_closed()]:
-                del _flushers[old]
-        flusher = _flushers[loop] = _Flusher(loop)
+        flusher = _flushers[loop] = _Flusher()
     return flusher
 
 
@@ -69,37 +81,46 @@ class _BatchingTransport(asyncio.Transport):
         self._flusher = flusher
         self._held: list[bytes] = []
         self._held_bytes = 0
+        self._queued = False  # on the flusher's list for this turn
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not data:
-            return
-        if not self._held:
+        chunk = bytes(data)
+        if not chunk or self._transport.is_closing():
+            return  # (the socket's own write would drop it too)
+        if not self._queued:
+            self._queued = True
             self._flusher.hold(self)
-        self._held.append(bytes(data))
-        self._held_bytes += len(data)
+        self._held.append(chunk)
+        self._held_bytes += len(chunk)
         if self._held_bytes > _FLUSH_AT:
-            self.flush()
+            self._write_held()
 
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
         for data in list_of_data:
             self.write(data)
 
     def flush(self) -> None:
-        """Write what is held back now (a no-op when nothing is, or the socket is closing)."""
+        """Write what is held back now: the flusher's call, once a turn."""
+        self._queued = False
+        self._write_held()
+
+    def _write_held(self) -> None:
         held, self._held, self._held_bytes = self._held, [], 0
         if held and not self._transport.is_closing():
             self._transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     def close(self) -> None:
-        self.flush()  # an answer followed by "connection: close" still leaves first
-        self._transport.close()
+        try:
+            self._write_held()  # an answer followed by "connection: close" still leaves first
+        finally:
+            self._transport.close()
 
     def abort(self) -> None:
         self._held, self._held_bytes = [], 0
         self._transport.abort()
 
     def write_eof(self) -> None:
-        self.flush()
+        self._write_held()
         self._transport.write_eof()
 
     def can_write_eof(self) -> bool:
