@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import pytest
 from fastapi import FastAPI
@@ -12,6 +12,8 @@ from fastapi.responses import StreamingResponse
 
 from kafkaloop.write_batching import _FLUSH_AT, _BatchingTransport, _flusher
 from tests.service_helpers import serving
+
+T = TypeVar("T")
 
 
 class RecordingTransport(asyncio.Transport):
@@ -191,33 +193,39 @@ async def _read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return head, await reader.readexactly(length)
 
 
-async def test_pipelined_answers_arrive_whole_and_in_order_over_a_real_socket() -> None:
+async def _read_all(reader: asyncio.StreamReader) -> bytes:
+    return await reader.read()
+
+
+async def ask(request: bytes, read: Callable[[asyncio.StreamReader], Awaitable[T]]) -> T:
+    """Serve the app above, send `request` on a fresh connection, return what `read` gets."""
     async with serving(_app()) as url:
         host, port = url.removeprefix("http://").split(":")
         reader, writer = await asyncio.open_connection(host, int(port))
         try:
-            writer.write(
-                b"".join(f"GET /echo/{n} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for n in range(20))
-            )
-            answers = [await asyncio.wait_for(_read_answer(reader), 10) for _ in range(20)]
+            writer.write(request)
+            return await asyncio.wait_for(read(reader), 30)
         finally:
             writer.close()
             await writer.wait_closed()
+
+
+async def test_pipelined_answers_arrive_whole_and_in_order_over_a_real_socket() -> None:
+    async def twenty(reader: asyncio.StreamReader) -> list[tuple[bytes, bytes]]:
+        return [await _read_answer(reader) for _ in range(20)]
+
+    answers = await ask(
+        b"".join(f"GET /echo/{n} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for n in range(20)), twenty
+    )
 
     assert [body for _head, body in answers] == [f'{{"text":"{n}"}}'.encode() for n in range(20)]
     assert all(head.startswith(b"HTTP/1.1 200 OK\r\n") for head, _body in answers)
 
 
 async def test_an_answer_before_connection_close_arrives_before_the_end() -> None:
-    async with serving(_app()) as url:
-        host, port = url.removeprefix("http://").split(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
-        try:
-            writer.write(b"GET /echo/bye HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            everything = await asyncio.wait_for(reader.read(), 10)  # up to the server's close
-        finally:
-            writer.close()
-            await writer.wait_closed()
+    everything = await ask(  # read up to the server's close
+        b"GET /echo/bye HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", _read_all
+    )
 
     assert everything.startswith(b"HTTP/1.1 200 OK\r\n")
     assert everything.endswith(b'\r\n\r\n{"text":"bye"}')
@@ -226,15 +234,9 @@ async def test_an_answer_before_connection_close_arrives_before_the_end() -> Non
 async def test_a_streamed_megabyte_arrives_whole_never_held_past_the_limit(
     held: list[int],
 ) -> None:
-    async with serving(_app()) as url:
-        host, port = url.removeprefix("http://").split(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
-        try:
-            writer.write(b"GET /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            everything = await asyncio.wait_for(reader.read(), 30)
-        finally:
-            writer.close()
-            await writer.wait_closed()
+    everything = await ask(
+        b"GET /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", _read_all
+    )
 
     head, _, chunked = everything.partition(b"\r\n\r\n")
     assert b"transfer-encoding: chunked" in head.lower()
@@ -253,15 +255,7 @@ async def test_a_streamed_megabyte_arrives_whole_never_held_past_the_limit(
 async def test_the_protocol_sends_its_connections_answers_through_the_batching(
     held: list[int],
 ) -> None:
-    async with serving(_app()) as url:
-        host, port = url.removeprefix("http://").split(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
-        try:
-            writer.write(b"GET /echo/one HTTP/1.1\r\nHost: x\r\n\r\n")
-            head, body = await asyncio.wait_for(_read_answer(reader), 10)
-        finally:
-            writer.close()
-            await writer.wait_closed()
+    head, body = await ask(b"GET /echo/one HTTP/1.1\r\nHost: x\r\n\r\n", _read_answer)
 
     assert body == b'{"text":"one"}'
     assert len(head) + len(body) in held  # head and body held, then written together
@@ -271,18 +265,7 @@ def test_answers_are_batched_under_uvloop_too(held: list[int]) -> None:
     """`kafkaloop serve` runs uvloop, whose transports do not derive from asyncio's."""
     import uvloop
 
-    async def main() -> tuple[bytes, bytes]:
-        async with serving(_app()) as url:
-            host, port = url.removeprefix("http://").split(":")
-            reader, writer = await asyncio.open_connection(host, int(port))
-            try:
-                writer.write(b"GET /echo/uv HTTP/1.1\r\nHost: x\r\n\r\n")
-                return await asyncio.wait_for(_read_answer(reader), 10)
-            finally:
-                writer.close()
-                await writer.wait_closed()
-
-    head, body = uvloop.run(main())
+    head, body = uvloop.run(ask(b"GET /echo/uv HTTP/1.1\r\nHost: x\r\n\r\n", _read_answer))
 
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
     assert body == b'{"text":"uv"}'
