@@ -59,7 +59,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -1306,7 +1306,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def variant_error(name: str, assignments: Sequence[str], seen: Sequence[str]) -> str | None:
+def variant_error(name: str, assignments: Sequence[str], seen: Collection[str]) -> str | None:
     """What is wrong with a --variant, if anything: its name goes into an app's name and a
     topic's, so letters, digits and dashes only."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*", name):

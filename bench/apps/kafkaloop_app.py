@@ -18,9 +18,9 @@ from fastapi import Response
 from fastapi.routing import APIRoute
 
 from bench.apps import serve
+from kafkaloop.cli import http_protocol
 from kafkaloop.service.app import create_app
 from kafkaloop.settings import ServiceSettings
-from kafkaloop.write_batching import WriteBatchingProtocol
 
 app = create_app()
 _noop = next(r for r in app.routes if isinstance(r, APIRoute) and r.path == "/items5")
@@ -42,5 +42,5 @@ _floor = app.router.routes.pop()
 app.router.routes.insert(app.router.routes.index(_noop) + 1, _floor)
 
 if __name__ == "__main__":
-    # As `kafkaloop serve` runs it: answers written once per loop turn unless turned off.
-    serve(app, __doc__, WriteBatchingProtocol if ServiceSettings().write_batching else "auto")
+    # The HTTP protocol `kafkaloop serve` picks: answers written once per loop turn unless off.
+    serve(app, __doc__, http_protocol(ServiceSettings().write_batching))

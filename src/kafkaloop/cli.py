@@ -115,6 +115,20 @@ def _smoke(args: argparse.Namespace) -> int:
     return run_smoke(bootstrap, args.topic, args.count)
 
 
+def http_protocol(write_batching: bool) -> str | type[asyncio.Protocol]:
+    """uvicorn's ``http`` for the service: the write-batching protocol when asked for and
+    httptools is there, else httptools or h11 as they come."""
+    import importlib.util  # imported late: keeps `broker` start-up light
+
+    if not importlib.util.find_spec("httptools"):
+        return "h11"
+    if not write_batching:
+        return "httptools"
+    from kafkaloop.write_batching import WriteBatchingProtocol
+
+    return WriteBatchingProtocol
+
+
 def _serve(args: argparse.Namespace) -> int:
     import importlib.util  # imported late: keeps `broker` start-up light
 
@@ -124,13 +138,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = ServiceSettings()
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    http: str | type[asyncio.Protocol] = (
-        "httptools" if importlib.util.find_spec("httptools") else "h11"
-    )
-    if http == "httptools" and settings.write_batching:
-        from kafkaloop.write_batching import WriteBatchingProtocol
-
-        http = WriteBatchingProtocol
+    http = http_protocol(settings.write_batching)
     print_progress(
         f"Serving on http://{args.host}:{args.port} with {args.workers} worker(s), "
         f"Kafka at {settings.bootstrap_servers} ({loop}, "
