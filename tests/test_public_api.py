@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 
 import kafkaloop
 from kafkaloop import KafkaloopError
@@ -25,6 +27,21 @@ def test_every_exported_exception_is_a_kafkaloop_error() -> None:
 
     assert exceptions
     assert all(issubclass(exc, KafkaloopError) for exc in exceptions)
+
+
+def test_every_exception_a_public_module_exports_is_a_kafkaloop_error() -> None:
+    exceptions = {}
+    for info in pkgutil.iter_modules(kafkaloop.__path__):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"kafkaloop.{info.name}")
+        for name in getattr(module, "__all__", ()):
+            obj = getattr(module, name)
+            if inspect.isclass(obj) and issubclass(obj, BaseException):
+                exceptions[f"kafkaloop.{info.name}.{name}"] = obj
+
+    assert "kafkaloop.push.SlowClientError" in exceptions  # the walk reaches the submodules
+    assert [name for name, exc in exceptions.items() if not issubclass(exc, KafkaloopError)] == []
 
 
 def test_every_public_name_has_a_docstring() -> None:

@@ -19,8 +19,10 @@ The tree::
     │   ├── InvalidPartitionsError
     │   └── TopicMismatchError        ensure_topics found a topic shaped otherwise
     ├── AdminErrorGroup               several topics failed: an ExceptionGroup of AdminErrors
-    └── ConsumerError                 consuming failed
-        └── DeserializationError      a key or value deserializer raised; names the record
+    ├── ConsumerError                 consuming failed
+    │   └── DeserializationError      a key or value deserializer raised; names the record
+    ├── KafkaUnavailable              (kafkaloop.fastapi) no acknowledgement within the deadline
+    └── SlowClientError               (kafkaloop.push) a live-push subscription was ended
 
 Each message says what happened and what to do next.
 """

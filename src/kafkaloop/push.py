@@ -21,7 +21,7 @@ from typing import Any
 from confluent_kafka import TopicPartition
 
 from kafkaloop._consumer import BACKGROUND_FETCH, AIOConsumer
-from kafkaloop._exceptions import ConsumerError
+from kafkaloop._exceptions import ConsumerError, KafkaloopError
 from kafkaloop._logging import RateLimitedLog, logger
 from kafkaloop._models import ConsumerRecord
 
@@ -41,7 +41,7 @@ TOO_SLOW = 1013
 GOING_AWAY = 1001
 
 
-class SlowClientError(Exception):
+class SlowClientError(KafkaloopError):
     """The subscription ended: the client stayed full too long, or the service is stopping.
 
     ``code`` is the WebSocket close code to send: 1013 (too slow) or 1001 (going away).
