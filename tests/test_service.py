@@ -79,15 +79,15 @@ async def test_out_of_band_and_fire_and_forget_endpoints_deliver_and_no_op_does_
 
 
 @pytest.mark.parametrize(
-    ("body", "headers"),
+    ("body", "headers", "status"),
     [
-        (b"{}", {}),
-        (b'{"name": 5}', {}),
-        (b'{"name": ""}', {}),
-        (b"not json", {}),
-        (b'{"name": "\xff\xfe"}', {}),
-        (json.dumps({"name": "x" * 300}).encode(), {}),
-        (b'{"name": "a"}', {"content-type": "text/plain"}),
+        (b"{}", {}, 422),
+        (b'{"name": 5}', {}, 422),
+        (b'{"name": ""}', {}, 422),
+        (b"not json", {}, 422),
+        (b'{"name": "\xff\xfe"}', {}, 400),
+        (json.dumps({"name": "x" * 300}).encode(), {}, 422),
+        (b'{"name": "a"}', {"content-type": "text/plain"}, 422),
     ],
     ids=[
         "missing",
@@ -100,15 +100,15 @@ async def test_out_of_band_and_fire_and_forget_endpoints_deliver_and_no_op_does_
     ],
 )
 async def test_a_bad_body_is_a_clear_4xx_never_a_500(
-    kafka_bootstrap: str, topic_name: str, body: bytes, headers: dict[str, str]
+    kafka_bootstrap: str, topic_name: str, body: bytes, headers: dict[str, str], status: int
 ) -> None:
     async with service(kafka_bootstrap, topic_name) as (_url, client):
         response = await client.post(
             "/items1", content=body, headers={"content-type": "application/json", **headers}
         )
 
-    # 400: the body could not be parsed at all (invalid UTF-8); 422: it is not an Item.
-    assert response.status_code in (400, 422)
+    # 400: the body is not UTF-8, so not JSON text at all; 422: malformed JSON or not an Item.
+    assert response.status_code == status
     assert response.json()["detail"]
 
 
@@ -392,11 +392,12 @@ async def test_live_push_and_the_cache_can_be_switched_off(
         one = await client.get("/items/plain")
         sse = await client.get("/sse/items")
         metrics = (await client.get("/metrics")).text
-        with pytest.raises(websockets.exceptions.InvalidStatus):
+        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
             await websockets.connect(url.replace("http://", "ws://") + "/ws/items")
 
     assert produced.status_code == 200
     assert (counts.status_code, one.status_code, sse.status_code) == (404, 404, 404)
+    assert refused.value.response.status_code == 403  # the handshake refused, as the README says
     assert "KAFKALOOP_ITEM_CACHE=false" in counts.json()["detail"]
     assert "KAFKALOOP_LIVE_PUSH=false" in sse.json()["detail"]
     assert "kafka_cache_lag" not in metrics
