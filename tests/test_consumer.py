@@ -18,6 +18,7 @@ from kafkaloop import (
     AIOConsumer,
     AIOProducer,
     ClientClosedError,
+    ConfigurationError,
     ConsumerRecord,
     DeserializationError,
     NoRunningLoopError,
@@ -296,6 +297,34 @@ async def test_auto_commit_on_close_covers_only_what_was_handed_over(
         nxt = await read(second, 1)
 
     assert [r.value for r in nxt] == [b"10"]
+
+
+@pytest.mark.parametrize("off", [False, "false", "0"])
+async def test_with_the_offset_store_off_nothing_read_is_committed_until_stored(
+    producer: AIOProducer, kafka_bootstrap: str, topic_name: str, off: bool | str
+) -> None:
+    await producer.produce_many(topic_name, [str(i).encode() for i in range(10)])
+    # As a JSON config from the environment gives it: the string "false" means false.
+    config = consumer_config(
+        kafka_bootstrap, f"g-{topic_name}", **{"enable.auto.offset.store": off}
+    )
+
+    async with AIOConsumer(config, [topic_name]) as first:
+        read_first = await read(first, 5)
+    async with AIOConsumer(config, [topic_name]) as second:
+        read_again = await read(second, 1)
+
+    assert [r.value for r in read_first] == [str(i).encode() for i in range(5)]
+    assert [r.value for r in read_again] == [b"0"]  # the close committed nothing
+
+
+async def test_an_offset_store_setting_that_is_not_a_boolean_is_refused(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    config = consumer_config(kafka_bootstrap, "g", **{"enable.auto.offset.store": "maybe"})
+
+    with pytest.raises(ConfigurationError, match=r"offset\.store must be true or false"):
+        AIOConsumer(config, [topic_name])
 
 
 async def test_pause_and_resume_lose_nothing(

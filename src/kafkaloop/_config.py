@@ -38,3 +38,20 @@ def configuration_error(
         f"librdkafka refused the {client} configuration: {message}. "
         "Check the property names and values against librdkafka's CONFIGURATION.md."
     )
+
+
+_TRUE = frozenset({"true", "t", "1"})
+_FALSE = frozenset({"false", "f", "0"})
+
+
+def config_flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
+    """A boolean property kafkaloop reads itself, given as librdkafka takes one: a bool or
+    ``"true"``/``"false"`` (as a JSON config from the environment gives it), never the
+    truthiness of a string."""
+    value = config.get(key, default)
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ConfigurationError(f"{key} must be true or false, not {value!r}")

@@ -43,7 +43,7 @@ from confluent_kafka import (
 )
 
 from kafkaloop._bridge import LoopBridge
-from kafkaloop._config import configuration_error
+from kafkaloop._config import config_flag, configuration_error
 from kafkaloop._exceptions import (
     ClientClosedError,
     ConsumerError,
@@ -152,7 +152,7 @@ class AIOConsumer:
         loop = self._bridge.loop
         self._loop = loop
         conf = dict(config)
-        self._store_on_handout = bool(conf.get("enable.auto.offset.store", True))
+        self._store_on_handout = config_flag(conf, "enable.auto.offset.store", default=True)
         conf["enable.auto.offset.store"] = False
         # Once its prefetch queue passed queued.min.messages, librdkafka waits this long before
         # fetching again; 1 s by default, which an application that reads in bursts (as an
