@@ -70,7 +70,8 @@ class AIOAdminClient:
 
     Calls about several topics settle every topic, then raise: the topic's own
     :class:`AdminError` when one was asked for, an :class:`AdminErrorGroup` (one error per
-    failed topic, and the names of those that succeeded) otherwise.
+    failed topic, and the names of those that succeeded) otherwise. (:meth:`ensure_topics`
+    raises by how many topics are shaped otherwise: see there.)
     """
 
     def __init__(self, config: Mapping[str, Any], *, operation_timeout: float = 30.0) -> None:
@@ -248,7 +249,8 @@ class AIOAdminClient:
         """Create the topics that are missing; check that the others have the same shape.
 
         Returns the names created. An existing topic with fewer partitions or another
-        replication factor than its spec raises :class:`TopicMismatchError`.
+        replication factor than its spec raises :class:`TopicMismatchError` (whatever the
+        number of specs); two or more such topics raise an :class:`AdminErrorGroup` of them.
         """
         names = [spec.topic for spec in specs]
         existing = set(await self.list_topics(internal=True))

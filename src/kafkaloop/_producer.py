@@ -250,6 +250,12 @@ class AIOProducer:
         later. The future raises :class:`DeliveryError` if Kafka reports a failure, or
         :class:`QueueFullError` if the local queue stayed full for ``queue_full_timeout``.
         Cancelling the future (or the task awaiting it) does not withdraw the message.
+
+        The call itself raises, with nothing queued: :class:`QueueFullError` when
+        ``max_waiting`` messages already wait for room, :class:`DeliveryError` for a message
+        librdkafka refuses at once (too large, an unknown partition), and
+        :class:`ProducerClosedError` (or the fatal :class:`DeliveryError`) once the producer is
+        closing or has failed.
         """
         if self._refusal is not None:
             raise self._refused()
@@ -758,7 +764,8 @@ class AIOProducer:
         """Flush, stop serving callbacks and return how many messages were not delivered.
 
         Idempotent: later calls wait for the first and return the same number. Messages still
-        undelivered after ``timeout`` are purged: their futures raise :class:`DeliveryError`.
+        undelivered after ``timeout`` are purged: their futures raise :class:`DeliveryError`;
+        those still waiting for room in the local queue raise :class:`ProducerClosedError`.
         """
         if self._close_task is None:
             self._state = _State.CLOSING

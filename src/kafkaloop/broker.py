@@ -1,10 +1,11 @@
 """A real Apache Kafka (KRaft, combined broker + controller) on loopback, for development and tests.
 
 Kafka's jars are resolved once from Maven Central with Maven into a cache directory
-(``$KAFKALOOP_CACHE_DIR``, default ``~/.cache/kafkaloop``); later starts reuse them and need no
-network. Each node runs as its own JVM with a bounded heap. Every process started is recorded
-in the cluster's state file, together with a marker on its command line, so ``stop`` only ever
-signals processes this module started, and a stale pid (a reboot, a reused pid) is recognised.
+(``$KAFKALOOP_CACHE_DIR``, else ``$XDG_CACHE_HOME/kafkaloop``, else ``~/.cache/kafkaloop``);
+later starts reuse them and need no network. Each node runs as its own JVM with a bounded
+heap. Every process started is recorded in the cluster's state file, together with a marker on
+its command line, so ``stop`` only ever signals processes this module started, and a stale pid
+(a reboot, a reused pid) is recognised.
 
     with LocalKafka(nodes=3) as kafka:
         kafka.bootstrap_servers          # "127.0.0.1:41233,127.0.0.1:41234,127.0.0.1:41235"
@@ -97,7 +98,8 @@ logger.cleaner.level = WARN
 
 
 def cache_dir() -> Path:
-    """Where jars and local clusters live: ``$KAFKALOOP_CACHE_DIR`` or ``~/.cache/kafkaloop``."""
+    """Where jars and local clusters live: ``$KAFKALOOP_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/kafkaloop``, else ``~/.cache/kafkaloop``."""
     explicit = os.environ.get("KAFKALOOP_CACHE_DIR")
     if explicit:
         return Path(explicit).expanduser()

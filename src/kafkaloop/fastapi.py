@@ -1,6 +1,17 @@
 """FastAPI integration: clients in a lifespan, dependencies, HTTP errors, request limits and queue.
 
-from kafkaloop.fastapi import KafkaClients, get_producer, install_error_handlers, kafka_clients
+from contextlib import asynccontextmanager
+
+from confluent_kafka.admin import NewTopic
+from fastapi import Depends, FastAPI
+from pydantic import BaseModel
+
+from kafkaloop import AIOProducer
+from kafkaloop.fastapi import get_producer, install_error_handlers, kafka_clients, produce_within
+from kafkaloop.settings import KafkaSettings
+
+class Item(BaseModel):
+    name: str
 
 @asynccontextmanager
 async def lifespan(app):

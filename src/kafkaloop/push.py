@@ -1,7 +1,8 @@
 """Live push: one fan-out consumer per process, many WebSocket or SSE clients.
 
 Each client gets a bounded queue. A client that cannot keep up has what does not fit dropped
-(and counted); one that stays full for ``slow_timeout`` seconds is disconnected. Either way it
+(and counted); one still dropping items more than ``slow_timeout`` seconds after its first drop
+is disconnected (checked as items arrive for it). Either way it
 never holds up the others, and memory stays bounded by ``queue_size`` per client.
 
 With nobody subscribed for ``idle_pause`` seconds the consumer stops fetching (its partitions
