@@ -7,9 +7,9 @@
 
 Reads happen without touching Kafka. The table is as fresh as its consumer: behind the topic by
 the consumer's lag (up to about 100 ms: fetches wait for 64 KiB or 50 ms, and reads gather for
-up to 50 ms more; under load, over 4,000 records a second, for up to 200 ms). After a restart
-it is rebuilt from the topic, and ``ready`` is set once it has caught up with where the topic
-ended at start-up.
+up to 50 ms more; under load, over 4,000 records a second, reads gather for up to 200 ms, so
+up to about 250 ms). After a restart it is rebuilt from the topic, and ``ready`` is set once
+it has caught up with where the topic ended at start-up.
 """
 
 from __future__ import annotations
