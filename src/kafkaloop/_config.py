@@ -52,6 +52,8 @@ def config_flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
-    if text in _TRUE or text in _FALSE:
-        return text in _TRUE
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
     raise ConfigurationError(f"{key} must be true or false, not {value!r}")
