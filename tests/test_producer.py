@@ -472,6 +472,68 @@ async def test_fire_and_forget_failures_are_counted_and_logged_rate_limited(
     assert "Message timed out" in failures[0].message
 
 
+@pytest.mark.parametrize("only_errors", [True, "true"])
+async def test_a_producer_reporting_only_failures_counts_fire_and_forget_and_refuses_awaits(
+    kafka_bootstrap: str, topic_name: str, only_errors: bool | str
+) -> None:
+    reports: list[DeliveryError | None] = []
+    async with AIOProducer(
+        {"bootstrap.servers": kafka_bootstrap, "delivery.report.only.error": only_errors}
+    ) as p:
+        for at in range(500):
+            p.produce_nowait(topic_name, b"v", on_delivery=None if at % 2 else _append_to(reports))
+        assert await p.flush(10) == 0
+
+        metrics = p.metrics
+        assert (metrics.produced, metrics.delivered, metrics.failed, metrics.in_flight) == (
+            500,
+            500,
+            0,
+            0,
+        )
+        assert reports == []  # successes are not reported
+        with pytest.raises(ConfigurationError, match=r"produce_nowait\(\)"):
+            p.produce(topic_name, b"awaited")
+        with pytest.raises(ConfigurationError, match=r"delivery\.report\.only\.error"):
+            await p.produce_many(topic_name, [b"awaited"])
+        assert p.metrics.produced == 500  # neither was queued
+
+    assert len(await consume_all(kafka_bootstrap, topic_name, 500)) == 500
+
+
+async def test_a_producer_reporting_only_failures_reports_and_counts_each_failure(
+    topic_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="kafkaloop")
+    reports: list[DeliveryError | None] = []
+    config = {
+        "bootstrap.servers": UNREACHABLE,
+        "message.timeout.ms": 500,
+        "delivery.report.only.error": True,
+    }
+    async with AIOProducer(config) as p:
+        for at in range(50):
+            p.produce_nowait(topic_name, b"v", on_delivery=None if at % 2 else _append_to(reports))
+        await p.flush(5)
+
+    assert (p.metrics.produced, p.metrics.delivered, p.metrics.failed) == (50, 0, 50)
+    assert len(reports) == 25
+    assert all(isinstance(report, DeliveryError) for report in reports)
+    assert any("Fire-and-forget message not delivered" in r.message for r in caplog.records)
+
+
+async def test_reporting_only_failures_takes_a_boolean_or_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match=r"delivery\.report\.only\.error must be true"):
+        AIOProducer({"bootstrap.servers": UNREACHABLE, "delivery.report.only.error": "maybe"})
+
+
+def _append_to(reports: list[DeliveryError | None]) -> DeliveryCallback:
+    def on_delivery(err: DeliveryError | None, _metadata: RecordMetadata) -> None:
+        reports.append(err)
+
+    return on_delivery
+
+
 # -- bulk ----------------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import sys
 import threading
@@ -78,6 +79,66 @@ async def test_out_of_band_and_fire_and_forget_endpoints_deliver_and_no_op_does_
     assert sorted(r.key for r in records) == [b"n2", b"n3", b"n4"]
 
 
+async def test_fire_and_forget_goes_through_its_own_producer_which_counts_each_failure(
+    kafka_bootstrap: str, topic_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="kafkaloop")
+    # The fire-and-forget producer alone points at a cluster that is down.
+    down = {"bootstrap.servers": "127.0.0.1:1", "message.timeout.ms": 500}
+    async with service(kafka_bootstrap, topic_name, fire_and_forget_config=down) as (_, client):
+        forgotten = [await client.post("/items4", json={"name": f"f{n}"}) for n in range(3)]
+        awaited = await client.post("/items1", json={"name": "a"})
+        failed = 'kafka_messages_failed_total{producer="fire_and_forget"} 3.0'
+        metrics = await _metrics_once(client, failed)
+
+    assert [a.status_code for a in forgotten] == [202] * 3
+    assert awaited.status_code == 200
+    assert failed in metrics
+    assert 'kafka_messages_delivered_total{producer="fire_and_forget"} 0.0' in metrics
+    assert 'kafka_messages_delivered_total{producer="producer"} 1.0' in metrics
+    assert any("Fire-and-forget message not delivered" in r.message for r in caplog.records)
+
+
+async def test_fire_and_forget_can_go_through_the_producer(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    async with service(kafka_bootstrap, topic_name, fire_and_forget_producer=False) as (_, client):
+        forgotten = await client.post("/items4", json={"name": "shared"})
+        delivered = 'kafka_messages_delivered_total{producer="producer"} 1.0'
+        metrics = await _metrics_once(client, delivered)
+
+    assert forgotten.status_code == 202
+    assert delivered in metrics
+    assert 'producer="fire_and_forget"' not in metrics
+    records = await read_topic(kafka_bootstrap, topic_name, 1)
+    assert [r.key for r in records] == [b"shared"]
+
+
+def test_the_fire_and_forget_producer_lingers_longer_and_reports_failures_only() -> None:
+    settings = ServiceSettings(producer_config={"linger.ms": 2, "acks": "all"})
+    assert settings.fire_and_forget() | {"bootstrap.servers": None} == {
+        "bootstrap.servers": None,
+        "linger.ms": 20,
+        "acks": "all",
+        "delivery.report.only.error": True,
+    }
+    # Its own config comes last, but cannot ask for every delivery to be reported.
+    mine = {"linger.ms": 5, "delivery.report.only.error": False}
+    settings = ServiceSettings(fire_and_forget_config=mine)
+    assert settings.fire_and_forget()["linger.ms"] == 5
+    assert settings.fire_and_forget()["delivery.report.only.error"] is True
+
+
+async def _metrics_once(client: httpx.AsyncClient, line: str) -> str:
+    """/metrics once it shows `line` (or after 20 s)."""
+    deadline = time.monotonic() + 20
+    while True:
+        metrics = (await client.get("/metrics")).text
+        if line in metrics or time.monotonic() > deadline:
+            return metrics
+        await asyncio.sleep(0.1)
+
+
 @pytest.mark.parametrize(
     ("body", "headers", "status"),
     [
@@ -145,12 +206,17 @@ async def test_an_oversized_body_is_refused_before_it_is_read(
 async def test_health_readiness_metrics_and_openapi(kafka_bootstrap: str, topic_name: str) -> None:
     async with service(kafka_bootstrap, topic_name) as (_url, client):
         await client.post("/items1", json={"name": "m"})
+        forgotten = await client.post("/items4", json={"name": "f"})
         health = await client.get("/healthz")
         ready = await client.get("/readyz")
         deadline = time.monotonic() + 20
-        while True:  # the consumers catch up within their read interval
+        while True:  # delivered, and the consumers caught up within their read interval
             metrics = (await client.get("/metrics")).text
-            caught_up = "\nkafka_cache_lag 0.0\n" in metrics and "\nkafka_push_lag 0.0\n" in metrics
+            caught_up = (
+                "\nkafka_cache_lag 0.0\n" in metrics
+                and "\nkafka_push_lag 0.0\n" in metrics
+                and 'kafka_messages_delivered_total{producer="fire_and_forget"} 1.0' in metrics
+            )
             if caught_up or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.1)
@@ -161,8 +227,13 @@ async def test_health_readiness_metrics_and_openapi(kafka_bootstrap: str, topic_
     assert ready.json()["ready"] is True
     assert 'http_requests_total{method="POST",route="/items1",status="200"} 1.0' in metrics
     assert "kafka_produce_latency_seconds_count 1.0" in metrics
-    assert "kafka_messages_delivered_total 1.0" in metrics
-    assert "kafka_messages_in_flight 0.0" in metrics
+    assert forgotten.status_code == 202
+    # Each producer counts its own: the awaited one, and the one for fire-and-forget.
+    for producer in ("producer", "fire_and_forget"):
+        assert f'kafka_messages_produced_total{{producer="{producer}"}} 1.0' in metrics
+        assert f'kafka_messages_delivered_total{{producer="{producer}"}} 1.0' in metrics
+        assert f'kafka_messages_failed_total{{producer="{producer}"}} 0.0' in metrics
+        assert f'kafka_messages_in_flight{{producer="{producer}"}} 0.0' in metrics
     assert caught_up
     items1 = schema["paths"]["/items1"]["post"]
     assert set(items1["responses"]) >= {"200", "413", "422", "503"}

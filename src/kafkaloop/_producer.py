@@ -35,8 +35,9 @@ from confluent_kafka import (
 )
 
 from kafkaloop._bridge import CallbackThread, LoopBridge, poller
-from kafkaloop._config import configuration_error
+from kafkaloop._config import config_flag, configuration_error
 from kafkaloop._exceptions import (
+    ConfigurationError,
     DeliveryError,
     ProducerClosedError,
     QueueFullError,
@@ -123,6 +124,11 @@ class AIOProducer:
     ``queue_full_timeout`` bounds how long an awaited ``produce()`` waits for room in a full
     queue; ``max_waiting`` bounds how many messages may wait at once (memory).
 
+    With ``delivery.report.only.error`` set, librdkafka reports failed deliveries only: the
+    producer is then for fire-and-forget messages (``produce_nowait``), a delivered message
+    costs the loop no work at all, and ``produce()``/``produce_many()`` raise
+    :class:`ConfigurationError`, as no success could ever resolve them.
+
     The loop serves delivery reports itself where it can (see :mod:`kafkaloop._bridge`): the
     least CPU per message, and no thread. ``poll_thread=True`` serves them on a thread of their
     own instead, as the design note does: more CPU per message (the thread and the loop trade
@@ -157,6 +163,10 @@ class AIOProducer:
         # default suits batch pipelines; 1 ms keeps batches (0 would send one request per
         # message under load) while a request handler waits a fifth as long.
         conf.setdefault("linger.ms", DEFAULT_LINGER_MS)
+        # Only failures are reported: nothing can await a success (see _no_success_reports).
+        self._failures_only = config_flag(conf, "delivery.report.only.error", False)
+        if "delivery.report.only.error" in conf:  # confluent-kafka takes only a bool
+            conf["delivery.report.only.error"] = self._failures_only
         conf["error_cb"] = self._on_error
         conf["on_delivery"] = self._on_untracked_delivery
         conf.setdefault("logger", librdkafka_logger)
@@ -197,7 +207,11 @@ class AIOProducer:
         # produce() in C for its common case, where kafkaloop's _handoff extension is built:
         # an instance attribute in front of the method, which it calls for every other case.
         self._fast_produce: AwaitedProduce | None = None
-        if AwaitedProduce is not None and type(self).produce is AIOProducer.produce:
+        if (
+            AwaitedProduce is not None
+            and type(self).produce is AIOProducer.produce
+            and not self._failures_only
+        ):
             self._fast_produce = AwaitedProduce(
                 self._produce,
                 self._create_future,
@@ -255,10 +269,12 @@ class AIOProducer:
         ``max_waiting`` messages already wait for room, :class:`DeliveryError` for a message
         librdkafka refuses at once (too large, an unknown partition), and
         :class:`ProducerClosedError` (or the fatal :class:`DeliveryError`) once the producer is
-        closing or has failed.
+        closing or has failed, and :class:`ConfigurationError` when it reports only failures.
         """
         if self._refusal is not None:
             raise self._refused()
+        if self._failures_only:
+            raise self._no_success_reports("produce")
         future: asyncio.Future[RecordMetadata] = self._create_future()
         on_delivery = functools.partial(self._call_soon, self._settle, future)
         if self._waiting or headers is not None or timestamp is not None:
@@ -340,7 +356,8 @@ class AIOProducer:
 
         ``on_delivery(err, metadata)`` is called once with the outcome: on the event loop, or
         on a thread of the producer's (not the loop) when ``on_poll_thread`` is true (keep that
-        callback short and thread-safe). Without a callback, failures are still counted in
+        callback short and thread-safe); with ``delivery.report.only.error`` set, only for a
+        failure. Without a callback, failures are still counted in
         :attr:`metrics` and logged. Raises :class:`QueueFullError` at once when librdkafka's
         queue is full.
         """
@@ -398,6 +415,8 @@ class AIOProducer:
         """
         if self._refusal is not None:
             raise self._refused()
+        if self._failures_only:
+            raise self._no_success_reports("produce_many")
         items = list(values)
         for at, item in enumerate(items):  # before anything is sent
             if isinstance(item, tuple) and len(item) != 2:
@@ -481,6 +500,13 @@ class AIOProducer:
         self._refusal = why
         if self._fast_produce is not None:
             self._fast_produce.open = False
+
+    def _no_success_reports(self, method: str) -> ConfigurationError:
+        return ConfigurationError(
+            f"{method}() waits for its delivery, but this AIOProducer reports failed "
+            "deliveries only (delivery.report.only.error): use produce_nowait(), or a "
+            "producer without that setting."
+        )
 
     def _refused(self) -> Exception:
         if self._fatal_error is not None:
@@ -721,11 +747,20 @@ class AIOProducer:
         """Counts of produced, delivered, failed and waiting messages."""
         with self._thread_counts_lock:
             delivered_thread, failed_thread = self._delivered_thread, self._failed_thread
+        produced = self._produced + (
+            0 if self._fast_produce is None else self._fast_produce.produced
+        )
+        failed = self._failed_loop + failed_thread
+        if self._failures_only:
+            # No success is reported: delivered is what librdkafka no longer holds (a failure
+            # stays in its count until its report is served) and did not fail.
+            delivered = max(0, produced - failed - len(self._producer))
+        else:
+            delivered = self._settle.delivered + delivered_thread
         return ProducerMetrics(
-            produced=self._produced
-            + (0 if self._fast_produce is None else self._fast_produce.produced),
-            delivered=self._settle.delivered + delivered_thread,
-            failed=self._failed_loop + failed_thread,
+            produced=produced,
+            delivered=delivered,
+            failed=failed,
             waiting_for_room=len(self._waiting),
         )
 

@@ -80,6 +80,10 @@ class KafkaClients:
     producer: AIOProducer
     admin: AIOAdminClient
     settings: KafkaSettings
+    fire_and_forget: AIOProducer
+    """For ``produce_nowait`` without a callback: a producer that reports failed deliveries
+    only (``KafkaSettings.fire_and_forget``), or the producer itself when
+    ``fire_and_forget_producer`` is off. The two do not keep order between them."""
     _ready_cache: tuple[float, bool, str] = (0.0, False, "not checked yet")
 
 
@@ -90,14 +94,23 @@ async def kafka_clients(
     *,
     shutdown_timeout: float = 30.0,
 ) -> AsyncIterator[KafkaClients]:
-    """Create the producer and admin client, ensure `topics`; on exit flush and close.
+    """Create the producers and admin client, ensure `topics`; on exit flush and close.
 
     Messages still undelivered after `shutdown_timeout` seconds are logged with their count.
     """
     admin = AIOAdminClient(settings.admin())
+    producers: list[AIOProducer] = []
     try:
-        producer = AIOProducer(settings.producer(), poll_thread=settings.producer_poll_thread)
+        producers.append(
+            AIOProducer(settings.producer(), poll_thread=settings.producer_poll_thread)
+        )
+        if settings.fire_and_forget_producer:
+            producers.append(
+                AIOProducer(settings.fire_and_forget(), poll_thread=settings.producer_poll_thread)
+            )
     except BaseException:
+        for producer in producers:
+            await producer.close()
         await admin.close()
         raise
     try:
@@ -105,9 +118,10 @@ async def kafka_clients(
             created = await admin.ensure_topics(topics)
             if created:
                 logger.info("Created topics %s", ", ".join(created))
-        yield KafkaClients(producer, admin, settings)
+        yield KafkaClients(producers[0], admin, settings, producers[-1])
     finally:
-        undelivered = await producer.close(timeout=shutdown_timeout)
+        closing = (producer.close(timeout=shutdown_timeout) for producer in producers)
+        undelivered = sum(await asyncio.gather(*closing))
         if undelivered:
             logger.error("Shut down with %d message(s) not delivered to Kafka", undelivered)
         else:
@@ -275,7 +289,7 @@ def serving_gc(young_threshold: int = 50_000) -> Iterator[None]:
 async def kafka_ready(
     kafka: KafkaClients, timeout: float = 2.0, cache: float = 1.0
 ) -> tuple[bool, str]:
-    """Whether the cluster answers and the producer can produce, with a reason.
+    """Whether the cluster answers and the producers can produce, with a reason.
 
     Answers are reused for `cache` seconds, so frequent probes do not load the brokers.
     """
@@ -283,8 +297,8 @@ async def kafka_ready(
     now = time.monotonic()
     if now - checked_at < cache:
         return ready, reason
-    producer = kafka.producer
-    if producer.closed:
+    producers = (kafka.producer, kafka.fire_and_forget)
+    if any(producer.closed for producer in producers):
         ready, reason = False, "the producer is closed (the service is stopping)"
     else:
         try:
@@ -293,7 +307,7 @@ async def kafka_ready(
         except (TimeoutError, KafkaloopError) as exc:
             ready, reason = False, f"the cluster did not answer within {timeout:g}s ({exc})"
         else:
-            failure = producer.fatal_error
+            failure = kafka.producer.fatal_error or kafka.fire_and_forget.fatal_error
             if failure is not None:
                 ready, reason = False, f"the producer refuses messages: {failure.str()}"
             else:

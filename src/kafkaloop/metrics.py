@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kafkaloop._models import ProducerMetrics
 from kafkaloop._producer import AIOProducer
 
 __all__ = ["RequestMetrics", "ServiceMetrics"]
@@ -17,6 +18,20 @@ __all__ = ["RequestMetrics", "ServiceMetrics"]
 # Clients choose the method: anything else is "OTHER", so labels stay bounded.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+# Each watched producer's counts: counters (their names end in "ed"), then gauges.
+_PRODUCER_METRICS: tuple[tuple[str, str, Callable[[ProducerMetrics], int]], ...] = (
+    ("kafka_messages_produced", "Messages accepted by the producer", lambda m: m.produced),
+    ("kafka_messages_delivered", "Messages acknowledged by Kafka", lambda m: m.delivered),
+    ("kafka_messages_failed", "Messages Kafka did not take", lambda m: m.failed),
+    ("kafka_messages_in_flight", "Accepted, not yet delivered or failed", lambda m: m.in_flight),
+    (
+        "kafka_messages_waiting_for_room",
+        "Waiting for room in librdkafka's queue",
+        lambda m: m.waiting_for_room,
+    ),
+)
 
 
 class ServiceMetrics:
@@ -44,33 +59,27 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self._sources: list[Callable[[], Iterator[Metric]]] = []
+        self._producers: dict[str, AIOProducer] = {}
         self.registry.register(self)  # a collector: it has collect() and describe()
 
-    def watch_producer(self, producer: AIOProducer) -> None:
-        """Export the producer's delivered / failed / in-flight counts on every scrape."""
+    def watch_producer(self, producer: AIOProducer, name: str = "producer") -> None:
+        """Export a producer's produced / delivered / failed / in-flight counts on every
+        scrape, labelled ``producer=name``."""
+        if not self._producers:
+            self._sources.append(self._collect_producers)
+        self._producers[name] = producer
 
-        def collect() -> Iterator[Metric]:
-            m = producer.metrics
-            for name, doc, value in (
-                ("kafka_messages_produced", "Messages accepted by the producer", m.produced),
-                ("kafka_messages_delivered", "Messages acknowledged by Kafka", m.delivered),
-                ("kafka_messages_failed", "Messages Kafka did not take", m.failed),
-            ):
-                family = CounterMetricFamily(name, doc)
-                family.add_metric([], value)
-                yield family
-            yield GaugeMetricFamily(
-                "kafka_messages_in_flight",
-                "Accepted, not yet delivered or failed",
-                value=m.in_flight,
+    def _collect_producers(self) -> Iterator[Metric]:
+        counts = [(name, producer.metrics) for name, producer in self._producers.items()]
+        for metric, doc, read in _PRODUCER_METRICS:
+            family = (
+                CounterMetricFamily(metric, doc, labels=["producer"])
+                if metric.endswith("ed")
+                else GaugeMetricFamily(metric, doc, labels=["producer"])
             )
-            yield GaugeMetricFamily(
-                "kafka_messages_waiting_for_room",
-                "Waiting for room in librdkafka's queue",
-                value=m.waiting_for_room,
-            )
-
-        self._sources.append(collect)
+            for name, m in counts:
+                family.add_metric([name], read(m))
+            yield family
 
     def watch_gauge(self, name: str, doc: str, read: Callable[[], float]) -> None:
         """Export `read()` as a gauge on every scrape (consumer lag, subscribers, ...)."""

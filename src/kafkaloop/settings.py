@@ -14,7 +14,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kafkaloop._config import redact
 
-__all__ = ["KafkaSettings", "ServiceSettings"]
+__all__ = ["FIRE_AND_FORGET_LINGER_MS", "KafkaSettings", "ServiceSettings"]
+
+FIRE_AND_FORGET_LINGER_MS = 20
+"""The fire-and-forget producer's ``linger.ms``: fuller batches, fewer per second, and nobody
+waits for them (bench/README.md, how long the producer lingers)."""
 
 
 class KafkaSettings(BaseSettings):
@@ -41,6 +45,17 @@ class KafkaSettings(BaseSettings):
         description="Serve the producer's delivery reports on a thread of their own, not on "
         "the event loop (AIOProducer's poll_thread)",
     )
+    fire_and_forget_producer: bool = Field(
+        True,
+        description="Send fire-and-forget messages through a producer of their own that reports "
+        "failed deliveries only (KafkaClients.fire_and_forget): a delivered message then costs "
+        "the event loop no work. false: through the producer",
+    )
+    fire_and_forget_config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="librdkafka properties for the fire-and-forget producer (JSON), over the "
+        f'producer\'s and {{"linger.ms": {FIRE_AND_FORGET_LINGER_MS}}}',
+    )
     consumer_config: dict[str, Any] = Field(
         default_factory=dict, description="librdkafka properties for consumers only (JSON)"
     )
@@ -51,6 +66,17 @@ class KafkaSettings(BaseSettings):
             "bootstrap.servers": self.bootstrap_servers,
             **self.client_config,
             **self.producer_config,
+        }
+
+    def fire_and_forget(self) -> dict[str, Any]:
+        """The fire-and-forget producer's librdkafka configuration: the producer's, lingering
+        longer (nobody waits for these messages), then ``fire_and_forget_config``; only failed
+        deliveries are reported."""
+        return {
+            **self.producer(),
+            "linger.ms": FIRE_AND_FORGET_LINGER_MS,
+            **self.fire_and_forget_config,
+            "delivery.report.only.error": True,
         }
 
     def consumer(self, **extra: Any) -> dict[str, Any]:

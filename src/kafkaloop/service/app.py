@@ -175,7 +175,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             settings, topics, shutdown_timeout=settings.shutdown_timeout / 2
         ) as kafka:
             clients["producer"] = kafka.producer
+            clients["fire_and_forget"] = kafka.fire_and_forget
             metrics.watch_producer(kafka.producer)
+            if kafka.fire_and_forget is not kafka.producer:
+                metrics.watch_producer(kafka.fire_and_forget, "fire_and_forget")
             async with contextlib.AsyncExitStack() as stack:
                 state: dict[str, Any] = {"kafka": kafka, "hub": None, "table": None}
                 if settings.item_cache:
@@ -322,7 +325,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     )
     async def items4(item: Item) -> Response:
         value, key = message(item)
-        clients["producer"].produce_nowait(topic, value, key)
+        clients["fire_and_forget"].produce_nowait(topic, value, key)
         return accepted()
 
     @app.post(
