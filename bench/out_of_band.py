@@ -9,6 +9,10 @@ that work alone: the loop thread's CPU time (``time.thread_time``) per message, 
 the messages and serving every delivery report, for each way the service produces out of band:
 
 - ``fire-and-forget``: ``produce_nowait(topic, value, key)``, counted and failures logged;
+- ``fire-and-forget, linger 20``: the same, on a producer with ``linger.ms`` 20;
+- ``fire-and-forget, failures only``: the same, on a producer configured as the reference
+  service's fire-and-forget one (``KafkaSettings.fire_and_forget``: ``linger.ms`` 20 and
+  ``delivery.report.only.error``, so a delivered message's report makes no Python call);
 - ``callback on loop``: ``produce_nowait(..., on_delivery=cb)``;
 - ``callback on poll thread``: ``produce_nowait(..., on_delivery=cb, on_poll_thread=True)``
   (the callback's own work is on another thread; what it costs the loop is here);
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import defaultdict
@@ -37,13 +42,29 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench._common import RESULTS, Progress, bench_kafka, machine_note, markdown_table, median
 from kafkaloop import AIOProducer, DeliveryError, RecordMetadata
+from kafkaloop.settings import FIRE_AND_FORGET_LINGER_MS
 
 VALUE = b'{"name":"bench"}'
 KEY = "bench"
 YIELD_EVERY = 200
 """Messages between two turns of the loop (where delivery reports are served)."""
 
-MODES = ["fire-and-forget", "callback on loop", "callback on poll thread", "confluent-kafka"]
+MODES = [
+    "fire-and-forget",
+    "fire-and-forget, linger 20",
+    "fire-and-forget, failures only",
+    "callback on loop",
+    "callback on poll thread",
+    "confluent-kafka",
+]
+# The producer config of the modes that are not on kafkaloop's default producer.
+CONFIGS: dict[str, dict[str, object]] = {
+    "fire-and-forget, linger 20": {"linger.ms": FIRE_AND_FORGET_LINGER_MS},
+    "fire-and-forget, failures only": {
+        "linger.ms": FIRE_AND_FORGET_LINGER_MS,
+        "delivery.report.only.error": True,
+    },
+}
 
 
 Cost = tuple[float, float]
@@ -59,7 +80,7 @@ async def _kafkaloop(producer: AIOProducer, topic: str, mode: str, count: int) -
             delivered += 1
 
     produce: Callable[[], None]
-    if mode == "fire-and-forget":
+    if mode.startswith("fire-and-forget"):
 
         def produce() -> None:
             producer.produce_nowait(topic, VALUE, KEY)
@@ -96,7 +117,7 @@ async def _kafkaloop(producer: AIOProducer, topic: str, mode: str, count: int) -
     await producer.flush()
     if producer.metrics.delivered - before != count:
         raise SystemExit(f"{mode}: {producer.metrics.delivered - before} of {count} delivered")
-    if mode != "fire-and-forget" and delivered != count:
+    if not mode.startswith("fire-and-forget") and delivered != count:
         raise SystemExit(f"{mode}: {delivered} of {count} callbacks")
     return spent[0] / count, spent[1] / count
 
@@ -133,15 +154,23 @@ async def run(bootstrap: str, rounds: int, count: int) -> dict[str, list[Cost]]:
     admin.create_topics([NewTopic(topic, num_partitions=3)])[topic].result(30)
     results: dict[str, list[Cost]] = defaultdict(list)
     progress = Progress(rounds * len(MODES))
-    async with AIOProducer({"bootstrap.servers": bootstrap}) as producer:
+    async with contextlib.AsyncExitStack() as stack:
+        producer = await stack.enter_async_context(AIOProducer({"bootstrap.servers": bootstrap}))
         await producer.produce(topic, VALUE, KEY)  # connected, metadata known
+        producers = dict.fromkeys(MODES, producer)
+        for mode, config in CONFIGS.items():
+            producers[mode] = await stack.enter_async_context(
+                AIOProducer({"bootstrap.servers": bootstrap, **config})
+            )
+            producers[mode].produce_nowait(topic, VALUE, KEY)
+            await producers[mode].flush()
         for r in range(rounds):
             for mode in MODES[r % len(MODES) :] + MODES[: r % len(MODES)]:
                 progress.step(f"round {r + 1} {mode}")
                 if mode == "confluent-kafka":
                     results[mode].append(_confluent(bootstrap, topic, count))
                 else:
-                    results[mode].append(await _kafkaloop(producer, topic, mode, count))
+                    results[mode].append(await _kafkaloop(producers[mode], topic, mode, count))
     progress.finish()
     return results
 
@@ -177,7 +206,8 @@ def main() -> None:
             "# Out-of-band produce: the event loop thread's CPU per message\n",
             machine_note(),
             f"{args.rounds} round(s) of {args.messages:,} messages per mode, 3 partitions, "
-            "`linger.ms` 1 (kafkaloop's default); producing and serving every report.\n",
+            "`linger.ms` 1 (kafkaloop's default) unless the mode says otherwise; producing and "
+            "serving every report.\n",
             markdown_table(
                 [
                     "mode",

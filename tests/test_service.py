@@ -22,7 +22,7 @@ from kafkaloop import AIOConsumer, ConsumerRecord
 from kafkaloop.broker import LocalKafka
 from kafkaloop.fastapi import RequestQueue
 from kafkaloop.service import create_app
-from kafkaloop.settings import ServiceSettings
+from kafkaloop.settings import KafkaSettings, ServiceSettings
 from tests.service_helpers import serve_process, service, service_settings, serving
 from tests.twins import skip_unless_the_loop_serves_reports
 
@@ -114,12 +114,21 @@ async def test_fire_and_forget_can_go_through_the_producer(
     assert [r.key for r in records] == [b"shared"]
 
 
-def test_the_fire_and_forget_producer_lingers_longer_and_reports_failures_only() -> None:
-    settings = ServiceSettings(producer_config={"linger.ms": 2, "acks": "all"})
-    assert settings.fire_and_forget() | {"bootstrap.servers": None} == {
-        "bootstrap.servers": None,
+def test_the_fire_and_forget_producer_lingers_longer_and_reports_failures_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    producer = {"linger.ms": 2, "acks": "all", "transactional.id": "t", "client.id": "svc"}
+    settings = ServiceSettings(
+        bootstrap_servers="b:9092",
+        client_config={},
+        producer_config=producer,
+        fire_and_forget_config={},
+    )
+    assert settings.fire_and_forget() == {
+        "bootstrap.servers": "b:9092",
         "linger.ms": 20,
         "acks": "all",
+        "client.id": "svc-fire-and-forget",
         "delivery.report.only.error": True,
     }
     # Its own config comes last, but cannot ask for every delivery to be reported.
@@ -127,6 +136,10 @@ def test_the_fire_and_forget_producer_lingers_longer_and_reports_failures_only()
     settings = ServiceSettings(fire_and_forget_config=mine)
     assert settings.fire_and_forget()["linger.ms"] == 5
     assert settings.fire_and_forget()["delivery.report.only.error"] is True
+    # The service has one by default; a library user's KafkaSettings only when asked.
+    monkeypatch.delenv("KAFKALOOP_FIRE_AND_FORGET_PRODUCER", raising=False)
+    assert ServiceSettings().fire_and_forget_producer is True
+    assert KafkaSettings().fire_and_forget_producer is False
 
 
 async def _metrics_once(client: httpx.AsyncClient, line: str) -> str:

@@ -124,10 +124,11 @@ class AIOProducer:
     ``queue_full_timeout`` bounds how long an awaited ``produce()`` waits for room in a full
     queue; ``max_waiting`` bounds how many messages may wait at once (memory).
 
-    With ``delivery.report.only.error`` set, librdkafka reports failed deliveries only: the
-    producer is then for fire-and-forget messages (``produce_nowait``), a delivered message
-    costs the loop no work at all, and ``produce()``/``produce_many()`` raise
-    :class:`ConfigurationError`, as no success could ever resolve them.
+    With ``delivery.report.only.error`` set, only failed deliveries are reported: the producer
+    is then for fire-and-forget messages (``produce_nowait``). A delivered message costs no
+    Python object and no Python call (confluent-kafka drops its report in C, where the loop
+    still serves it), and ``produce()``/``produce_many()`` raise :class:`ConfigurationError`,
+    as no success could ever resolve them.
 
     The loop serves delivery reports itself where it can (see :mod:`kafkaloop._bridge`): the
     least CPU per message, and no thread. ``poll_thread=True`` serves them on a thread of their
@@ -195,6 +196,8 @@ class AIOProducer:
         self._thread_counts_lock = threading.Lock()
         self._delivered_thread = 0
         self._failed_thread = 0
+        self._delivered_bound = 0  # metrics.delivered when only failures are reported
+        self._final_metrics: ProducerMetrics | None = None  # the counts once closed
         self._failure_log = RateLimitedLog(logger)
         self._waiting: collections.deque[_Waiting] = collections.deque()
         self._waiting_timer: asyncio.TimerHandle | None = None
@@ -377,6 +380,8 @@ class AIOProducer:
                     if on_poll_thread
                     else functools.partial(self._call_soon, self._call_on_loop, on_delivery)
                 )
+                if self._failures_only:
+                    callback = functools.partial(self._count_failure_first, callback)
                 self._last_callback = (on_delivery, on_poll_thread, callback)
         if self._waiting:
             raise self._queue_full_error()
@@ -411,7 +416,8 @@ class AIOProducer:
         Each item is a value, or a ``(key, value)`` pair. The loop does one unit of work for
         the whole batch, not one per message. A failed message raises its
         :class:`DeliveryError` once all are done, or takes its place in the list when
-        ``return_exceptions`` is true.
+        ``return_exceptions`` is true. Raises :class:`ConfigurationError`, with nothing sent,
+        when the producer reports only failures.
         """
         if self._refusal is not None:
             raise self._refused()
@@ -560,8 +566,18 @@ class AIOProducer:
         if err is None:
             self._settle.delivered += 1
             return None
-        self._failed_loop += 1
+        if not self._failures_only:  # else counted as its report arrived
+            self._failed_loop += 1
         return DeliveryError(err, msg.topic(), msg.partition())
+
+    def _count_failure_first(
+        self, callback: Callable[[KafkaError | None, Message], None], err: KafkaError, msg: Message
+    ) -> None:
+        """When only failures are reported, where librdkafka reports one: count it before
+        librdkafka lets go of the message (metrics.delivered is reckoned from what it still
+        holds), then pass the report on to the callback's own wrapper."""
+        self._count_on_thread(err)
+        callback(err, msg)
 
     def _call_on_thread(
         self, callback: DeliveryCallback, err: KafkaError | None, msg: Message
@@ -573,7 +589,8 @@ class AIOProducer:
                 self._delivered_thread += 1
             error = None
         else:
-            self._count_on_thread(err)
+            if not self._failures_only:  # else counted as its report arrived
+                self._count_on_thread(err)
             error = DeliveryError(err, msg.topic(), msg.partition())
         try:
             callback(error, cast(RecordMetadata, self._settle.metadata(msg)))
@@ -745,18 +762,25 @@ class AIOProducer:
     @property
     def metrics(self) -> ProducerMetrics:
         """Counts of produced, delivered, failed and waiting messages."""
-        with self._thread_counts_lock:
-            delivered_thread, failed_thread = self._delivered_thread, self._failed_thread
+        if self._final_metrics is not None:
+            return self._final_metrics
         produced = self._produced + (
             0 if self._fast_produce is None else self._fast_produce.produced
         )
-        failed = self._failed_loop + failed_thread
-        if self._failures_only:
-            # No success is reported: delivered is what librdkafka no longer holds (a failure
-            # stays in its count until its report is served) and did not fail.
-            delivered = max(0, produced - failed - len(self._producer))
-        else:
-            delivered = self._settle.delivered + delivered_thread
+        # Read in this order when only failures are reported: what was produced, what
+        # librdkafka still holds (its messages, and the events it has queued for the loop),
+        # then what failed. Every failure is counted before librdkafka lets go of its message
+        # (_count_failure_first), so produced - held - failed is never more than were
+        # delivered; the count shown is the highest such bound yet, so it never goes back.
+        held = len(self._producer) if self._failures_only else 0
+        with self._thread_counts_lock:
+            delivered_thread, failed_thread = self._delivered_thread, self._failed_thread
+            failed = self._failed_loop + failed_thread
+            if self._failures_only:
+                self._delivered_bound = max(self._delivered_bound, produced - held - failed)
+                delivered = self._delivered_bound
+            else:
+                delivered = self._settle.delivered + delivered_thread
         return ProducerMetrics(
             produced=produced,
             delivered=delivered,
@@ -830,6 +854,7 @@ class AIOProducer:
         self._bridge.close()
         self._last_callback = (None, False, None)  # (nor keep the user's callback alive)
         self._undelivered = undelivered
+        self._final_metrics = self.metrics  # librdkafka's queue is no longer served
         self._state = _State.CLOSED
         self._refuse("closed")
         return undelivered

@@ -121,12 +121,16 @@ async def kafka_clients(
         yield KafkaClients(producers[0], admin, settings, producers[-1])
     finally:
         closing = (producer.close(timeout=shutdown_timeout) for producer in producers)
-        undelivered = sum(await asyncio.gather(*closing))
+        closed = await asyncio.gather(*closing, return_exceptions=True)
+        undelivered = sum(count for count in closed if isinstance(count, int))
         if undelivered:
             logger.error("Shut down with %d message(s) not delivered to Kafka", undelivered)
         else:
-            logger.info("Producer flushed: every accepted message was delivered")
+            logger.info("Producers flushed: every accepted message was delivered")
         await admin.close()
+        for failure in closed:  # each producer closed (or tried to) before this is raised
+            if isinstance(failure, BaseException):
+                raise failure
 
 
 # Dependencies are coroutines: FastAPI runs a plain function dependency in its threadpool, a
@@ -309,7 +313,8 @@ async def kafka_ready(
         else:
             failure = kafka.producer.fatal_error or kafka.fire_and_forget.fatal_error
             if failure is not None:
-                ready, reason = False, f"the producer refuses messages: {failure.str()}"
+                which = "producer" if kafka.producer.fatal_error else "fire-and-forget producer"
+                ready, reason = False, f"the {which} refuses messages: {failure.str()}"
             else:
                 ready, reason = True, f"{len(cluster.brokers)} broker(s) answering"
     kafka._ready_cache = (now, ready, reason)

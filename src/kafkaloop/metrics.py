@@ -20,15 +20,21 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
-# Each watched producer's counts: counters (their names end in "ed"), then gauges.
-_PRODUCER_METRICS: tuple[tuple[str, str, Callable[[ProducerMetrics], int]], ...] = (
-    ("kafka_messages_produced", "Messages accepted by the producer", lambda m: m.produced),
-    ("kafka_messages_delivered", "Messages acknowledged by Kafka", lambda m: m.delivered),
-    ("kafka_messages_failed", "Messages Kafka did not take", lambda m: m.failed),
-    ("kafka_messages_in_flight", "Accepted, not yet delivered or failed", lambda m: m.in_flight),
+# Each watched producer's counts: name, help, whether a counter (else a gauge), the reading.
+_PRODUCER_METRICS: tuple[tuple[str, str, bool, Callable[[ProducerMetrics], int]], ...] = (
+    ("kafka_messages_produced", "Messages accepted by the producer", True, lambda m: m.produced),
+    ("kafka_messages_delivered", "Messages acknowledged by Kafka", True, lambda m: m.delivered),
+    ("kafka_messages_failed", "Messages Kafka did not take", True, lambda m: m.failed),
+    (
+        "kafka_messages_in_flight",
+        "Accepted, not yet delivered or failed",
+        False,
+        lambda m: m.in_flight,
+    ),
     (
         "kafka_messages_waiting_for_room",
         "Waiting for room in librdkafka's queue",
+        False,
         lambda m: m.waiting_for_room,
     ),
 )
@@ -64,17 +70,17 @@ class ServiceMetrics:
 
     def watch_producer(self, producer: AIOProducer, name: str = "producer") -> None:
         """Export a producer's produced / delivered / failed / in-flight counts on every
-        scrape, labelled ``producer=name``."""
+        scrape, labelled ``producer=name`` (a name watched again is the new producer's)."""
         if not self._producers:
             self._sources.append(self._collect_producers)
         self._producers[name] = producer
 
     def _collect_producers(self) -> Iterator[Metric]:
         counts = [(name, producer.metrics) for name, producer in self._producers.items()]
-        for metric, doc, read in _PRODUCER_METRICS:
+        for metric, doc, counter, read in _PRODUCER_METRICS:
             family = (
                 CounterMetricFamily(metric, doc, labels=["producer"])
-                if metric.endswith("ed")
+                if counter
                 else GaugeMetricFamily(metric, doc, labels=["producer"])
             )
             for name, m in counts:

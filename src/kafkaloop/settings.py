@@ -46,10 +46,11 @@ class KafkaSettings(BaseSettings):
         "the event loop (AIOProducer's poll_thread)",
     )
     fire_and_forget_producer: bool = Field(
-        True,
+        False,
         description="Send fire-and-forget messages through a producer of their own that reports "
         "failed deliveries only (KafkaClients.fire_and_forget): a delivered message then costs "
-        "the event loop no work. false: through the producer",
+        "the event loop no Python call. false: through the producer (the reference service: "
+        "true)",
     )
     fire_and_forget_config: dict[str, Any] = Field(
         default_factory=dict,
@@ -71,9 +72,13 @@ class KafkaSettings(BaseSettings):
     def fire_and_forget(self) -> dict[str, Any]:
         """The fire-and-forget producer's librdkafka configuration: the producer's, lingering
         longer (nobody waits for these messages), then ``fire_and_forget_config``; only failed
-        deliveries are reported."""
+        deliveries are reported. It takes no ``transactional.id`` of the producer's (two
+        producers with one id fence each other) and names itself apart in ``client.id``."""
+        producer = self.producer()
+        producer.pop("transactional.id", None)
         return {
-            **self.producer(),
+            **producer,
+            "client.id": f"{producer.get('client.id', 'rdkafka')}-fire-and-forget",
             "linger.ms": FIRE_AND_FORGET_LINGER_MS,
             **self.fire_and_forget_config,
             "delivery.report.only.error": True,
@@ -100,6 +105,11 @@ class KafkaSettings(BaseSettings):
 class ServiceSettings(KafkaSettings):
     """The reference service's settings (``kafkaloop serve``)."""
 
+    fire_and_forget_producer: bool = Field(
+        True,
+        description="/items4 goes through a producer of its own that reports failed deliveries "
+        "only (KafkaClients.fire_and_forget). false: through the producer",
+    )
     items_topic: str = Field("items", description="Where POSTed items go, keyed by name")
     topic_partitions: int = Field(3, ge=1, description="Partitions of topics the service creates")
     topic_replication: int = Field(
