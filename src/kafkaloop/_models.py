@@ -61,7 +61,8 @@ class ProducerMetrics:
     produced: int
     """Messages accepted by ``produce``/``produce_nowait``/``produce_many`` since creation."""
     delivered: int
-    """Acknowledged by Kafka."""
+    """Acknowledged by Kafka. For a producer that reports failures only, what librdkafka no
+    longer holds and did not report as failed: it may lag, and never goes back."""
     failed: int
     """Reported as not delivered (each one also logged, rate-limited)."""
     waiting_for_room: int

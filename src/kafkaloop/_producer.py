@@ -126,9 +126,9 @@ class AIOProducer:
 
     With ``delivery.report.only.error`` set, only failed deliveries are reported: the producer
     is then for fire-and-forget messages (``produce_nowait``). A delivered message costs no
-    Python object and no Python call (confluent-kafka drops its report in C, where the loop
-    still serves it), and ``produce()``/``produce_many()`` raise :class:`ConfigurationError`,
-    as no success could ever resolve them.
+    Python object and no Python call (confluent-kafka drops its report in C, on whichever
+    thread serves the reports), and ``produce()``/``produce_many()`` raise
+    :class:`ConfigurationError`, as no success could ever resolve them.
 
     The loop serves delivery reports itself where it can (see :mod:`kafkaloop._bridge`): the
     least CPU per message, and no thread. ``poll_thread=True`` serves them on a thread of their

@@ -81,9 +81,10 @@ class KafkaClients:
     admin: AIOAdminClient
     settings: KafkaSettings
     fire_and_forget: AIOProducer
-    """For ``produce_nowait`` without a callback: a producer that reports failed deliveries
-    only (``KafkaSettings.fire_and_forget``), or the producer itself when
-    ``fire_and_forget_producer`` is off. The two do not keep order between them."""
+    """For fire-and-forget messages (``produce_nowait``; a callback hears of failures only): a
+    producer that reports failed deliveries only (``KafkaSettings.fire_and_forget``), or the
+    producer itself when ``fire_and_forget_producer`` is off. The two keep no order between
+    them."""
     _ready_cache: tuple[float, bool, str] = (0.0, False, "not checked yet")
 
 

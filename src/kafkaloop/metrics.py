@@ -23,7 +23,12 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 # Each watched producer's counts: name, help, whether a counter (else a gauge), the reading.
 _PRODUCER_METRICS: tuple[tuple[str, str, bool, Callable[[ProducerMetrics], int]], ...] = (
     ("kafka_messages_produced", "Messages accepted by the producer", True, lambda m: m.produced),
-    ("kafka_messages_delivered", "Messages acknowledged by Kafka", True, lambda m: m.delivered),
+    (
+        "kafka_messages_delivered",
+        "Messages acknowledged by Kafka (may lag for a producer that reports failures only)",
+        True,
+        lambda m: m.delivered,
+    ),
     ("kafka_messages_failed", "Messages Kafka did not take", True, lambda m: m.failed),
     (
         "kafka_messages_in_flight",
