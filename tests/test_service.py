@@ -17,8 +17,9 @@ import httpx
 import pytest
 import websockets
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from pydantic import ValidationError
 
-from kafkaloop import AIOConsumer, ConsumerRecord
+from kafkaloop import AIOConsumer, ConsumerRecord, cli
 from kafkaloop.broker import LocalKafka
 from kafkaloop.fastapi import RequestQueue
 from kafkaloop.service import create_app
@@ -140,6 +141,36 @@ def test_the_fire_and_forget_producer_lingers_longer_and_reports_failures_only(
     monkeypatch.delenv("KAFKALOOP_FIRE_AND_FORGET_PRODUCER", raising=False)
     assert ServiceSettings().fire_and_forget_producer is True
     assert KafkaSettings().fire_and_forget_producer is False
+
+
+def test_the_service_refuses_a_producer_that_would_not_report_deliveries() -> None:
+    with pytest.raises(ValidationError, match="must report every delivery"):
+        ServiceSettings(producer_config={"delivery.report.only.error": "true"})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("KAFKALOOP_REQUEST_DEADLINE", "soon", "request_deadline: Input should be a valid number"),
+        ("KAFKALOOP_PRODUCER_CONFIG", '{"delivery.report.only.error": true}', "every delivery"),
+    ],
+)
+def test_serve_says_which_setting_is_wrong_without_echoing_values(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variable: str,
+    value: str,
+    says: str,
+) -> None:
+    monkeypatch.setenv("KAFKALOOP_CLIENT_CONFIG", '{"sasl.password": "hunter2"}')
+    monkeypatch.setenv(variable, value)
+
+    assert cli.main(["serve"]) == 2
+
+    error = capsys.readouterr().err
+    assert error.startswith("kafkaloop: invalid settings in the environment")
+    assert says in error
+    assert "hunter2" not in error
 
 
 async def _metrics_once(client: httpx.AsyncClient, line: str) -> str:

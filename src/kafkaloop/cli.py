@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kafkaloop._exceptions import KafkaloopError
+from kafkaloop._exceptions import ConfigurationError, KafkaloopError
 from kafkaloop.broker import LocalKafka, cache_dir, print_progress
 
 if TYPE_CHECKING:
@@ -133,10 +133,22 @@ def _serve(args: argparse.Namespace) -> int:
     import importlib.util  # imported late: keeps `broker` start-up light
 
     import uvicorn
+    from pydantic import ValidationError
 
     from kafkaloop.settings import ServiceSettings
 
-    settings = ServiceSettings()
+    try:
+        settings = ServiceSettings()
+    except ValidationError as exc:
+        # Each error's place and reason, never the values given (they may hold credentials).
+        problems = "; ".join(
+            f"{'.'.join(map(str, error['loc'])) or 'settings'}: {error['msg']}"
+            for error in exc.errors(include_url=False, include_input=False)
+        )
+        raise ConfigurationError(
+            f"invalid settings in the environment (KAFKALOOP_*, KAFKA_BOOTSTRAP_SERVERS): "
+            f"{problems}"
+        ) from None
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     http = http_protocol(settings.write_batching)
     print_progress(

@@ -7,12 +7,12 @@ KAFKALOOP_REQUEST_DEADLINE=5
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from kafkaloop._config import redact
+from kafkaloop._config import config_flag, redact
 
 __all__ = ["FIRE_AND_FORGET_LINGER_MS", "KafkaSettings", "ServiceSettings"]
 
@@ -154,6 +154,17 @@ class ServiceSettings(KafkaSettings):
     shutdown_timeout: float = Field(
         30.0, gt=0, description="Seconds to stop: half to finish requests, half to flush"
     )
+
+    @model_validator(mode="after")
+    def _every_delivery_reported(self) -> Self:
+        # /items1 awaits each delivery: its producer must report successes too.
+        if config_flag(self.producer(), "delivery.report.only.error", False):
+            raise ValueError(
+                "the service's producer must report every delivery (its awaited endpoint waits "
+                "for them): take delivery.report.only.error out of KAFKALOOP_PRODUCER_CONFIG / "
+                "KAFKALOOP_CLIENT_CONFIG (the fire-and-forget producer has it already)"
+            )
+        return self
 
     @field_validator("items_topic")
     @classmethod
