@@ -302,8 +302,8 @@ async def kafka_ready(
     now = time.monotonic()
     if now - checked_at < cache:
         return ready, reason
-    producers = (kafka.producer, kafka.fire_and_forget)
-    if any(producer.closed for producer in producers):
+    producers = {"producer": kafka.producer, "fire-and-forget producer": kafka.fire_and_forget}
+    if any(producer.closed for producer in producers.values()):
         ready, reason = False, "the producer is closed (the service is stopping)"
     else:
         try:
@@ -312,10 +312,13 @@ async def kafka_ready(
         except (TimeoutError, KafkaloopError) as exc:
             ready, reason = False, f"the cluster did not answer within {timeout:g}s ({exc})"
         else:
-            failure = kafka.producer.fatal_error or kafka.fire_and_forget.fatal_error
-            if failure is not None:
-                which = "producer" if kafka.producer.fatal_error else "fire-and-forget producer"
-                ready, reason = False, f"the {which} refuses messages: {failure.str()}"
+            refusing = [
+                f"the {name} refuses messages: {producer.fatal_error.str()}"
+                for name, producer in producers.items()
+                if producer.fatal_error is not None
+            ]
+            if refusing:
+                ready, reason = False, refusing[0]
             else:
                 ready, reason = True, f"{len(cluster.brokers)} broker(s) answering"
     kafka._ready_cache = (now, ready, reason)
