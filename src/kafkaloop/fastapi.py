@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -39,6 +40,8 @@ from typing import Any, TypeVar
 from confluent_kafka import KafkaError
 from confluent_kafka.admin import NewTopic
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -333,9 +336,30 @@ def _error_response(status: int, exc: Exception, retry_after: int | None) -> JSO
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def _json_safe(value: Any) -> Any:
+    """`value` as strict JSON in UTF-8 can carry it: non-finite numbers as text, unpaired
+    surrogates replaced. Python's JSON parser accepts ``NaN``, ``Infinity``, ``1e999`` and
+    ``"\\ud800"``, and a validation error echoes such input back."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_json_safe(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def install_error_handlers(app: FastAPI, retry_after: int = 1) -> None:
     """Map kafkaloop's errors to HTTP answers: 503 (+ Retry-After) for an unavailable Kafka,
-    413 for a message Kafka refuses as too large; never a 500 for those."""
+    413 for a message Kafka refuses as too large; never a 500 for those. An invalid body gets
+    FastAPI's 422 whatever it holds (FastAPI's own handler fails with a 500 on a body that
+    echoes ``NaN`` or an unpaired surrogate back)."""
+
+    async def invalid_request(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, 422)
 
     async def delivery_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, DeliveryError)
@@ -346,6 +370,7 @@ def install_error_handlers(app: FastAPI, retry_after: int = 1) -> None:
     async def unavailable(_request: Request, exc: Exception) -> JSONResponse:
         return _error_response(503, exc, retry_after)
 
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(DeliveryError, delivery_error)
     app.add_exception_handler(QueueFullError, unavailable)
     app.add_exception_handler(KafkaUnavailable, unavailable)
