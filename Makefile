@@ -26,7 +26,7 @@ env: $(VENV)/.synced
 
 ## run: the main job: start the local broker (unless KAFKA_BOOTSTRAP_SERVERS is set) and serve.
 run: env
-	@if [ -z "$$KAFKA_BOOTSTRAP_SERVERS" ]; then \
+	@if [ -z "$$KAFKA_BOOTSTRAP_SERVERS$$KAFKALOOP_BOOTSTRAP_SERVERS" ]; then \
 		export KAFKA_BOOTSTRAP_SERVERS=$$($(BIN)/kafkaloop broker up) || exit 1; \
 	fi; \
 	exec $(BIN)/kafkaloop serve

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kafkaloop.broker import LocalKafka, cache_dir, print_progress
+from kafkaloop.settings import bootstrap_from_env
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -22,7 +23,7 @@ RESULTS = Path(__file__).parent / "results"
 def bench_broker(heap: str = "1g") -> Iterator[LocalKafka | None]:
     """A local single-node broker kept only for this benchmark (None when
     $KAFKA_BOOTSTRAP_SERVERS names another one to use)."""
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+    if bootstrap_from_env():
         yield None
         return
     kafka = LocalKafka(
@@ -41,7 +42,7 @@ def bench_broker(heap: str = "1g") -> Iterator[LocalKafka | None]:
 def bench_kafka(heap: str = "1g") -> Iterator[str]:
     """$KAFKA_BOOTSTRAP_SERVERS, or a local single-node broker kept only for this benchmark."""
     with bench_broker(heap) as kafka:
-        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"] if kafka is None else kafka.bootstrap_servers
+        yield kafka.bootstrap_servers if kafka is not None else str(bootstrap_from_env())
 
 
 class Progress:

@@ -1,12 +1,12 @@
 """Fixtures: a real local Kafka for the whole session, and unique topic names per test.
 
-Set KAFKA_BOOTSTRAP_SERVERS to run the suite against an existing cluster instead; tests that
-must stop and start brokers (the three-node cluster) are skipped then.
+Set KAFKA_BOOTSTRAP_SERVERS (or KAFKALOOP_BOOTSTRAP_SERVERS) to run most of the suite against
+an existing cluster instead; tests that must stop and start brokers (the three-node cluster) are
+skipped then, and those that kill or start a broker of their own still start one.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import uuid
 from collections.abc import Iterator
@@ -14,12 +14,13 @@ from collections.abc import Iterator
 import pytest
 
 from kafkaloop.broker import LocalKafka, print_progress
+from kafkaloop.settings import bootstrap_from_env
 
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Bootstrap address of a single-node broker shared by the session."""
-    existing = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    existing = bootstrap_from_env()
     if existing:
         yield existing
         return
@@ -33,8 +34,8 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
     """A three-node cluster this session controls (nodes can be killed and restarted)."""
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        pytest.skip("needs a local three-node cluster; KAFKA_BOOTSTRAP_SERVERS is set")
+    if bootstrap_from_env():
+        pytest.skip("needs a local three-node cluster; the environment names a cluster")
     kafka = LocalKafka(
         3, state_dir=tmp_path_factory.mktemp("kafka-cluster"), progress=print_progress
     )

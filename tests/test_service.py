@@ -23,7 +23,12 @@ from kafkaloop import AIOConsumer, ConsumerRecord, cli
 from kafkaloop.broker import LocalKafka
 from kafkaloop.fastapi import RequestQueue
 from kafkaloop.service import create_app
-from kafkaloop.settings import KafkaSettings, ServiceSettings
+from kafkaloop.settings import (
+    BOOTSTRAP_VARIABLES,
+    KafkaSettings,
+    ServiceSettings,
+    bootstrap_from_env,
+)
 from tests.service_helpers import serve_process, service, service_settings, serving
 from tests.twins import skip_unless_the_loop_serves_reports
 
@@ -149,11 +154,52 @@ def test_the_service_refuses_a_producer_that_would_not_report_deliveries() -> No
 
 
 @pytest.mark.parametrize(
+    ("environment", "cluster"),
+    [
+        ({}, None),
+        ({"KAFKALOOP_BOOTSTRAP_SERVERS": "b:9092"}, "b:9092"),
+        ({"KAFKA_BOOTSTRAP_SERVERS": "a:9092", "KAFKALOOP_BOOTSTRAP_SERVERS": "b:9092"}, "a:9092"),
+    ],
+    ids=["neither", "kafkaloop-name", "both"],
+)
+def test_what_starts_a_local_broker_and_the_settings_agree_on_the_cluster(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], cluster: str | None
+) -> None:
+    for variable in BOOTSTRAP_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in environment.items():
+        monkeypatch.setenv(variable, value)
+
+    # None: make run, kafkaloop smoke and the tests start a local broker at the default address.
+    assert bootstrap_from_env() == cluster
+    assert KafkaSettings().bootstrap_servers == (cluster or "127.0.0.1:9092")
+
+
+# Each bad value holds the secret "hunter2": the message must name the setting, not echo it
+# (pydantic's own message would: input_value='hunter2').
+@pytest.mark.parametrize(
     ("variable", "value", "says"),
     [
-        ("KAFKALOOP_REQUEST_DEADLINE", "soon", "request_deadline: Input should be a valid number"),
-        ("KAFKALOOP_PRODUCER_CONFIG", '{"delivery.report.only.error": true}', "every delivery"),
+        (
+            "KAFKALOOP_REQUEST_DEADLINE",
+            "hunter2",
+            "invalid settings in the environment (KAFKALOOP_*, KAFKA_BOOTSTRAP_SERVERS): "
+            "request_deadline: Input should be a valid number",
+        ),
+        (
+            "KAFKALOOP_PRODUCER_CONFIG",
+            '{"delivery.report.only.error": true, "sasl.password": "hunter2"}',
+            "every delivery",
+        ),
+        (
+            "KAFKALOOP_CLIENT_CONFIG",
+            '{"sasl.password": "hunter2"',
+            "invalid settings in the environment (KAFKALOOP_*): error parsing value for field "
+            '"client_config"',
+        ),
+        ("KAFKALOOP_PORT", "hunter2", "KAFKALOOP_PORT: not a port number"),
     ],
+    ids=["not-a-number", "refused-config", "malformed-json", "port"],
 )
 def test_serve_says_which_setting_is_wrong_without_echoing_values(
     monkeypatch: pytest.MonkeyPatch,
@@ -162,13 +208,13 @@ def test_serve_says_which_setting_is_wrong_without_echoing_values(
     value: str,
     says: str,
 ) -> None:
-    monkeypatch.setenv("KAFKALOOP_CLIENT_CONFIG", '{"sasl.password": "hunter2"}')
     monkeypatch.setenv(variable, value)
 
     assert cli.main(["serve"]) == 2
 
     error = capsys.readouterr().err
-    assert error.startswith("kafkaloop: invalid settings in the environment")
+    assert error.startswith("kafkaloop: ")
+    assert error.count("\n") == 1
     assert says in error
     assert "hunter2" not in error
 

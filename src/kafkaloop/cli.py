@@ -108,8 +108,9 @@ def _follow(path: Path) -> None:
 
 def _smoke(args: argparse.Namespace) -> int:
     from kafkaloop._smoke import run_smoke  # imported late: keeps `broker` start-up light
+    from kafkaloop.settings import bootstrap_from_env
 
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    bootstrap = bootstrap_from_env()
     if not bootstrap:
         bootstrap = _cluster(args).start()
     return run_smoke(bootstrap, args.topic, args.count)
@@ -129,16 +130,39 @@ def http_protocol(write_batching: bool) -> str | type[asyncio.Protocol]:
     return WriteBatchingProtocol
 
 
+def _port(value: str) -> int:
+    """A TCP port number (argparse reports the error for --port, as usage and status 2)."""
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("not a port number (0-65535)")
+    return port
+
+
 def _serve(args: argparse.Namespace) -> int:
     import importlib.util  # imported late: keeps `broker` start-up light
 
     import uvicorn
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     from kafkaloop.settings import ServiceSettings
 
+    port = args.port
+    if port is None:
+        try:
+            port = _port(os.environ.get("KAFKALOOP_PORT", "8000"))
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigurationError(f"KAFKALOOP_PORT: {exc}") from None
     try:
         settings = ServiceSettings()
+    except SettingsError as exc:
+        # "error parsing value for field "producer_config" ...": the field, not the value.
+        raise ConfigurationError(
+            f"invalid settings in the environment (KAFKALOOP_*): {exc} (malformed JSON?)"
+        ) from None
     except ValidationError as exc:
         # Each error's place and reason, never the values given (they may hold credentials).
         problems = "; ".join(
@@ -152,7 +176,7 @@ def _serve(args: argparse.Namespace) -> int:
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     http = http_protocol(settings.write_batching)
     print_progress(
-        f"Serving on http://{args.host}:{args.port} with {args.workers} worker(s), "
+        f"Serving on http://{args.host}:{port} with {args.workers} worker(s), "
         f"Kafka at {settings.bootstrap_servers} ({loop}, "
         f"{http if isinstance(http, str) else 'httptools, writes batched'})"
     )
@@ -160,7 +184,7 @@ def _serve(args: argparse.Namespace) -> int:
         "kafkaloop.service.app:create_app",
         factory=True,
         host=args.host,
-        port=args.port,
+        port=port,
         workers=args.workers,
         log_level=args.log_level,
         access_log=args.access_log,
@@ -235,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="run the reference web service ($KAFKA_BOOTSTRAP_SERVERS picks the cluster)"
     )
     serve.add_argument("--host", default=os.environ.get("KAFKALOOP_HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(os.environ.get("KAFKALOOP_PORT", "8000")))
+    serve.add_argument("--port", type=_port, default=None, help="default: $KAFKALOOP_PORT or 8000")
     serve.add_argument(
         "--workers",
         type=int,

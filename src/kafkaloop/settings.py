@@ -7,6 +7,7 @@ KAFKALOOP_REQUEST_DEADLINE=5
 
 from __future__ import annotations
 
+import os
 from typing import Any, Self
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
@@ -14,7 +15,16 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kafkaloop._config import config_flag, redact
 
-__all__ = ["FIRE_AND_FORGET_LINGER_MS", "KafkaSettings", "ServiceSettings"]
+__all__ = [
+    "BOOTSTRAP_VARIABLES",
+    "FIRE_AND_FORGET_LINGER_MS",
+    "KafkaSettings",
+    "ServiceSettings",
+    "bootstrap_from_env",
+]
+
+BOOTSTRAP_VARIABLES = ("KAFKA_BOOTSTRAP_SERVERS", "KAFKALOOP_BOOTSTRAP_SERVERS")
+"""Where the environment names the cluster, the first set one winning."""
 
 FIRE_AND_FORGET_LINGER_MS = 20
 """The fire-and-forget producer's ``linger.ms``: fuller batches, fewer per second, and nobody
@@ -30,7 +40,7 @@ class KafkaSettings(BaseSettings):
 
     bootstrap_servers: str = Field(
         "127.0.0.1:9092",
-        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "KAFKALOOP_BOOTSTRAP_SERVERS"),
+        validation_alias=AliasChoices(*BOOTSTRAP_VARIABLES),
         description="The cluster: host:port[,host:port...]",
     )
     client_config: dict[str, Any] = Field(
@@ -174,3 +184,12 @@ class ServiceSettings(KafkaSettings):
                 "a Kafka topic name is 1-249 characters of ASCII letters, digits, '.', '_', '-'"
             )
         return value
+
+
+def bootstrap_from_env() -> str | None:
+    """The cluster the environment names (``BOOTSTRAP_VARIABLES``), or None: then the
+    command at hand starts a local broker (``make run``, ``kafkaloop smoke``, the tests)."""
+    for variable in BOOTSTRAP_VARIABLES:
+        if variable in os.environ:
+            return os.environ[variable] or None
+    return None
