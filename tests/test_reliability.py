@@ -311,6 +311,49 @@ async def test_websocket_clients_fast_slow_and_churning(
         assert "\npush_subscribers 0.0\n" in subscribers.text
 
 
+async def test_an_sse_client_that_stops_reading_is_disconnected(
+    kafka_bootstrap: str, topic_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with service(
+        kafka_bootstrap,
+        topic_name,
+        client_queue_size=64,
+        slow_client_timeout=1.0,
+        max_name_length=20_000,
+    ) as (url, client):
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+        stalled.sendall(b"GET /sse/items HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            await asyncio.sleep(1.0)  # subscribed
+            # 4 MB of items: past what the socket buffers and the transport's buffer take.
+            names = [f"n{i}-{'x' * 10_000}" for i in range(400)]
+            for start in range(0, len(names), 50):
+                await asyncio.gather(
+                    *(client.post("/items4", json={"name": n}) for n in names[start : start + 50])
+                )
+            # Nothing read yet: the server must give up on its own, a send having waited 1 s.
+            deadline = time.monotonic() + 30
+            while "An SSE client read nothing" not in caplog.text:
+                assert time.monotonic() < deadline, "the stalled SSE stream was never ended"
+                await asyncio.sleep(0.2)
+            # Then the connection is closed: what the buffers held, then the end (read without
+            # blocking the loop, which serves the other end).
+            stalled.setblocking(False)
+            loop = asyncio.get_running_loop()
+            received = b""
+            async with asyncio.timeout(10):
+                while chunk := await loop.sock_recv(stalled, 65536):
+                    received += chunk
+        finally:
+            stalled.close()
+
+        assert received.startswith(b"HTTP/1.1 200")
+        assert b"data: " in received
+        assert (await client.get("/healthz")).status_code == 200
+
+
 @pytest.mark.slow
 async def test_credentials_right_ones_produce_wrong_ones_fail_fast_and_never_leak(
     tmp_path: Path, topic_name: str, caplog: pytest.LogCaptureFixture

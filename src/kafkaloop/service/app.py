@@ -11,7 +11,7 @@ import heapq
 import json
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from importlib import resources
 from types import FrameType
 from typing import Annotated, Any
@@ -21,6 +21,7 @@ from fastapi import Depends, FastAPI, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field, create_model
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
 from kafkaloop._exceptions import DeliveryError
@@ -121,6 +122,40 @@ def _off(feature: str, variable: str) -> JSONResponse:
     return JSONResponse(
         {"detail": f"{feature} is switched off ({variable}=false)"}, status_code=404
     )
+
+
+_stalled_streams = RateLimitedLog(logger)
+
+
+class _EventStream(StreamingResponse):
+    """Server-Sent Events for a client that must keep reading: a send that waits longer than
+    `send_timeout` (the client stopped reading and the socket's buffers are full) ends the
+    response there, unfinished, and the server closes the connection. The generator is closed
+    with it, and its subscription.
+
+    (A stalled send cannot be finished politely: the last chunk would wait like the others.)
+    """
+
+    def __init__(self, events: AsyncGenerator[str, None], *, send_timeout: float) -> None:
+        super().__init__(
+            events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+        self.events = events
+        self.send_timeout = send_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_in_time(message: Message) -> None:
+            async with asyncio.timeout(self.send_timeout):
+                await send(message)
+
+        try:
+            await super().__call__(scope, receive, send_in_time)
+        except TimeoutError:
+            _stalled_streams.warning(
+                "An SSE client read nothing for %gs: its connection is closed", self.send_timeout
+            )
+        finally:
+            await self.events.aclose()
 
 
 def _end_streams_on_stop_signals(hub: Broadcaster) -> Callable[[], None]:
@@ -450,7 +485,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             return _off("live push", "KAFKALOOP_LIVE_PUSH")
         subscription = hub.subscribe()
 
-        async def stream() -> AsyncIterator[str]:
+        async def stream() -> AsyncGenerator[str, None]:
             try:
                 yield ": connected\n\n"
                 while True:
@@ -466,9 +501,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             finally:
                 subscription.close()
 
-        return StreamingResponse(
-            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-        )
+        return _EventStream(stream(), send_timeout=settings.slow_client_timeout)
 
     page = resources.files("kafkaloop.service").joinpath("index.html").read_text()
 
