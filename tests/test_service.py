@@ -366,6 +366,27 @@ async def test_counts_come_from_the_cache(kafka_bootstrap: str, topic_name: str)
     assert unknown.status_code == 404
 
 
+async def test_the_cache_holds_a_bounded_number_of_names_and_says_when_it_is_full(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    async with service(kafka_bootstrap, topic_name, item_cache_max_names=2) as (_url, client):
+        for name in ["ann", "bob", "cat", "ann", "cat"]:  # one partition: read in this order
+            assert (await client.post("/items1", json={"name": name})).status_code == 200
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            everyone = (await client.get("/items")).json()
+            if everyone["lag"] == 0 and sum(everyone["counts"].values()) == 3:
+                break
+            await asyncio.sleep(0.1)
+        late = await client.get("/items/cat")
+        metrics = (await client.get("/metrics")).text
+
+    assert everyone["counts"] == {"ann": 2, "bob": 1}
+    assert late.status_code == 404
+    assert "the cache is full at 2 names" in late.json()["detail"]
+    assert "\nkafka_cache_skipped 2.0\n" in metrics
+
+
 async def test_websocket_and_sse_clients_receive_items_posted_over_http(
     kafka_bootstrap: str, topic_name: str
 ) -> None:

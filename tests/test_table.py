@@ -1,11 +1,15 @@
-"""TopicTable's start: waiting out a cluster that has just started."""
+"""TopicTable: its start (waiting out a cluster that has just started), and its bound."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import NewTopic
 
-from kafkaloop.table import watermarks_when_ready
+from kafkaloop import AIOAdminClient, AIOProducer
+from kafkaloop.table import TopicTable, watermarks_when_ready
 
 
 class _Consumer:
@@ -45,3 +49,36 @@ async def test_waiting_out_errors_ends_at_the_deadline() -> None:
     with pytest.raises(KafkaException):
         await watermarks_when_ready(consumer, TopicPartition("t", 0), within=0.5)
     assert 2 <= consumer.asked < 10
+
+
+async def test_a_bounded_table_skips_new_keys_once_full_and_a_deletion_makes_room(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    config = {"bootstrap.servers": kafka_bootstrap}
+    async with AIOAdminClient(config) as admin:
+        await admin.create_topics([NewTopic(topic_name, 1)])
+    async with AIOProducer(config) as producer:
+        for key, value in [(b"a", b"1"), (b"b", b"1"), (b"c", b"1"), (b"a", b"2")]:
+            await producer.produce(topic_name, value, key)
+        table: TopicTable[bytes] = TopicTable(config, topic_name, max_keys=2)
+        await table.start()
+        try:
+            await asyncio.wait_for(table.ready.wait(), 30)
+            before = dict(table.items()), table.skipped, table.full
+            await producer.produce(topic_name, None, b"a")  # a tombstone: room for one more
+            await producer.produce(topic_name, b"2", b"c")
+            for _ in range(600):  # 30 s at most
+                if table.applied + table.skipped == 6:
+                    break
+                await asyncio.sleep(0.05)
+            after = dict(table.items()), table.skipped
+        finally:
+            await table.stop()
+
+    assert before == ({b"a": b"2", b"b": b"1"}, 1, True)
+    assert after == ({b"b": b"1", b"c": b"2"}, 1)
+
+
+def test_a_table_holds_at_least_one_key() -> None:
+    with pytest.raises(ValueError, match="max_keys"):
+        TopicTable({}, "t", max_keys=0)

@@ -142,6 +142,12 @@ class ServiceSettings(KafkaSettings):
     item_cache: bool = Field(
         True, description="Keep the item counts cache (a consumer per process reading the topic)"
     )
+    item_cache_max_names: int = Field(
+        100_000,
+        ge=1,
+        description="Names the item cache holds at most; items of other names are then left "
+        "out (counted in kafka_cache_skipped), so anyone posting new names cannot grow it",
+    )
     gc_tuning: bool = Field(
         True,
         description="Freeze start-up objects out of the garbage collector's walks and collect "

@@ -15,6 +15,7 @@ it has caught up with where the topic ended at start-up.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -93,7 +94,12 @@ def count(previous: int | None, _record: ConsumerRecord) -> int:
 
 
 class TopicTable(Generic[V]):
-    """A dict from record key to ``fold(previous, record)``, kept fresh by its own consumer."""
+    """A dict from record key to ``fold(previous, record)``, kept fresh by its own consumer.
+
+    ``max_keys`` bounds its memory where anyone can add keys: once it holds that many, records
+    of a key it does not hold are skipped (counted in ``skipped``), and the keys it holds stay
+    exact. A key deleted (folded to None) makes room again.
+    """
 
     def __init__(
         self,
@@ -101,7 +107,10 @@ class TopicTable(Generic[V]):
         topic: str,
         *,
         fold: Callable[[Any, ConsumerRecord], V] = latest,
+        max_keys: int | None = None,
     ) -> None:
+        if max_keys is not None and max_keys < 1:
+            raise ValueError("max_keys must be at least 1 (or None: no bound)")
         self._config = {
             **BACKGROUND_FETCH,
             **config,
@@ -109,6 +118,7 @@ class TopicTable(Generic[V]):
             "enable.auto.commit": False,
         }
         self.topic = topic
+        self.max_keys = max_keys
         self._fold = fold
         self._data: dict[bytes | None, V] = {}
         self._consumer: AIOConsumer | None = None
@@ -118,6 +128,8 @@ class TopicTable(Generic[V]):
         """Set once the table holds everything the topic held when it started."""
         self.applied = 0
         """Records folded in so far."""
+        self.skipped = 0
+        """Records of keys left out because the table held ``max_keys`` keys."""
 
     def get(self, key: bytes | None, default: V | None = None) -> V | None:
         """The value for `key`, without touching Kafka."""
@@ -129,6 +141,11 @@ class TopicTable(Generic[V]):
 
     def __len__(self) -> int:
         return len(self._data)
+
+    @property
+    def full(self) -> bool:
+        """Whether the table holds ``max_keys`` keys (records of new keys are skipped)."""
+        return self.max_keys is not None and len(self._data) >= self.max_keys
 
     def lag(self) -> int:
         """Records the table is behind its topic (0 when fresh)."""
@@ -164,6 +181,7 @@ class TopicTable(Generic[V]):
     async def _run(self) -> None:
         assert self._consumer is not None
         fold, data, targets = self._fold, self._data, self._targets
+        room = self.max_keys if self.max_keys is not None else sys.maxsize
         loop = asyncio.get_running_loop()
         last_read = loop.time()
         while True:
@@ -178,14 +196,19 @@ class TopicTable(Generic[V]):
             now = loop.time()
             rate = len(records) / max(now - last_read, _GATHER)
             last_read = now
+            skipped = 0
             for record in records:
                 key = record.key
-                value = fold(data.get(key), record)
+                previous = data.get(key)  # never None for a key held: None deletes
+                value = fold(previous, record)
                 if value is None:
                     data.pop(key, None)
-                else:
+                elif previous is not None or len(data) < room:
                     data[key] = value
-            self.applied += len(records)
+                else:
+                    skipped += 1
+            self.applied += len(records) - skipped
+            self.skipped += skipped
             if targets:
                 # Positions, not record offsets: a transaction marker may end a partition.
                 for position in self._consumer.position(

@@ -221,11 +221,17 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                         settings.consumer(**{"group.id": "kafkaloop-service-cache"}),
                         topic,
                         fold=count,
+                        max_keys=settings.item_cache_max_names,
                     )
                     await table.start()
                     stack.push_async_callback(table.stop)
                     metrics.watch_gauge(
                         "kafka_cache_lag", "Records the item-count cache is behind", table.lag
+                    )
+                    metrics.watch_gauge(
+                        "kafka_cache_skipped",
+                        "Items the count cache left out: their names came once it was full",
+                        lambda: table.skipped,
                     )
                     state["table"] = table
                 if settings.live_push:
@@ -385,8 +391,13 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             return _off("the item cache", "KAFKALOOP_ITEM_CACHE")
         seen = table.get(name.encode())
         if seen is None:
+            full = (
+                f" (the cache is full at {len(table)} names: names that came later are not counted)"
+                if table.full
+                else ""
+            )
             return JSONResponse(
-                {"detail": f"No item named {name!r} has been seen"}, status_code=404
+                {"detail": f"No item named {name!r} has been seen{full}"}, status_code=404
             )
         return ItemCount(name=name, count=seen)
 
