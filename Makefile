@@ -24,7 +24,8 @@ $(VENV)/.synced: $(UV) pyproject.toml setup.py src/kafkaloop/*.c src/kafkaloop/*
 
 env: $(VENV)/.synced
 
-## run: the main job: start the local broker (unless KAFKA_BOOTSTRAP_SERVERS is set) and serve.
+## run: the main job: start the local broker (unless KAFKA_BOOTSTRAP_SERVERS or
+## KAFKALOOP_BOOTSTRAP_SERVERS names a cluster) and serve.
 run: env
 	@if [ -z "$$KAFKA_BOOTSTRAP_SERVERS$$KAFKALOOP_BOOTSTRAP_SERVERS" ]; then \
 		export KAFKA_BOOTSTRAP_SERVERS=$$($(BIN)/kafkaloop broker up) || exit 1; \

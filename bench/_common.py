@@ -38,11 +38,17 @@ def bench_broker(heap: str = "1g") -> Iterator[LocalKafka | None]:
             kafka.purge()
 
 
+def bootstrap_of(kafka: LocalKafka | None) -> str:
+    """Where the benchmark's broker is: `kafka` (bench_broker's), or the cluster the
+    environment names."""
+    return kafka.bootstrap_servers if kafka is not None else str(bootstrap_from_env())
+
+
 @contextlib.contextmanager
 def bench_kafka(heap: str = "1g") -> Iterator[str]:
     """$KAFKA_BOOTSTRAP_SERVERS, or a local single-node broker kept only for this benchmark."""
     with bench_broker(heap) as kafka:
-        yield kafka.bootstrap_servers if kafka is not None else str(bootstrap_from_env())
+        yield bootstrap_of(kafka)
 
 
 class Progress:

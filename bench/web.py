@@ -71,13 +71,13 @@ from bench._common import (
     RESULTS,
     Progress,
     bench_broker,
+    bootstrap_of,
     machine_note,
     markdown_table,
     median,
     write_csv,
 )
 from kafkaloop.broker import free_port
-from kafkaloop.settings import bootstrap_from_env
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = b'{"name": "bench"}'
@@ -758,7 +758,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupted)
     with bench_broker() as kafka, tempfile.TemporaryDirectory(prefix="bench-web-") as tmp:
         # A broker named by $KAFKA_BOOTSTRAP_SERVERS is not the bench's to pin.
-        bootstrap = kafka.bootstrap_servers if kafka is not None else str(bootstrap_from_env())
+        bootstrap = bootstrap_of(kafka)
         broker_cores = pins.settle_broker([] if kafka is None else kafka.pids())
         workdir = Path(tmp)
         generators = make_generators(args.generators, workdir, levels)

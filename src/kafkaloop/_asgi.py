@@ -1,10 +1,30 @@
-"""Small ASGI helpers shared by the middlewares: a complete JSON answer, a message replayed."""
+"""Small ASGI helpers: a complete JSON answer, a message replayed, a connection dropped."""
 
 from __future__ import annotations
 
 import json
 
-from starlette.types import Message, Receive, Send
+from starlette.types import Message, Receive, Scope, Send
+
+ABORT = "kafkaloop.abort"
+"""The ASGI extension through which an app drops its connection at once:
+``scope["extensions"]["kafkaloop.abort"]["abort"]()``. kafkaloop's write-batching protocol
+offers it (``kafkaloop.write_batching``)."""
+
+
+def abort_connection(scope: Scope) -> bool:
+    """Drop the request's connection now, with what it still had to write, where the server
+    offers ``kafkaloop.abort``; False where it does not.
+
+    For a response that gives up on a client that stopped reading: it cannot end politely (its
+    last write would wait like the others), and a close waits for the client to read what is
+    buffered, for ever for one that never does.
+    """
+    abort = scope.get("extensions", {}).get(ABORT)
+    if abort is None:
+        return False
+    abort["abort"]()
+    return True
 
 
 async def reply(

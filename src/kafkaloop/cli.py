@@ -161,7 +161,8 @@ def _serve(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         # "error parsing value for field "producer_config" ...": the field, not the value.
         raise ConfigurationError(
-            f"invalid settings in the environment (KAFKALOOP_*): {exc} (malformed JSON?)"
+            "invalid settings in the environment (KAFKALOOP_*, KAFKA_BOOTSTRAP_SERVERS): "
+            f"{exc} (malformed JSON?)"
         ) from None
     except ValidationError as exc:
         # Each error's place and reason, never the values given (they may hold credentials).

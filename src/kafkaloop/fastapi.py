@@ -46,7 +46,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kafkaloop._admin import AIOAdminClient
-from kafkaloop._asgi import replay, reply
+from kafkaloop._asgi import abort_connection, replay, reply
 from kafkaloop._exceptions import (
     ClientClosedError,
     DeliveryError,
@@ -64,6 +64,7 @@ __all__ = [
     "KafkaUnavailable",
     "RequestLimits",
     "RequestQueue",
+    "abort_connection",
     "get_kafka",
     "get_producer",
     "install_error_handlers",
@@ -359,7 +360,13 @@ def install_error_handlers(app: FastAPI, retry_after: int = 1) -> None:
 
     async def invalid_request(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, 422)
+        errors = exc.errors()
+        try:
+            detail = _json_safe(jsonable_encoder(errors))
+        except RecursionError:  # input nested deeper than the encoders go: leave it out
+            errors = [{k: v for k, v in error.items() if k != "input"} for error in errors]
+            detail = _json_safe(jsonable_encoder(errors))
+        return JSONResponse({"detail": detail}, 422)
 
     async def delivery_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, DeliveryError)

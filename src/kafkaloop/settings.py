@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 BOOTSTRAP_VARIABLES = ("KAFKA_BOOTSTRAP_SERVERS", "KAFKALOOP_BOOTSTRAP_SERVERS")
-"""Where the environment names the cluster, the first set one winning."""
+"""Where the environment names the cluster, the first one set (and not empty) winning."""
 
 FIRE_AND_FORGET_LINGER_MS = 20
 """The fire-and-forget producer's ``linger.ms``: fuller batches, fewer per second, and nobody
@@ -34,8 +34,9 @@ waits for them (bench/README.md, how long the producer lingers)."""
 class KafkaSettings(BaseSettings):
     """Where the cluster is and how to talk to it: the part every kafkaloop app needs."""
 
+    # An empty variable counts as unset (as a shell's "${X:-default}" would have it).
     model_config = SettingsConfigDict(
-        env_prefix="KAFKALOOP_", extra="ignore", populate_by_name=True
+        env_prefix="KAFKALOOP_", extra="ignore", populate_by_name=True, env_ignore_empty=True
     )
 
     bootstrap_servers: str = Field(
@@ -196,6 +197,6 @@ def bootstrap_from_env() -> str | None:
     """The cluster the environment names (``BOOTSTRAP_VARIABLES``), or None: then the
     command at hand starts a local broker (``make run``, ``kafkaloop smoke``, the tests)."""
     for variable in BOOTSTRAP_VARIABLES:
-        if variable in os.environ:
-            return os.environ[variable] or None
+        if os.environ.get(variable):
+            return os.environ[variable]
     return None

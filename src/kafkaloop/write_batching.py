@@ -16,6 +16,10 @@ streamed body) has them written at once, so at most that much per connection sit
 socket's buffer, which uvicorn's flow control watches. Closing the connection through this
 transport writes what is held first; aborting it, or the client going away, drops it.
 ``KAFKALOOP_WRITE_BATCHING=false`` runs uvicorn's own protocol instead.
+
+The protocol also offers the app a way to drop a connection at once, the ASGI extension
+``kafkaloop.abort`` (``kafkaloop.fastapi.abort_connection``), for a response that gives up on a
+client that stopped reading.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from collections.abc import Iterable
 from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from kafkaloop._asgi import ABORT
 
 __all__ = ["WriteBatchingProtocol"]
 
@@ -168,3 +174,15 @@ class WriteBatchingProtocol(HttpToolsProtocol):
         socket = cast(asyncio.Transport, transport)
         batching = _BatchingTransport(socket, _flusher(asyncio.get_running_loop()))
         super().connection_made(batching)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        extensions = self.scope.setdefault("extensions", {})
+        extensions[ABORT] = {"abort": self._abort}
+
+    def _abort(self) -> None:
+        """Drop the connection and what it still had to write; the request's answer is over."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # (as connection_lost will say): no "incomplete" error
+        self.transport.abort()

@@ -34,6 +34,7 @@ from kafkaloop.fastapi import (
     KafkaClients,
     RequestLimits,
     RequestQueue,
+    abort_connection,
     get_kafka,
     install_error_handlers,
     kafka_clients,
@@ -125,8 +126,6 @@ def _off(feature: str, variable: str) -> JSONResponse:
     )
 
 
-_stalled_streams = RateLimitedLog(logger)
-
 BUSIEST_EVERY = 0.1
 """Seconds GET /items reuses its ranking of the busiest names for."""
 
@@ -144,18 +143,21 @@ class _Busiest:
 class _EventStream(StreamingResponse):
     """Server-Sent Events for a client that must keep reading: a send that waits longer than
     `send_timeout` (the client stopped reading and the socket's buffers are full) ends the
-    response there, unfinished, and the server closes the connection. The generator is closed
-    with it, and its subscription.
-
-    (A stalled send cannot be finished politely: the last chunk would wait like the others.)
+    response there, unfinished. The generator is closed with it, and its subscription, and
+    the connection is dropped where the server offers the ``kafkaloop.abort`` extension
+    (``kafkaloop serve`` with write batching, the default); elsewhere the server closes it
+    once the client has read what is buffered.
     """
 
-    def __init__(self, events: AsyncGenerator[str, None], *, send_timeout: float) -> None:
+    def __init__(
+        self, events: AsyncGenerator[str, None], *, send_timeout: float, log: RateLimitedLog
+    ) -> None:
         super().__init__(
             events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )
         self.events = events
         self.send_timeout = send_timeout
+        self.log = log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_in_time(message: Message) -> None:
@@ -165,8 +167,11 @@ class _EventStream(StreamingResponse):
         try:
             await super().__call__(scope, receive, send_in_time)
         except TimeoutError:
-            _stalled_streams.warning(
-                "An SSE client read nothing for %gs: its connection is closed", self.send_timeout
+            dropped = abort_connection(scope)
+            self.log.warning(
+                "An SSE client read nothing for %gs: its connection is %s",
+                self.send_timeout,
+                "dropped" if dropped else "closed once it reads",
             )
         finally:
             await self.events.aclose()
@@ -210,6 +215,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     # Bounds every awaited produce; one sweep for all requests, no timer per request.
     deadline = Deadline(settings.request_deadline)
     out_of_band_failures = RateLimitedLog(logger)
+    stalled_streams = RateLimitedLog(logger)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -534,7 +540,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             finally:
                 subscription.close()
 
-        return _EventStream(stream(), send_timeout=settings.slow_client_timeout)
+        return _EventStream(
+            stream(), send_timeout=settings.slow_client_timeout, log=stalled_streams
+        )
 
     page = resources.files("kafkaloop.service").joinpath("index.html").read_text()
 
