@@ -7,6 +7,7 @@ skipped then, and those that kill or start a broker of their own still start one
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from collections.abc import Iterator
@@ -48,3 +49,17 @@ def topic_name(request: pytest.FixtureRequest) -> str:
     """A topic name no other test (or earlier run) uses."""
     stem = re.sub(r"[^A-Za-z0-9._-]", "-", request.node.name)[:80]
     return f"t-{stem}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def uvicorn_errors(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What uvicorn logs as errors meanwhile (its logger keeps them from caplog, and its
+    logging set-up drops handlers added to it)."""
+    errors: list[str] = []
+    log = logging.getLogger("uvicorn.error")
+
+    def error(msg: object, *args: object, **_kwargs: object) -> None:
+        errors.append(str(msg) % args if args else str(msg))
+
+    monkeypatch.setattr(log, "error", error)
+    return errors

@@ -8,8 +8,10 @@ from typing import Any, TypeVar
 
 import pytest
 from fastapi import FastAPI
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
+from kafkaloop.fastapi import abort_connection
 from kafkaloop.write_batching import _FLUSH_AT, _BatchingTransport, _flusher
 from tests.service_helpers import serving
 
@@ -165,8 +167,35 @@ async def test_nothing_is_written_to_a_socket_that_closed_meanwhile() -> None:
     assert socket.writes == []
 
 
+aborts: list[bool] = []  # what abort_connection() returned in the app below
+
+
+class _Aborting(Response):
+    """Starts an answer, then drops the connection: mid-answer, or once the answer is over."""
+
+    def __init__(self, *, when_complete: bool) -> None:
+        super().__init__()
+        self.when_complete = when_complete
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"half", "more_body": True})
+        if self.when_complete:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await asyncio.sleep(0.05)  # written out (an abort drops what is still held)
+        aborts.append(abort_connection(scope))
+
+
 def _app() -> FastAPI:
     app = FastAPI()
+
+    @app.get("/abort")
+    async def abort() -> Response:
+        return _Aborting(when_complete=False)
+
+    @app.get("/late-abort")
+    async def late_abort() -> Response:
+        return _Aborting(when_complete=True)
 
     @app.get("/echo/{text}")
     async def echo(text: str) -> dict[str, str]:
@@ -259,6 +288,47 @@ async def test_the_protocol_sends_its_connections_answers_through_the_batching(
 
     assert body == b'{"text":"one"}'
     assert len(head) + len(body) in held  # head and body held, then written together
+
+
+async def test_an_abort_drops_the_connection_mid_answer_and_logs_no_error(
+    uvicorn_errors: list[str],
+) -> None:
+    aborts.clear()
+    # A request pipelined behind it: the abort acts on the answer it was offered to.
+    everything = await ask(
+        b"GET /abort HTTP/1.1\r\nHost: x\r\n\r\nGET /echo/after HTTP/1.1\r\nHost: x\r\n\r\n",
+        _read_all,
+    )
+
+    assert aborts == [True]
+    assert everything.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert everything.endswith(b"half\r\n")  # the first chunk, and no end of the answer
+    assert b"after" not in everything  # the connection went with the answer
+    assert uvicorn_errors == []  # (not "ASGI callable returned without completing response")
+
+
+async def test_an_abort_once_the_answer_is_complete_does_nothing() -> None:
+    aborts.clear()
+    async with serving(_app()) as url:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(b"GET /late-abort HTTP/1.1\r\nHost: x\r\n\r\n")
+            first = await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 30)
+            for _ in range(100):  # until the app has called it, after its answer
+                if aborts:
+                    break
+                await asyncio.sleep(0.01)
+            # The connection still serves the next request.
+            writer.write(b"GET /echo/after HTTP/1.1\r\nHost: x\r\n\r\n")
+            _head, after = await asyncio.wait_for(_read_answer(reader), 30)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    assert aborts == [True]  # offered, and called: too late to drop anything
+    assert b"half" in first
+    assert after == b'{"text":"after"}'
 
 
 def test_answers_are_batched_under_uvloop_too(held: list[int]) -> None:

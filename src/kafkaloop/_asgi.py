@@ -13,12 +13,14 @@ offers it (``kafkaloop.write_batching``)."""
 
 
 def abort_connection(scope: Scope) -> bool:
-    """Drop the request's connection now, with what it still had to write, where the server
-    offers ``kafkaloop.abort``; False where it does not.
+    """Let go of the request's connection now, where the server offers ``kafkaloop.abort``
+    (False where it does not): what the server still held to write is dropped, what the kernel
+    already has still goes out, and the socket is closed. Nothing happens once the request's
+    answer is complete.
 
     For a response that gives up on a client that stopped reading: it cannot end politely (its
-    last write would wait like the others), and a close waits for the client to read what is
-    buffered, for ever for one that never does.
+    last write would wait like the others), and a close waits for the client to read what the
+    server holds, for ever for one that never does.
     """
     abort = scope.get("extensions", {}).get(ABORT)
     if abort is None:

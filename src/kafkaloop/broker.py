@@ -333,7 +333,7 @@ class LocalKafka:
         # None: the shape of the cluster already in state_dir, or a single node.
         self.nodes = nodes or self._recorded_nodes() or 1
         self.port = port
-        self.heap = heap or os.environ.get("KAFKALOOP_BROKER_HEAP", DEFAULT_HEAP)
+        self.heap = heap or os.environ.get("KAFKALOOP_BROKER_HEAP") or DEFAULT_HEAP
         self.version = version
         self.properties = dict(properties or {})
         # SASL/PLAIN users (name -> password) of an extra listener, e.g. for credential tests.

@@ -20,11 +20,12 @@ DEFAULT_PORT = 9092
 
 
 def _cluster(args: argparse.Namespace, *, nodes: int | None = None) -> LocalKafka:
-    port = (
-        args.port
-        if getattr(args, "port", None)
-        else int(os.environ.get("KAFKALOOP_BROKER_PORT", DEFAULT_PORT))
-    )
+    port = getattr(args, "port", None)
+    if not port:
+        try:
+            port = _port(os.environ.get("KAFKALOOP_BROKER_PORT") or str(DEFAULT_PORT))
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigurationError(f"KAFKALOOP_BROKER_PORT: {exc}") from None
     return LocalKafka(
         nodes,
         state_dir=cache_dir() / "clusters" / args.name,
@@ -153,7 +154,7 @@ def _serve(args: argparse.Namespace) -> int:
     port = args.port
     if port is None:
         try:
-            port = _port(os.environ.get("KAFKALOOP_PORT", "8000"))
+            port = _port(os.environ.get("KAFKALOOP_PORT") or "8000")
         except argparse.ArgumentTypeError as exc:
             raise ConfigurationError(f"KAFKALOOP_PORT: {exc}") from None
     try:
@@ -259,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", help="run the reference web service ($KAFKA_BOOTSTRAP_SERVERS picks the cluster)"
     )
-    serve.add_argument("--host", default=os.environ.get("KAFKALOOP_HOST", "127.0.0.1"))
+    serve.add_argument("--host", default=os.environ.get("KAFKALOOP_HOST") or "127.0.0.1")
     serve.add_argument("--port", type=_port, default=None, help="default: $KAFKALOOP_PORT or 8000")
     serve.add_argument(
         "--workers",

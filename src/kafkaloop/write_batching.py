@@ -25,11 +25,12 @@ client that stopped reading.
 from __future__ import annotations
 
 import asyncio
+import functools
 import weakref
 from collections.abc import Iterable
 from typing import Any, cast
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from kafkaloop._asgi import ABORT
 
@@ -175,14 +176,19 @@ class WriteBatchingProtocol(HttpToolsProtocol):
         batching = _BatchingTransport(socket, _flusher(asyncio.get_running_loop()))
         super().connection_made(batching)
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        extensions = self.scope.setdefault("extensions", {})
-        extensions[ABORT] = {"abort": self._abort}
-
-    def _abort(self) -> None:
-        """Drop the connection and what it still had to write; the request's answer is over."""
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
         cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:
-            cycle.disconnected = True  # (as connection_lost will say): no "incomplete" error
+        # A request of its own (an upgrade has none): its abort acts on it, even when
+        # pipelined requests follow it, and on nothing once its answer is complete.
+        if cycle is not None and cycle.scope is self.scope:
+            extensions = self.scope.setdefault("extensions", {})
+            extensions[ABORT] = {"abort": functools.partial(self._abort, cycle)}
+
+    def _abort(self, cycle: RequestResponseCycle) -> None:
+        """Drop the connection with what it still held to write (what the kernel already has
+        still goes out), if `cycle`'s answer is not complete."""
+        if cycle.response_complete:
+            return  # the connection serves the requests after it now
+        cycle.disconnected = True  # (as connection_lost will say): no "incomplete" error
         self.transport.abort()
