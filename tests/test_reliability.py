@@ -228,24 +228,33 @@ def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+# For clients that stop reading: small queues, cut off after 1 s, large items (10 kB each, so a
+# client that never reads backs the server up within a few MB, past what the socket buffers
+# take).
+_SLOW_CLIENTS: dict[str, Any] = {
+    "client_queue_size": 64,
+    "slow_client_timeout": 1.0,
+    "max_name_length": 20_000,
+}
+
+
+def _never_reading(url: str) -> socket.socket:
+    """A connection to the server at `url` with a tiny receive buffer: the server feels a
+    client that does not read soon."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    return sock
+
+
 @pytest.mark.slow
 async def test_websocket_clients_fast_slow_and_churning(
     kafka_bootstrap: str, topic_name: str
 ) -> None:
-    # Large items (10 kB each): the client that never reads backs the server up within a few
-    # MB, past what the socket buffers take.
-    async with service(
-        kafka_bootstrap,
-        topic_name,
-        client_queue_size=64,
-        slow_client_timeout=1.0,
-        max_name_length=20_000,
-    ) as (url, client):
+    async with service(kafka_bootstrap, topic_name, **_SLOW_CLIENTS) as (url, client):
         ws_url = url.replace("http://", "ws://") + "/ws/items"
-        # One client that never reads (a tiny receive buffer, so the server feels it soon),
-        # and 100 that do.
-        slow = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
-        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        # One client that never reads, and 100 that do.
+        slow = _never_reading(url)
         slow.sendall(
             b"GET /ws/items HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
@@ -332,18 +341,9 @@ async def test_an_sse_client_that_stops_reading_is_disconnected(
     caplog: pytest.LogCaptureFixture,
     uvicorn_errors: list[str],
 ) -> None:
-    async with service(
-        kafka_bootstrap,
-        topic_name,
-        client_queue_size=64,
-        slow_client_timeout=1.0,
-        max_name_length=20_000,
-    ) as (url, client):
-        stalled = socket.socket()
-        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        server_port = int(url.rsplit(":", 1)[1])
-        stalled.connect(("127.0.0.1", server_port))
-        client_port = stalled.getsockname()[1]
+    async with service(kafka_bootstrap, topic_name, **_SLOW_CLIENTS) as (url, client):
+        stalled = _never_reading(url)
+        server_port, client_port = stalled.getpeername()[1], stalled.getsockname()[1]
         stalled.setblocking(False)  # read without blocking the loop, which serves the other end
         loop = asyncio.get_running_loop()
         await loop.sock_sendall(stalled, b"GET /sse/items HTTP/1.1\r\nHost: x\r\n\r\n")
