@@ -234,6 +234,35 @@ async def test_client_callbacks_in_the_config_never_run_on_the_loop(
     assert loop_thread not in stats_threads
 
 
+async def test_reading_goes_on_after_a_config_callback_raised(
+    producer: AIOProducer, kafka_bootstrap: str, topic_name: str
+) -> None:
+    await create(kafka_bootstrap, topic_name, 1)
+    calls = 0
+
+    def on_stats(_stats: str) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError("the application's stats_cb failed once")
+
+    config = consumer_config(
+        kafka_bootstrap, f"g-{topic_name}", stats_cb=on_stats, **{"statistics.interval.ms": 100}
+    )
+    async with AIOConsumer(config, [topic_name]) as consumer:
+
+        async def until_the_statistics_come() -> None:
+            for _ in range(100):
+                await consumer.getmany(timeout=0.2)
+
+        with pytest.raises(ValueError, match="failed once"):
+            await until_the_statistics_come()
+        await producer.produce_many(topic_name, [b"after"])
+        records = await read(consumer, 1)  # (raised the same error for ever before)
+
+    assert [r.value for r in records] == [b"after"]
+
+
 async def test_reading_a_backlog_gives_the_loop_a_turn_every_chunk(
     producer: AIOProducer, kafka_bootstrap: str, topic_name: str
 ) -> None:
@@ -283,7 +312,7 @@ async def test_committed_position_survives_a_restart(
     assert [r.value for r in rest] == [str(i).encode() for i in range(4, 10)]
 
 
-async def test_auto_commit_on_close_covers_only_what_was_handed_over(
+async def test_auto_commit_on_close_covers_only_what_async_for_asked_past(
     producer: AIOProducer, kafka_bootstrap: str, topic_name: str
 ) -> None:
     await producer.produce_many(topic_name, [str(i).encode() for i in range(1000)])
@@ -292,11 +321,52 @@ async def test_auto_commit_on_close_covers_only_what_was_handed_over(
     async with AIOConsumer(config, [topic_name]) as first:
         async for record in first:  # fetches a batch of up to 500, hands over 10
             if record.value == b"9":
-                break
+                break  # "9" was never asked past: it may not have been dealt with
     async with AIOConsumer(config, [topic_name]) as second:
         nxt = await read(second, 1)
 
-    assert [r.value for r in nxt] == [b"10"]
+    assert [r.value for r in nxt] == [b"9"]
+
+
+async def test_a_record_whose_processing_was_cancelled_at_shutdown_is_read_again(
+    producer: AIOProducer, kafka_bootstrap: str, topic_name: str
+) -> None:
+    await producer.produce_many(topic_name, [b"0", b"1", b"2"])
+    config = consumer_config(kafka_bootstrap, f"g-{topic_name}")
+    processing: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    async with AIOConsumer(config, [topic_name]) as first:
+
+        async def work() -> None:
+            async for record in first:
+                await processing.put(record.value)
+                await asyncio.sleep(30)  # processing, when the shutdown comes
+
+        worker = asyncio.create_task(work())
+        assert await asyncio.wait_for(processing.get(), 30) == b"0"
+        worker.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await worker
+    async with AIOConsumer(config, [topic_name]) as second:
+        again = await read(second, 1)
+
+    assert [r.value for r in again] == [b"0"]
+
+
+async def test_commit_inside_async_for_covers_the_record_at_hand(
+    producer: AIOProducer, kafka_bootstrap: str, topic_name: str
+) -> None:
+    await producer.produce_many(topic_name, [str(i).encode() for i in range(10)])
+    config = consumer_config(kafka_bootstrap, f"g-{topic_name}", **{"enable.auto.commit": False})
+
+    async with AIOConsumer(config, [topic_name]) as first:
+        async for record in first:
+            if record.value == b"5":
+                await first.commit()  # "5" processed: commit it
+                committed = await first.committed([TopicPartition(topic_name, 0)])
+                break
+
+    assert committed[0].offset == 6
 
 
 @pytest.mark.parametrize("off", [False, "false", "0"])

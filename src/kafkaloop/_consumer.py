@@ -313,10 +313,18 @@ class AIOConsumer:
         self._raw, self._raw_pos = [], 0
 
     def _drop(self, partitions: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        """Drop unread records of `partitions`; return the first dropped offset of each."""
-        self._note_upto(self._cursor.next)
+        """Drop unread records of `partitions`; return the first dropped offset of each.
+
+        The record ``async for`` last handed out stays the application's: kept, to be noted
+        once it asks past it, unless its partition is dropped (then its offset is not stored,
+        and whoever reads the partition next reads it again).
+        """
+        holding = self._holding()
+        self._note_upto(self._cursor.next - 1 if holding else self._cursor.next)
         first: dict[tuple[str, int], int] = {}
         kept: list[ConsumerRecord] = []
+        if holding and (holding.topic, holding.partition) not in partitions:
+            kept.append(holding)
         for record in self._cursor.batch[self._cursor.next :]:
             key = (record.topic, record.partition)
             if key in partitions:
@@ -331,9 +339,18 @@ class AIOConsumer:
                 first.setdefault(key, msg.offset() or 0)
             else:
                 carried.append(msg)
-        self._cursor.batch, self._cursor.next, self._noted, self._carry = kept, 0, 0, carried
+        past_holding = 1 if kept and kept[0] is holding else 0
+        self._cursor.batch, self._cursor.next, self._noted = kept, past_holding, 0
+        self._carry = carried
         self._one_partition = False
         return first
+
+    def _holding(self) -> ConsumerRecord | None:
+        """The record ``async for`` handed out last, which the application has not asked past
+        (it may still be processing it); None after ``getmany``, which hands over at once."""
+        if self._noted < self._cursor.next:
+            return self._cursor.batch[self._cursor.next - 1]
+        return None
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -455,11 +472,13 @@ class AIOConsumer:
         """
         try:
             result = await asyncio.shield(inflight)
-        except KafkaException as exc:
+        except Exception as exc:  # librdkafka's, or one a config callback raised in consume()
             if self._inflight is not inflight:
                 return [], False
-            self._inflight = None
-            raise _consume_failed(exc) from None
+            self._inflight = None  # the next read consumes again
+            if isinstance(exc, KafkaException):
+                raise _consume_failed(exc) from None
+            raise
         if self._inflight is not inflight:
             return [], False  # another reader (or pause/seek/close) took this batch
         self._inflight = None
@@ -607,12 +626,15 @@ class AIOConsumer:
     async def commit(
         self, records: Iterable[ConsumerRecord] = (), offsets: Sequence[TopicPartition] = ()
     ) -> None:
-        """Commit, and wait for the broker: the given records/offsets, else every stored offset.
+        """Commit, and wait for the broker: the given records/offsets, else every record
+        handed over so far (``async for``'s current one included: call it once that one is
+        processed) and every stored offset.
 
         Allowed while closing, so an ``on_revoke`` callback can commit on the way out."""
         self._check_not_closed()
         partitions = _next_offsets(records, offsets)
         if not partitions:
+            self._note_upto(self._cursor.next)
             self._store_handed_out()
         try:
             if partitions:
@@ -744,7 +766,9 @@ class AIOConsumer:
         await asyncio.shield(self._close_task)
 
     async def _close(self) -> None:
-        self._note_upto(self._cursor.next)
+        # Not async for's current record: its processing may have been cut short (a task
+        # cancelled at shutdown); it is read again, rather than lost.
+        self._note_upto(self._cursor.next - 1 if self._holding() else self._cursor.next)
         try:
             await self._settle_inflight()
         except Exception as exc:  # closing goes on: the batch's error is no longer anyone's
