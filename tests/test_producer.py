@@ -788,6 +788,19 @@ async def test_close_with_a_timeout_purges_and_counts_what_was_not_delivered(
     assert p.metrics.failed == 11
 
 
+async def test_a_cancelled_flush_does_not_hold_up_close(topic_name: str) -> None:
+    p = AIOProducer({"bootstrap.servers": UNREACHABLE, "message.timeout.ms": 60_000})
+    p.produce_nowait(topic_name, b"v")
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(p.flush(), 0.3)  # no limit: until message.timeout.ms
+
+    started = time.monotonic()
+    undelivered = await p.close(timeout=0.5)
+
+    assert undelivered == 1
+    assert time.monotonic() - started < 5  # not the minute librdkafka's flush would take
+
+
 async def test_flush_does_not_block_the_event_loop(topic_name: str) -> None:
     async with AIOProducer({"bootstrap.servers": UNREACHABLE, "message.timeout.ms": 60_000}) as p:
         p.produce_nowait(topic_name, b"v")

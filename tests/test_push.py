@@ -30,13 +30,13 @@ async def test_a_full_client_has_drops_counted_and_others_get_everything(hub: Br
     slow, fast = hub.subscribe(), hub.subscribe()
     received: list[str] = []
     for i in range(10):
-        for subscription in list(hub._subscribers):
-            subscription.offer(str(i))
+        hub._push(str(i))
         received.append(await fast.get())
 
     assert received == [str(i) for i in range(10)]
     assert slow.dropped == 7
     assert hub.dropped == 7
+    assert hub.delivered == 13  # all 10 to one, 3 to the other: a drop is not a delivery
     assert [await slow.get() for _ in range(3)] == ["0", "1", "2"]
 
 

@@ -69,6 +69,10 @@ _POLL_INTERVAL = 0.1
 """Longest a poll() blocks: bounds how long stopping the poll thread takes."""
 
 
+_FLUSH_SLICE = 0.1
+"""Seconds one blocking flush() call of librdkafka's lasts at most (see flush)."""
+
+
 class _State(enum.Enum):
     OPEN = "open"
     CLOSING = "closing"
@@ -812,15 +816,23 @@ class AIOProducer:
             if deadline is not None and self._loop.time() >= deadline:
                 break
             await self._bridge.run_blocking(self._producer.flush, 0.05)
-        left = -1.0 if deadline is None else max(0.0, deadline - self._loop.time())
-        remaining = await self._bridge.run_blocking(self._producer.flush, left)
+        # In slices: a flush() whose caller was cancelled lets go of the blocking lane within
+        # one, instead of holding a later close(timeout) behind it for message.timeout.ms.
+        while True:
+            left = _FLUSH_SLICE if deadline is None else deadline - self._loop.time()
+            remaining = await self._bridge.run_blocking(
+                self._producer.flush, max(0.0, min(left, _FLUSH_SLICE))
+            )
+            if not remaining or (deadline is not None and self._loop.time() >= deadline):
+                break
         self._bridge.drain()
         if self._callback_thread is not None:  # on_poll_thread callbacks run before return
             await self._callback_thread.caught_up(self._bridge)
         return int(remaining) + len(self._waiting)
 
     async def close(self, timeout: float | None = None) -> int:
-        """Flush, stop serving callbacks and return how many messages were not delivered.
+        """Flush, stop serving callbacks and return how many messages were still undelivered
+        when it gave up (deliveries that failed before are in ``metrics.failed``).
 
         Idempotent: later calls wait for the first and return the same number. Messages still
         undelivered after ``timeout`` are purged: their futures raise :class:`DeliveryError`;

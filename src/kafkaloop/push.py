@@ -68,15 +68,15 @@ class Subscription:
         self.closed_reason: str | None = None
         self.close_code = TOO_SLOW
 
-    def offer(self, payload: str) -> None:
-        """Queue a payload, or drop it (and count it) when this client is full."""
+    def offer(self, payload: str) -> bool:
+        """Queue a payload (True), or drop it (and count it) when this client is full."""
         if self.closed_reason is not None:
-            return
+            return False
         if len(self._items) < self._queue_size:
             self._items.append(payload)
             self._full_since = None
             self._ready.set()
-            return
+            return True
         self.dropped += 1
         self._hub.dropped += 1
         now = time.monotonic()
@@ -84,6 +84,7 @@ class Subscription:
             self._full_since = now
         elif now - self._full_since > self._slow_timeout:
             self.close(f"too slow: {self.dropped} items dropped")
+        return False
 
     def close(self, reason: str = "closed", code: int = TOO_SLOW) -> None:
         """Stop this subscription; the reader's next wait raises :class:`SlowClientError`."""
@@ -249,9 +250,13 @@ class Broadcaster:
                         record.offset,
                     )
                     continue
-                for subscription in list(self._subscribers):
-                    subscription.offer(payload)
-                self.delivered += len(self._subscribers)
+                self._push(payload)
+
+    def _push(self, payload: str) -> None:
+        """Offer `payload` to every subscriber; count those whose queue took it."""
+        for subscription in list(self._subscribers):
+            if subscription.offer(payload):
+                self.delivered += 1
 
     def _idle_too_long(self) -> bool:
         return (
