@@ -1,4 +1,5 @@
-"""An in-process table kept fresh from a topic: reads every partition from the beginning.
+"""An in-process table kept fresh from a topic: reads every partition from the beginning
+(those the topic had at start: partitions added later are read after a restart).
 
     counts = TopicTable(config, "items", fold=count)      # key -> number of records
     latest = TopicTable(config, "profiles")               # key -> latest value (compacted topic)
@@ -154,7 +155,8 @@ class TopicTable(Generic[V]):
         return sum(self._consumer.lag().values())
 
     async def start(self) -> None:
-        """Assign every partition from the beginning and start folding records in."""
+        """Assign every partition the topic has now, from the beginning, and start folding
+        records in."""
         admin_config = {
             k: v
             for k, v in self._config.items()
