@@ -316,8 +316,9 @@ class AIOConsumer:
         """Drop unread records of `partitions`; return the first dropped offset of each.
 
         The record ``async for`` last handed out stays the application's: kept, to be noted
-        once it asks past it, unless its partition is dropped (then its offset is not stored,
-        and whoever reads the partition next reads it again).
+        once it asks past it, unless its partition is dropped (then its offset is not stored
+        by this: a revoked partition's next reader reads it again; a paused one resumes after
+        it, and a later record's offset covers it).
         """
         holding = self._holding()
         self._note_upto(self._cursor.next - 1 if holding else self._cursor.next)
@@ -472,13 +473,23 @@ class AIOConsumer:
         """
         try:
             result = await asyncio.shield(inflight)
-        except Exception as exc:  # librdkafka's, or one a config callback raised in consume()
+        except KafkaException as exc:
             if self._inflight is not inflight:
                 return [], False
-            self._inflight = None  # the next read consumes again
-            if isinstance(exc, KafkaException):
-                raise _consume_failed(exc) from None
-            raise
+            self._inflight = None
+            raise _consume_failed(exc) from None
+        except Exception as exc:
+            if self._inflight is not inflight:
+                return [], False
+            # A callback of the config's raised inside consume(): confluent-kafka then drops
+            # the records that call had taken, and librdkafka's position is past them. Reading
+            # on would have later commits cover records nobody saw, so this consumer reads no
+            # more (the failed batch stays in flight: every read says so again).
+            raise ConsumerError(
+                f"A callback in the consumer's config raised {type(exc).__name__} inside "
+                "consume(), which dropped the records it had taken: this consumer reads no "
+                "more. Close it and create a new one: it resumes from the committed offsets."
+            ) from exc
         if self._inflight is not inflight:
             return [], False  # another reader (or pause/seek/close) took this batch
         self._inflight = None
@@ -627,8 +638,9 @@ class AIOConsumer:
         self, records: Iterable[ConsumerRecord] = (), offsets: Sequence[TopicPartition] = ()
     ) -> None:
         """Commit, and wait for the broker: the given records/offsets, else every record
-        handed over so far (``async for``'s current one included: call it once that one is
-        processed) and every stored offset.
+        handed over so far (``async for``'s current one included: call it from the loop's
+        body once that one is processed, not from another task while it is) and every stored
+        offset.
 
         Allowed while closing, so an ``on_revoke`` callback can commit on the way out."""
         self._check_not_closed()
