@@ -527,6 +527,20 @@ async def test_cancelling_the_reader_loses_nothing_and_close_does_not_hang(
         await consumer.getmany()
 
 
+async def test_a_getmany_waiting_when_close_begins_returns_nothing(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    await create(kafka_bootstrap, topic_name, 1)
+    consumer = AIOConsumer(consumer_config(kafka_bootstrap, f"g-{topic_name}"), [topic_name])
+    waiting = asyncio.create_task(consumer.getmany(timeout=10))
+    await asyncio.sleep(1.0)  # inside its wait (slices of 0.5 s)
+    started = time.monotonic()
+    await consumer.close()
+
+    assert await waiting == []  # not ClientClosedError: like async for, it just ends
+    assert time.monotonic() - started < 5
+
+
 async def test_lag_counts_what_is_left_to_read(
     producer: AIOProducer, kafka_bootstrap: str, topic_name: str
 ) -> None:

@@ -356,12 +356,15 @@ class AIOConsumer:
     # -- reading ---------------------------------------------------------------------------
 
     async def getmany(self, max_records: int = 500, timeout: float = 1.0) -> list[ConsumerRecord]:
-        """Up to `max_records` records, as soon as there are any, or none after `timeout` s."""
+        """Up to `max_records` records, as soon as there are any, or none after `timeout` s
+        (or once ``close()`` has begun meanwhile, as ``async for`` ends then)."""
         self._check_open()
         if max_records < 1:
             raise ValueError(f"max_records must be at least 1, not {max_records}")
         deadline = self._loop.time() + timeout
         while self._cursor.next >= len(self._cursor.batch):
+            if self._state is not _State.OPEN:
+                break
             await self._fill(
                 max_records, max(0.0, min(deadline - self._loop.time(), _POLL_TIMEOUT))
             )
