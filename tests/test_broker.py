@@ -14,6 +14,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from kafkaloop import cli
 from kafkaloop.broker import LocalKafka, _cluster_id, cache_dir, find_java, free_port, resolve_kafka
 
 
@@ -290,3 +291,32 @@ def test_cluster_ids_never_start_with_a_dash_the_storage_tool_would_take_for_an_
     ids = [_cluster_id() for _ in range(2000)]  # about 31 would start with "-" by chance
     assert not [i for i in ids if i.startswith("-")]
     assert all(len(i) == 22 for i in ids)
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["broker", "down", "--purge", "--name", ".."], "argument --name"),  # not the whole cache
+        (["broker", "status", "--name", "/"], "argument --name"),
+        (["broker", "up", "--nodes", "0"], "argument --nodes: a whole number, at least 1"),
+        (["broker", "up", "--port", "70000"], "argument --port: not a port number"),
+        (["broker", "logs", "--lines", "-1"], "argument --lines/-n: a whole number, at least 0"),
+    ],
+)
+def test_broker_arguments_are_checked_before_anything_runs(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+
+    assert exited.value.code == 2
+    assert says in capsys.readouterr().err
+
+
+def test_logs_of_a_node_the_cluster_does_not_have_say_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KAFKALOOP_CACHE_DIR", str(tmp_path))
+
+    assert cli.main(["broker", "logs", "--node", "7"]) == 2
+    assert "No node 7" in capsys.readouterr().err

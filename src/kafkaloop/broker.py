@@ -741,6 +741,6 @@ class LocalKafka:
                 proc.wait()  # signalled and gone: collect its exit status
 
 
-def print_progress(message: str, stream: TextIO = sys.stderr) -> None:
-    """Progress output for long launcher steps."""
-    print(message, file=stream, flush=True)
+def print_progress(message: str, stream: TextIO | None = None) -> None:
+    """Progress output for long launcher steps (on standard error as it is when called)."""
+    print(message, file=stream or sys.stderr, flush=True)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -78,6 +79,9 @@ def _broker_logs(args: argparse.Namespace) -> int:
     kafka = _cluster(args)
     files = kafka.log_files()
     if args.node is not None:
+        if args.node >= len(files):
+            print_progress(f"No node {args.node}: the cluster has {len(files)}, from node 0.")
+            return 2
         files = [files[args.node]]
     if not files or not any(path.exists() for path in files):
         print_progress(f"No logs in {kafka.state_dir}: the broker has never been started.")
@@ -86,7 +90,8 @@ def _broker_logs(args: argparse.Namespace) -> int:
         if len(files) > 1:
             print(f"==> {path} <==")
         lines = path.read_text(errors="replace").splitlines()
-        print("\n".join(lines[-args.lines :]))
+        if args.lines:
+            print("\n".join(lines[-args.lines :]))
     if args.follow:
         _follow(files[-1])
     return 0
@@ -129,6 +134,29 @@ def http_protocol(write_batching: bool) -> str | type[asyncio.Protocol]:
     from kafkaloop.write_batching import WriteBatchingProtocol
 
     return WriteBatchingProtocol
+
+
+def _cluster_name(value: str) -> str:
+    """A local cluster's name: a directory of its own under the cache, never a path."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+        raise argparse.ArgumentTypeError("letters, digits, '.', '_' and '-', not starting with '.'")
+    return value
+
+
+def _at_least(least: int) -> Callable[[str], int]:
+    def number(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            n = least - 1
+        if n < least:
+            raise argparse.ArgumentTypeError(f"a whole number, at least {least}")
+        return n
+
+    return number
+
+
+_at_least_zero, _at_least_one = _at_least(0), _at_least(1)
 
 
 def _port(value: str) -> int:
@@ -222,18 +250,24 @@ def build_parser() -> argparse.ArgumentParser:
     actions = broker.add_subparsers(dest="action", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--name", default="default", help="which local cluster (each has its own state directory)"
+        "--name",
+        type=_cluster_name,
+        default="default",
+        help="which local cluster (each has its own state directory)",
     )
     common.add_argument(
         "--port",
-        type=int,
+        type=_port,
         default=None,
         help="first broker port (default $KAFKALOOP_BROKER_PORT or 9092)",
     )
 
     up = actions.add_parser("up", parents=[common], help="start (or reuse) the local cluster")
     up.add_argument(
-        "--nodes", type=int, default=None, help="number of nodes (default: as last started, else 1)"
+        "--nodes",
+        type=_at_least_one,
+        default=None,
+        help="number of nodes (default: as last started, else 1)",
     )
     up.add_argument(
         "--heap", default=None, help="JVM heap per node (default $KAFKALOOP_BROKER_HEAP or 512m)"
@@ -252,8 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=_broker_status)
 
     logs = actions.add_parser("logs", parents=[common], help="show the broker logs")
-    logs.add_argument("--lines", "-n", type=int, default=50)
-    logs.add_argument("--node", type=int, default=None)
+    logs.add_argument("--lines", "-n", type=_at_least_zero, default=50)
+    logs.add_argument("--node", type=_at_least_zero, default=None)
     logs.add_argument("--follow", "-f", action="store_true")
     logs.set_defaults(handler=_broker_logs)
 
@@ -300,6 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KafkaloopError as exc:
         print(f"kafkaloop: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `kafkaloop broker logs | head`: the reader has had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (nor at exit)
+        return 1
     return code
 
 
