@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -247,3 +248,22 @@ async def test_a_topic_the_metadata_never_shows_is_a_warning_not_a_hang(
         assert topic_name in await admin.list_topics()  # created all the same
         await admin.delete_topics([topic_name])
         assert topic_name not in await admin.list_topics()
+
+
+async def test_a_metadata_request_given_up_on_does_not_hold_up_close() -> None:
+    admin = AIOAdminClient({"bootstrap.servers": "127.0.0.1:1"}, operation_timeout=3)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(admin.list_topics(), 0.3)  # it blocks its thread for 3 s
+    started = time.monotonic()
+    await admin.close()
+
+    assert time.monotonic() - started < 2
+
+
+async def test_a_metadata_request_given_up_on_does_not_hold_up_the_next() -> None:
+    async with AIOAdminClient({"bootstrap.servers": "127.0.0.1:1"}, operation_timeout=3) as admin:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(admin.list_topics(), 0.3)
+        # Its own 3 s, not queued behind the first one's.
+        with pytest.raises(AdminError):
+            await asyncio.wait_for(admin.describe_topics(["t"]), 4.5)

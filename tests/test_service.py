@@ -377,12 +377,12 @@ async def test_the_cache_holds_a_bounded_number_of_names_and_says_when_it_is_ful
         for name in ["ann", "bob", "cat", "ann", "cat"]:  # one partition: read in this order
             assert (await client.post("/items1", json={"name": name})).status_code == 200
         # All five read: three counted, the two of the name that came once it was full skipped.
-        metrics = await _metrics_once(client, "\nkafka_cache_skipped 2.0\n")
+        metrics = await _metrics_once(client, "\nkafka_cache_skipped_total 2.0\n")
         await asyncio.sleep(0.2)  # GET /items ranks anew at most every 0.1 s
         everyone = (await client.get("/items")).json()
         late = await client.get("/items/cat")
 
-    assert "\nkafka_cache_skipped 2.0\n" in metrics
+    assert "\nkafka_cache_skipped_total 2.0\n" in metrics
     assert everyone["counts"] == {"ann": 2, "bob": 1}
     assert late.status_code == 404
     assert "the cache is full at 2 names" in late.json()["detail"]

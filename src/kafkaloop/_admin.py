@@ -48,6 +48,9 @@ __all__ = ["AIOAdminClient"]
 
 T = TypeVar("T")
 
+_METADATA_THREADS = 4
+"""Metadata requests one admin client runs at once (each blocks a thread until answered)."""
+
 
 def _led(topic: Any) -> bool:
     """A metadata topic entry is there, without error, and every partition has a leader."""
@@ -424,10 +427,15 @@ class AIOAdminClient:
     async def _metadata(self, topic: str | None, *, timeout: float | None = None) -> Any:
         self._check_open()
         try:
-            return await self._bridge.run_blocking(
+            # A lane of their own, several at once: a metadata request whose caller gave up
+            # (cancelled) still blocks its thread until the timeout, and must hold up neither
+            # the next request nor close().
+            return await self._bridge.run_blocking_on(
+                "metadata",
                 self._admin.list_topics,
                 topic,
                 self._operation_timeout if timeout is None else timeout,
+                threads=_METADATA_THREADS,
             )
         except KafkaException as exc:
             raise AdminError.from_kafka(_kafka_error(exc), "metadata request", topic) from None

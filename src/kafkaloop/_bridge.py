@@ -351,18 +351,24 @@ class LoopBridge:
         """Run a blocking call on the bridge's own thread and await its result."""
         return await self.run_blocking_on("blocking", func, *args)
 
-    async def run_blocking_on(self, lane: str, func: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
-        """Run a blocking call on the thread of `lane`, one call at a time per lane.
+    async def run_blocking_on(
+        self, lane: str, func: Callable[[Unpack[Ts]], T], *args: *Ts, threads: int = 1
+    ) -> T:
+        """Run a blocking call on the thread of `lane`, one call at a time per lane (or up to
+        `threads` at once, as the lane's first call says).
 
         A call that may block for long (a consumer's ``consume``) gets a lane of its own, so
         it never holds up short ones (``commit``, watermarks) queued behind it, nor they it.
+        A lane of several threads serves calls that may each block for long and may run side
+        by side (an admin client's metadata requests): one whose awaiting task was cancelled
+        goes on blocking a thread until it returns, not the lane.
         """
         executor = self._executors.get(lane)
         if executor is None:
             if self._closed:
                 raise RuntimeError(f"{self._name}: the bridge is closed")
             executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix=f"{self._name}-{lane}"
+                max_workers=threads, thread_name_prefix=f"{self._name}-{lane}"
             )
             self._executors[lane] = executor
         return await self.loop.run_in_executor(executor, func, *args)

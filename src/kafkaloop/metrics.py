@@ -100,6 +100,15 @@ class ServiceMetrics:
 
         self._sources.append(collect)
 
+    def watch_counter(self, name: str, doc: str, read: Callable[[], float]) -> None:
+        """Export `read()`, a count that never goes down, as a counter (``name_total``) on
+        every scrape."""
+
+        def collect() -> Iterator[Metric]:
+            yield CounterMetricFamily(name, doc, value=read())
+
+        self._sources.append(collect)
+
     def collect(self) -> Iterator[Metric]:
         """The collector protocol: what the watched sources say now."""
         for source in self._sources:

@@ -147,7 +147,7 @@ class ServiceSettings(KafkaSettings):
         100_000,
         ge=1,
         description="Names the item cache holds at most; items of other names are then left "
-        "out (counted in kafka_cache_skipped), so anyone posting new names cannot grow it",
+        "out (counted in kafka_cache_skipped_total), so anyone posting new names cannot grow it",
     )
     gc_tuning: bool = Field(
         True,

@@ -248,7 +248,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                     metrics.watch_gauge(
                         "kafka_cache_lag", "Records the item-count cache is behind", table.lag
                     )
-                    metrics.watch_gauge(
+                    metrics.watch_counter(
                         "kafka_cache_skipped",
                         "Items the count cache left out: their names came once it was full",
                         lambda: table.skipped,
