@@ -267,3 +267,13 @@ async def test_a_metadata_request_given_up_on_does_not_hold_up_the_next() -> Non
         # Its own 3 s, not queued behind the first one's.
         with pytest.raises(AdminError):
             await asyncio.wait_for(admin.describe_topics(["t"]), 4.5)
+
+
+async def test_a_cluster_call_against_a_dead_cluster_ends_within_the_operation_timeout() -> None:
+    async with AIOAdminClient({"bootstrap.servers": "127.0.0.1:1"}, operation_timeout=2) as admin:
+        started = time.monotonic()
+        with pytest.raises(AdminError):
+            await admin.describe_cluster()  # (librdkafka's own default: 60 s)
+        took = time.monotonic() - started
+
+    assert took < 10

@@ -75,6 +75,10 @@ class AIOAdminClient:
     :class:`AdminError` when one was asked for, an :class:`AdminErrorGroup` (one error per
     failed topic, and the names of those that succeeded) otherwise. (:meth:`ensure_topics`
     raises by how many topics are shaped otherwise: see there.)
+
+    ``operation_timeout`` (seconds) bounds every call: the broker's work for creations,
+    deletions and new partitions, each request of the others (librdkafka's own default for
+    those is 60 s).
     """
 
     def __init__(self, config: Mapping[str, Any], *, operation_timeout: float = 30.0) -> None:
@@ -339,7 +343,7 @@ class AIOAdminClient:
         self._check_open()
         latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
         wanted = {TopicPartition(tp.topic, tp.partition): latest for tp in partitions}
-        futures = self._admin.list_offsets(wanted)
+        futures = self._admin.list_offsets(wanted, request_timeout=self._operation_timeout)
         by_name = {f"{tp.topic}[{tp.partition}]": fut for tp, fut in futures.items()}
         settled = await self._settle("list_offsets", by_name, many=len(wanted) > 1)
         return {
@@ -352,7 +356,10 @@ class AIOAdminClient:
     async def describe_cluster(self) -> ClusterInfo:
         """The cluster id, the controller and every broker."""
         self._check_open()
-        result = await self._single("describe_cluster", self._admin.describe_cluster())
+        result = await self._single(
+            "describe_cluster",
+            self._admin.describe_cluster(request_timeout=self._operation_timeout),
+        )
         return ClusterInfo(
             result.cluster_id,
             result.controller.id if result.controller is not None else -1,
@@ -364,7 +371,9 @@ class AIOAdminClient:
     async def describe_topic_configs(self, topic: str) -> dict[str, str | None]:
         """A topic's configuration: every property and its value in force."""
         self._check_open()
-        futures = self._admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)])
+        futures = self._admin.describe_configs(
+            [ConfigResource(ResourceType.TOPIC, topic)], request_timeout=self._operation_timeout
+        )
         entries: dict[str, ConfigEntry] = (
             await self._settle(
                 "describe_configs", {topic: next(iter(futures.values()))}, many=False
@@ -389,7 +398,9 @@ class AIOAdminClient:
                 for name, value in changes.items()
             ],
         )
-        futures = self._admin.incremental_alter_configs([resource])
+        futures = self._admin.incremental_alter_configs(
+            [resource], request_timeout=self._operation_timeout
+        )
         await self._settle("alter_configs", {topic: next(iter(futures.values()))}, many=False)
 
     # -- consumer groups -------------------------------------------------------------------
@@ -397,7 +408,10 @@ class AIOAdminClient:
     async def list_consumer_groups(self) -> list[str]:
         """Ids of the cluster's consumer groups, sorted."""
         self._check_open()
-        result = await self._single("list_consumer_groups", self._admin.list_consumer_groups())
+        result = await self._single(
+            "list_consumer_groups",
+            self._admin.list_consumer_groups(request_timeout=self._operation_timeout),
+        )
         return sorted(group.group_id for group in result.valid)
 
     async def describe_consumer_groups(
@@ -405,13 +419,17 @@ class AIOAdminClient:
     ) -> dict[str, ConsumerGroupDescription]:
         """State, members and assignments of each group."""
         self._check_open()
-        futures = self._admin.describe_consumer_groups(list(group_ids))
+        futures = self._admin.describe_consumer_groups(
+            list(group_ids), request_timeout=self._operation_timeout
+        )
         return await self._settle("describe_consumer_groups", futures, many=len(group_ids) > 1)
 
     async def list_consumer_group_offsets(self, group_id: str) -> dict[TopicPartition, int]:
         """The committed offset of every partition the group has committed to."""
         self._check_open()
-        futures = self._admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group_id)])
+        futures = self._admin.list_consumer_group_offsets(
+            [ConsumerGroupTopicPartitions(group_id)], request_timeout=self._operation_timeout
+        )
         result = (await self._settle("list_consumer_group_offsets", futures, many=False))[group_id]
         return {TopicPartition(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions}
 
