@@ -21,12 +21,7 @@ DEFAULT_PORT = 9092
 
 
 def _cluster(args: argparse.Namespace, *, nodes: int | None = None) -> LocalKafka:
-    port = getattr(args, "port", None)
-    if not port:
-        try:
-            port = _port(os.environ.get("KAFKALOOP_BROKER_PORT") or str(DEFAULT_PORT))
-        except argparse.ArgumentTypeError as exc:
-            raise ConfigurationError(f"KAFKALOOP_BROKER_PORT: {exc}") from None
+    port = getattr(args, "port", None) or _port_from_env("KAFKALOOP_BROKER_PORT", DEFAULT_PORT)
     return LocalKafka(
         nodes,
         state_dir=cache_dir() / "clusters" / args.name,
@@ -143,31 +138,36 @@ def _cluster_name(value: str) -> str:
     return value
 
 
-def _at_least(least: int) -> Callable[[str], int]:
+def _whole_number(least: int, most: int, what: str) -> Callable[[str], int]:
+    """An argparse type: a whole number from `least` to `most`, else `what` it must be (which
+    argparse reports as usage and status 2)."""
+
     def number(value: str) -> int:
         try:
             n = int(value)
         except ValueError:
-            n = least - 1
-        if n < least:
-            raise argparse.ArgumentTypeError(f"a whole number, at least {least}")
+            raise argparse.ArgumentTypeError(what) from None
+        if not least <= n <= most:
+            raise argparse.ArgumentTypeError(what)
         return n
 
     return number
 
 
-_at_least_zero, _at_least_one = _at_least(0), _at_least(1)
+_at_least_zero = _whole_number(0, sys.maxsize, "a whole number, at least 0")
+_at_least_one = _whole_number(1, sys.maxsize, "a whole number, at least 1")
+_port = _whole_number(0, 65535, "not a port number (0-65535)")
 
 
-def _port(value: str) -> int:
-    """A TCP port number (argparse reports the error for --port, as usage and status 2)."""
+def _port_from_env(variable: str, default: int) -> int:
+    """The port `variable` names (unset or empty: `default`), or ConfigurationError."""
     try:
-        port = int(value)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError("not a port number (0-65535)")
-    return port
+        return _port(os.environ.get(variable) or str(default))
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigurationError(f"{variable}: {exc}") from None
+
+
+_SETTINGS = "invalid settings in the environment (KAFKALOOP_*, KAFKA_BOOTSTRAP_SERVERS)"
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -179,30 +179,19 @@ def _serve(args: argparse.Namespace) -> int:
 
     from kafkaloop.settings import ServiceSettings
 
-    port = args.port
-    if port is None:
-        try:
-            port = _port(os.environ.get("KAFKALOOP_PORT") or "8000")
-        except argparse.ArgumentTypeError as exc:
-            raise ConfigurationError(f"KAFKALOOP_PORT: {exc}") from None
+    port = args.port if args.port is not None else _port_from_env("KAFKALOOP_PORT", 8000)
     try:
         settings = ServiceSettings()
     except SettingsError as exc:
         # "error parsing value for field "producer_config" ...": the field, not the value.
-        raise ConfigurationError(
-            "invalid settings in the environment (KAFKALOOP_*, KAFKA_BOOTSTRAP_SERVERS): "
-            f"{exc} (malformed JSON?)"
-        ) from None
+        raise ConfigurationError(f"{_SETTINGS}: {exc} (malformed JSON?)") from None
     except ValidationError as exc:
         # Each error's place and reason, never the values given (they may hold credentials).
         problems = "; ".join(
             f"{'.'.join(map(str, error['loc'])) or 'settings'}: {error['msg']}"
             for error in exc.errors(include_url=False, include_input=False)
         )
-        raise ConfigurationError(
-            f"invalid settings in the environment (KAFKALOOP_*, KAFKA_BOOTSTRAP_SERVERS): "
-            f"{problems}"
-        ) from None
+        raise ConfigurationError(f"{_SETTINGS}: {problems}") from None
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     http = http_protocol(settings.write_batching)
     print_progress(

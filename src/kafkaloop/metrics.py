@@ -94,18 +94,22 @@ class ServiceMetrics:
 
     def watch_gauge(self, name: str, doc: str, read: Callable[[], float]) -> None:
         """Export `read()` as a gauge on every scrape (consumer lag, subscribers, ...)."""
-
-        def collect() -> Iterator[Metric]:
-            yield GaugeMetricFamily(name, doc, value=read())
-
-        self._sources.append(collect)
+        self._watch(GaugeMetricFamily, name, doc, read)
 
     def watch_counter(self, name: str, doc: str, read: Callable[[], float]) -> None:
         """Export `read()`, a count that never goes down, as a counter (``name_total``) on
         every scrape."""
+        self._watch(CounterMetricFamily, name, doc, read)
 
+    def _watch(
+        self,
+        family: type[GaugeMetricFamily | CounterMetricFamily],
+        name: str,
+        doc: str,
+        read: Callable[[], float],
+    ) -> None:
         def collect() -> Iterator[Metric]:
-            yield CounterMetricFamily(name, doc, value=read())
+            yield family(name, doc, value=read())
 
         self._sources.append(collect)
 
