@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import signal
@@ -18,6 +19,8 @@ import pytest
 import websockets
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from pydantic import ValidationError
+from starlette.requests import Request
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from kafkaloop import AIOConsumer, ConsumerRecord, cli
 from kafkaloop.broker import LocalKafka
@@ -229,6 +232,55 @@ async def _metrics_once(client: httpx.AsyncClient, line: str) -> str:
         if line in metrics or time.monotonic() > deadline:
             return metrics
         await asyncio.sleep(0.1)
+
+
+async def test_no_request_leaves_reference_cycles_for_the_collector(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    """Every kind of request the service answers frees its objects when it is done, by
+    reference counting: under load, collecting cycles took a fifth of the loop's time."""
+
+    def requests_in(garbage: list[Any]) -> list[Any]:
+        return [
+            o
+            for o in garbage
+            if isinstance(o, RequestResponseCycle | Request)
+            or (isinstance(o, dict) and o.get("type") == "http" and "headers" in o)  # a scope
+        ]
+
+    async with service(kafka_bootstrap, topic_name) as (_url, client):
+
+        async def every_kind() -> list[int]:
+            item = {"name": "cycle"}
+            answers = [await client.post(f"/items{n}", json=item) for n in range(1, 6)]
+            answers += [
+                await client.post("/items1", content=b'{"name": NaN}'),
+                await client.post("/items1", json={"nom": "x"}),
+                await client.get("/items/cycle"),
+                await client.get("/items"),
+                await client.get("/nowhere"),
+                await client.get("/metrics"),
+                await client.get("/readyz"),
+            ]
+            return [answer.status_code for answer in answers]
+
+        await every_kind()  # first uses (caches, lazily built routes) out of the way
+        deadline = time.monotonic() + 30
+        while (await client.get("/items/cycle")).status_code == 404:  # the cache has read it
+            assert time.monotonic() < deadline, "the cache never saw the item"
+            await asyncio.sleep(0.1)
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector would free is kept in gc.garbage
+        try:
+            statuses = await every_kind()
+            gc.collect()
+            left = requests_in(gc.garbage)
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+
+    assert statuses == [200, 202, 202, 202, 202, 422, 422, 200, 200, 404, 200, 200]
+    assert left == []
 
 
 @pytest.mark.parametrize(

@@ -180,15 +180,20 @@ class WriteBatchingProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         cycle = self.cycle
         # A request of its own (an upgrade has none): its abort acts on it, even when
-        # pipelined requests follow it, and on nothing once its answer is complete.
+        # pipelined requests follow it, and on nothing once its answer is complete. The
+        # request is held weakly: the scope holding it would make every request a reference
+        # cycle, which only the garbage collector frees (a fifth of the loop's time under
+        # load, bench/README.md).
         if cycle is not None and cycle.scope is self.scope:
             extensions = self.scope.setdefault("extensions", {})
-            extensions[ABORT] = {"abort": functools.partial(self._abort, cycle)}
+            extensions[ABORT] = {"abort": functools.partial(_abort, weakref.ref(cycle))}
 
-    def _abort(self, cycle: RequestResponseCycle) -> None:
-        """Drop the connection with what it still held to write (what the kernel already has
-        still goes out), if `cycle`'s answer is not complete."""
-        if cycle.response_complete:
-            return  # the connection serves the requests after it now
-        cycle.disconnected = True  # (as connection_lost will say): no "incomplete" error
-        self.transport.abort()
+
+def _abort(request: weakref.ref[RequestResponseCycle]) -> None:
+    """Drop the request's connection with what it still held to write (what the kernel
+    already has still goes out), if the request's answer is not complete."""
+    cycle = request()
+    if cycle is None or cycle.response_complete:
+        return  # the connection serves the requests after it now, or is gone
+    cycle.disconnected = True  # (as connection_lost will say): no "incomplete" error
+    cycle.transport.abort()
