@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from typing import Any
 import httpx
 import uvicorn
 from fastapi import FastAPI
+from starlette.requests import Request
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from kafkaloop.broker import free_port
 from kafkaloop.service import create_app
@@ -108,3 +111,27 @@ def serve_process(
         proc.wait()
         if proc.stdout:
             proc.stdout.close()
+
+
+@contextlib.contextmanager
+def requests_left_for_the_collector() -> Iterator[list[Any]]:
+    """The requests the garbage collector would have to free, of those made in the block:
+    uvicorn's request cycles, ASGI scopes and starlette Requests found in reference cycles
+    (filled in when the block ends). Requests that leave none are freed as they finish."""
+    gc.collect()
+    debug, before = gc.get_debug(), len(gc.garbage)
+    left: list[Any] = []
+    gc.set_debug(debug | gc.DEBUG_SAVEALL)  # what the collector would free stays in gc.garbage
+    try:
+        yield left
+        gc.collect()
+        left += [o for o in gc.garbage[before:] if _is_a_request(o)]
+    finally:
+        gc.set_debug(debug)
+        del gc.garbage[before:]
+
+
+def _is_a_request(o: object) -> bool:
+    if isinstance(o, RequestResponseCycle | Request):
+        return True
+    return isinstance(o, dict) and o.get("type") == "http" and "headers" in o  # a scope

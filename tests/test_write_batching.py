@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -11,11 +10,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from kafkaloop.fastapi import abort_connection
 from kafkaloop.write_batching import _FLUSH_AT, _BatchingTransport, _flusher
-from tests.service_helpers import serving
+from tests.service_helpers import requests_left_for_the_collector, serving
 
 T = TypeVar("T")
 
@@ -337,11 +335,9 @@ async def test_requests_leave_no_reference_cycles_for_the_collector() -> None:
     """Each request's objects go when its answer is done, by reference counting: cycles would
     be left for the garbage collector, whose passes over them took a fifth of the loop's time
     under load (bench/README.md)."""
-    gc.collect()
-    gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector would free is kept in gc.garbage
-    try:
-        async with serving(_app()) as url:
-            host, port = url.removeprefix("http://").split(":")
+    async with serving(_app()) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with requests_left_for_the_collector() as left:
             for connection in range(3):
                 reader, writer = await asyncio.open_connection(host, int(port))
                 for n in range(10):  # kept alive between requests
@@ -350,11 +346,6 @@ async def test_requests_leave_no_reference_cycles_for_the_collector() -> None:
                     assert body == f'{{"text":"{connection}-{n}"}}'.encode()
                 writer.close()
                 await writer.wait_closed()
-            gc.collect()
-            left = [o for o in gc.garbage if isinstance(o, RequestResponseCycle)]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
 
     assert left == []
 

@@ -34,15 +34,18 @@ import dataclasses
 import gc
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from confluent_kafka import KafkaError
 from confluent_kafka.admin import NewTopic
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kafkaloop._admin import AIOAdminClient
@@ -337,6 +340,13 @@ def _error_response(status: int, exc: Exception, retry_after: int | None) -> JSO
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+# A body that is not JSON (no JSON content type) is validated, and echoed back, as bytes,
+# which need not be UTF-8: FastAPI's encoder would fail on them with a 500.
+_BYTES_AS_TEXT: dict[Any, Callable[[Any], Any]] = {
+    bytes: lambda body: body.decode("utf-8", "replace")
+}
+
+
 def _json_safe(value: Any) -> Any:
     """`value` as strict JSON in UTF-8 can carry it: non-finite numbers as text, unpaired
     surrogates replaced. Python's JSON parser accepts ``NaN``, ``Infinity``, ``1e999`` and
@@ -356,17 +366,24 @@ def install_error_handlers(app: FastAPI, retry_after: int = 1) -> None:
     """Map kafkaloop's errors to HTTP answers: 503 (+ Retry-After) for an unavailable Kafka,
     413 for a message Kafka refuses as too large; never a 500 for those. An invalid body gets
     FastAPI's 422 whatever it holds (FastAPI's own handler fails with a 500 on a body that
-    echoes ``NaN`` or an unpaired surrogate back)."""
+    echoes ``NaN`` or an unpaired surrogate back). A body FastAPI cannot parse leaves no
+    reference cycle for the garbage collector (see `_forget_cause`)."""
 
     async def invalid_request(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        _forget_cause(exc)
         errors = exc.errors()
         try:
-            detail = _json_safe(jsonable_encoder(errors))
+            detail = _json_safe(jsonable_encoder(errors, custom_encoder=_BYTES_AS_TEXT))
         except RecursionError:  # input nested deeper than the encoders go: leave it out
             errors = [{k: v for k, v in error.items() if k != "input"} for error in errors]
-            detail = _json_safe(jsonable_encoder(errors))
+            detail = _json_safe(jsonable_encoder(errors, custom_encoder=_BYTES_AS_TEXT))
         return JSONResponse({"detail": detail}, 422)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        _forget_cause(exc)
+        return await http_exception_handler(request, exc)
 
     async def delivery_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, DeliveryError)
@@ -378,10 +395,19 @@ def install_error_handlers(app: FastAPI, retry_after: int = 1) -> None:
         return _error_response(503, exc, retry_after)
 
     app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(DeliveryError, delivery_error)
     app.add_exception_handler(QueueFullError, unavailable)
     app.add_exception_handler(KafkaUnavailable, unavailable)
     app.add_exception_handler(ClientClosedError, unavailable)
+
+
+def _forget_cause(exc: BaseException) -> None:
+    """Drop what `exc` was raised from, once it is being answered. FastAPI raises its errors
+    for a body it cannot parse (malformed JSON: 422, not UTF-8: 400) ``from`` the parser's
+    exception, whose traceback holds the frame that holds the new error: a reference cycle
+    per bad request, which only the garbage collector frees. The answer needs neither."""
+    exc.__cause__ = exc.__context__ = None
 
 
 class RequestLimits:
