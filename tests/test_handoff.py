@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import weakref
 from types import ModuleType
 from typing import Any
 
@@ -60,6 +62,33 @@ async def test_pending_calls_run_in_order_with_one_wakeup_per_burst(
         expected += [(i,), (i, "a", "b")]
     assert ran == expected
     assert errors == []
+
+
+class _Handler:
+    """An error handler a weak reference can follow."""
+
+    def __call__(self, error: BaseException) -> None:
+        raise AssertionError(error)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_pending_calls_are_freed_without_the_garbage_collector(impl: ModuleType) -> None:
+    """No reference cycle keeps a dropped PendingCalls, nor the loop and handler it holds."""
+    loop = asyncio.new_event_loop()
+    handler = _Handler()
+    gone = weakref.ref(handler)
+    pending = impl.PendingCalls(loop, handler)
+    ran: list[int] = []
+    pending.call_soon(ran.append, 1)  # a wake-up scheduled: the loop runs the drain
+    loop.run_until_complete(asyncio.sleep(0))
+    assert ran == [1]
+    del pending, handler
+    gc.disable()
+    try:
+        assert gone() is None
+    finally:
+        gc.enable()
+        loop.close()
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)

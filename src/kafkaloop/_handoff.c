@@ -38,7 +38,7 @@
 
 #include "_message.h"
 
-static PyObject *str_call_soon_threadsafe, *str_done, *str_set_result;
+static PyObject *str_call_soon_threadsafe, *str_done, *str_set_result, *str_drain;
 static PyObject *minus_one; /* -1 */
 
 /* The raised exception, taken (normalized, with its traceback); a new reference. */
@@ -63,7 +63,6 @@ typedef struct {
     PyObject *loop;
     PyObject *on_error;
     PyObject *queue;    /* a list of tuples (callback, *args) */
-    PyObject *drain_cb; /* self.drain, made once */
     int scheduled;
     unsigned long serving;  /* the thread inside serve(), or 0 */
     PyObject *interrupted;  /* a KeyboardInterrupt/SystemExit held back inside serve() */
@@ -88,11 +87,6 @@ pending_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         Py_DECREF(self);
         return NULL;
     }
-    self->drain_cb = PyObject_GetAttrString((PyObject *)self, "drain");
-    if (self->drain_cb == NULL) {
-        Py_DECREF(self);
-        return NULL;
-    }
     return (PyObject *)self;
 }
 
@@ -102,7 +96,6 @@ pending_traverse(PendingCalls *self, visitproc visit, void *arg)
     Py_VISIT(self->loop);
     Py_VISIT(self->on_error);
     Py_VISIT(self->queue);
-    Py_VISIT(self->drain_cb);
     Py_VISIT(self->interrupted);
     return 0;
 }
@@ -113,7 +106,6 @@ pending_clear(PendingCalls *self)
     Py_CLEAR(self->loop);
     Py_CLEAR(self->on_error);
     Py_CLEAR(self->queue);
-    Py_CLEAR(self->drain_cb);
     Py_CLEAR(self->interrupted);
     return 0;
 }
@@ -126,10 +118,24 @@ pending_dealloc(PendingCalls *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* loop.call_soon_threadsafe(self.drain), once per batch. The bound method is made each time:
+ * one kept in self would make self a reference cycle that only the garbage collector frees. */
+static PyObject *
+pending_schedule_drain(PendingCalls *self)
+{
+    PyObject *drain = PyObject_GetAttr((PyObject *)self, str_drain);
+    if (drain == NULL) {
+        return NULL;
+    }
+    PyObject *handle = PyObject_CallMethodOneArg(self->loop, str_call_soon_threadsafe, drain);
+    Py_DECREF(drain);
+    return handle;
+}
+
 static int
 pending_usable(PendingCalls *self)
 {
-    if (self->queue == NULL || self->loop == NULL || self->drain_cb == NULL) {
+    if (self->queue == NULL || self->loop == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "PendingCalls was cleared");
         return 0;
     }
@@ -221,8 +227,7 @@ pending_call_soon(PendingCalls *self, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     }
     self->scheduled = 1;
-    PyObject *handle =
-        PyObject_CallMethodOneArg(self->loop, str_call_soon_threadsafe, self->drain_cb);
+    PyObject *handle = pending_schedule_drain(self);
     if (handle != NULL) {
         Py_DECREF(handle);
         Py_RETURN_NONE;
@@ -281,8 +286,7 @@ pending_drain(PendingCalls *self, PyObject *unused)
             /* Whatever is left must not wait for a call_soon that may never come. */
             if (PyList_GET_SIZE(self->queue) > 0 && !self->scheduled) {
                 self->scheduled = 1;
-                PyObject *handle = PyObject_CallMethodOneArg(self->loop, str_call_soon_threadsafe,
-                                                             self->drain_cb);
+                PyObject *handle = pending_schedule_drain(self);
                 if (handle == NULL) {
                     self->scheduled = 0;
                     PyErr_Clear();
@@ -342,8 +346,7 @@ pending_serve(PendingCalls *self, PyObject *const *args, Py_ssize_t nargs)
         self->scheduled = 0;
         if (PyList_GET_SIZE(self->queue) > 0) {
             self->scheduled = 1;
-            PyObject *handle =
-                PyObject_CallMethodOneArg(self->loop, str_call_soon_threadsafe, self->drain_cb);
+            PyObject *handle = pending_schedule_drain(self);
             if (handle == NULL) {
                 self->scheduled = 0;
                 PyErr_Clear();
@@ -612,7 +615,6 @@ static PyGetSetDef settle_getset[] = {
 static PyMemberDef settle_members[] = {
     {"delivered", T_PYSSIZET, offsetof(Settle, delivered), 0,
      "Deliveries counted on the loop: those it settled, and what its owner adds."},
-    {"__vectorcalloffset__", T_PYSSIZET, offsetof(Settle, vectorcall), READONLY},
     {NULL},
 };
 
@@ -653,6 +655,10 @@ delivery_call(Delivery *self, PyObject *const *args, size_t nargsf, PyObject *kw
 {
     if (PyVectorcall_NARGS(nargsf) != 2 || kwnames != NULL) {
         PyErr_SetString(PyExc_TypeError, "delivery(err, msg)");
+        return NULL;
+    }
+    if (self->call_soon == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the delivery was cleared");
         return NULL;
     }
     PyObject *call[4] = {self->settle, self->future, args[0], args[1]};
@@ -912,7 +918,6 @@ static PyMemberDef awaited_members[] = {
      "Messages it handed to librdkafka."},
     {"open", T_BOOL, offsetof(AwaitedProduce, open), 0,
      "False once the producer refuses messages: every call then goes to fallback."},
-    {"__vectorcalloffset__", T_PYSSIZET, offsetof(AwaitedProduce, vectorcall), READONLY},
     {NULL},
 };
 
@@ -1145,7 +1150,6 @@ static PyMemberDef batch_members[] = {
      "The index of the next item produce() hands over (the failed one after an exception)."},
     {"remaining", T_PYSSIZET, offsetof(BatchSettle, remaining), READONLY,
      "Outcomes not yet known."},
-    {"__vectorcalloffset__", T_PYSSIZET, offsetof(BatchSettle, vectorcall), READONLY},
     {NULL},
 };
 
@@ -1180,7 +1184,9 @@ PyInit__handoff(void)
     str_call_soon_threadsafe = PyUnicode_InternFromString("call_soon_threadsafe");
     str_done = PyUnicode_InternFromString("done");
     str_set_result = PyUnicode_InternFromString("set_result");
-    if (str_call_soon_threadsafe == NULL || str_done == NULL || str_set_result == NULL) {
+    str_drain = PyUnicode_InternFromString("drain");
+    if (str_call_soon_threadsafe == NULL || str_done == NULL || str_set_result == NULL ||
+        str_drain == NULL) {
         return NULL;
     }
     if (message_init() < 0) {
