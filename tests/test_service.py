@@ -206,8 +206,42 @@ def test_what_starts_a_local_broker_and_the_settings_agree_on_the_cluster(
             'error parsing value for field "client_config"',
         ),
         ("KAFKALOOP_PORT", "hunter2", "KAFKALOOP_PORT: not a port number"),
+        # What librdkafka refuses: said before uvicorn starts, not as a start-up traceback.
+        (
+            "KAFKALOOP_PRODUCER_CONFIG",
+            '{"linger.mss": 1, "sasl.password": "hunter2"}',
+            "librdkafka refused the producer configuration: No such configuration property: "
+            '"linger.mss"',
+        ),
+        (
+            "KAFKALOOP_CLIENT_CONFIG",
+            '{"sasl.password": "hunter2", "linger.ms": "hunter2"}',
+            # (linger.ms is an alias of queue.buffering.max.ms)
+            "librdkafka refused the producer configuration: Invalid value for configuration "
+            'property "queue.buffering.max.ms"',
+        ),
+        (
+            "KAFKALOOP_FIRE_AND_FORGET_CONFIG",
+            '{"enable.idempotence": true, "acks": 1, "sasl.password": "hunter2"}',
+            "librdkafka refused the fire-and-forget producer configuration: Failed to create "
+            "producer: `acks` must be set to `all` when `enable.idempotence` is true",
+        ),
+        (
+            "KAFKALOOP_CONSUMER_CONFIG",
+            '{"check.crcs": "hunter2"}',
+            'librdkafka refused the consumer configuration: Expected bool value for "check.crcs"',
+        ),
     ],
-    ids=["not-a-number", "refused-config", "malformed-json", "port"],
+    ids=[
+        "not-a-number",
+        "refused-config",
+        "malformed-json",
+        "port",
+        "unknown-librdkafka-property",
+        "secret-as-a-bad-value",
+        "conflicting-properties",
+        "consumer-property",
+    ],
 )
 def test_serve_says_which_setting_is_wrong_without_echoing_values(
     monkeypatch: pytest.MonkeyPatch,

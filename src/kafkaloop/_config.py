@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
-from confluent_kafka import KafkaException
+from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka.admin import AdminClient
 
 from kafkaloop._exceptions import ConfigurationError
+from kafkaloop._logging import librdkafka_logger
 
 _SECRET = re.compile(
     r"password|secret|token|credentials|oauthbearer\.config|\.pem$|key$", re.IGNORECASE
@@ -38,6 +40,26 @@ def configuration_error(
         f"librdkafka refused the {client} configuration: {message}. "
         "Check the property names and values against librdkafka's CONFIGURATION.md."
     )
+
+
+def check_config(
+    config: Mapping[str, Any], client: Literal["producer", "consumer", "admin"], what: str = ""
+) -> None:
+    """Have librdkafka check `config` for a `client`, or raise :class:`ConfigurationError`
+    naming it `what` (by default its kind): a property librdkafka does not know, a bad value,
+    properties that conflict. It makes the client and destroys it at once, before any
+    connection is up, so a command can refuse a configuration before it starts anything."""
+    conf: dict[str, Any] = {"logger": librdkafka_logger, **config}
+    try:
+        if client == "producer":
+            Producer(conf)
+        elif client == "consumer":
+            conf.setdefault("group.id", "kafkaloop-config-check")
+            Consumer(conf).close()
+        else:
+            AdminClient(conf)
+    except (KafkaException, ValueError, TypeError) as exc:
+        raise configuration_error(exc, config, what or client) from None
 
 
 _TRUE = frozenset({"true", "t", "1"})

@@ -192,6 +192,9 @@ def _serve(args: argparse.Namespace) -> int:
             for error in exc.errors(include_url=False, include_input=False)
         )
         raise ConfigurationError(f"{_SETTINGS}: {problems}") from None
+    # What librdkafka refuses, said here once: in the app's start-up it would be a traceback
+    # per worker.
+    settings.check(consumers=settings.item_cache or settings.live_push)
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     http = http_protocol(settings.write_batching)
     print_progress(

@@ -13,7 +13,7 @@ from typing import Any, Self
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from kafkaloop._config import config_flag, redact
+from kafkaloop._config import check_config, config_flag, redact
 
 __all__ = [
     "BOOTSTRAP_VARIABLES",
@@ -107,6 +107,17 @@ class KafkaSettings(BaseSettings):
     def admin(self) -> dict[str, Any]:
         """The admin client's librdkafka configuration."""
         return {"bootstrap.servers": self.bootstrap_servers, **self.client_config}
+
+    def check(self, *, consumers: bool = True) -> None:
+        """Have librdkafka check each client configuration these settings make (the
+        consumers' only when `consumers`), or raise :class:`ConfigurationError`: what
+        librdkafka refuses, said before anything starts rather than when a client is made."""
+        check_config(self.producer(), "producer")
+        if self.fire_and_forget_producer:
+            check_config(self.fire_and_forget(), "producer", "fire-and-forget producer")
+        check_config(self.admin(), "admin", "admin client")
+        if consumers:
+            check_config(self.consumer(), "consumer")
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
