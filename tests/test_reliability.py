@@ -298,7 +298,7 @@ async def test_websocket_clients_fast_slow_and_churning(
         wanted = sorted(name.split("-", 1)[0] for name in names)
         assert all(sorted(got) == wanted for got in received)
         assert growth < 200
-        dropped = float(metrics.split("\npush_dropped ")[1].split()[0])
+        dropped = float(metrics.split("\npush_dropped_total ")[1].split()[0])
         # The one that never read was cut: its drops counted, or a send to it timed out.
         assert subscribers_left == 0, f"the slow client is still subscribed ({dropped} dropped)"
 

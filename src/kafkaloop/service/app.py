@@ -273,7 +273,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                         "Connected WebSocket/SSE clients",
                         lambda: hub.subscribers,
                     )
-                    metrics.watch_gauge(
+                    metrics.watch_counter(
                         "push_dropped", "Items dropped for slow push clients", lambda: hub.dropped
                     )
                     state["hub"] = hub
