@@ -1,4 +1,5 @@
-"""TopicTable: its start (waiting out a cluster that has just started), and its bound."""
+"""TopicTable: its start (waiting out a cluster that has just started), its bound, and the
+partitions added to its topic while it runs."""
 
 from __future__ import annotations
 
@@ -79,6 +80,38 @@ async def test_a_bounded_table_skips_new_keys_once_full_and_a_deletion_makes_roo
     assert after == ({b"b": b"1", b"c": b"2"}, 1)
 
 
+async def test_a_table_reads_partitions_added_to_its_topic_while_it_runs(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    config = {"bootstrap.servers": kafka_bootstrap}
+    async with AIOAdminClient(config) as admin, AIOProducer(config) as producer:
+        await admin.create_topics([NewTopic(topic_name, 1)])
+        await producer.produce(topic_name, b"1", b"old", partition=0)
+        table: TopicTable[bytes] = TopicTable(config, topic_name, partitions_every=0.2)
+        await table.start()
+        try:
+            await asyncio.wait_for(table.ready.wait(), 30)
+            await admin.create_partitions({topic_name: 3})
+            async with AIOProducer(config) as later:  # (the first knows of one partition)
+                for partition in (1, 2):
+                    await later.produce(
+                        topic_name, b"1", f"new{partition}".encode(), partition=partition
+                    )
+            await producer.produce(topic_name, b"2", b"old", partition=0)
+            for _ in range(600):  # 30 s at most
+                if len(table) == 3 and table.get(b"old") == b"2":
+                    break
+                await asyncio.sleep(0.05)
+            held = dict(table.items())
+        finally:
+            await table.stop()
+
+    assert held == {b"old": b"2", b"new1": b"1", b"new2": b"1"}
+    assert table.applied == 4
+
+
 def test_a_table_holds_at_least_one_key() -> None:
     with pytest.raises(ValueError, match="max_keys"):
         TopicTable({}, "t", max_keys=0)
+    with pytest.raises(ValueError, match="partitions_every"):
+        TopicTable({}, "t", partitions_every=0)

@@ -41,6 +41,7 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
+from confluent_kafka.admin import ClusterMetadata
 
 from kafkaloop._bridge import LoopBridge
 from kafkaloop._config import config_flag, configuration_error
@@ -264,6 +265,25 @@ class AIOConsumer:
         self._check_open()
         self._consumer.assign(list(partitions))
         self._assignment_changes += 1
+
+    def incremental_assign(self, partitions: Sequence[TopicPartition]) -> None:
+        """Read these partitions too (offsets from each TopicPartition); those already
+        assigned keep their positions."""
+        self._check_open()
+        self._consumer.incremental_assign(list(partitions))
+        self._assignment_changes += 1
+
+    async def partitions(self, topic: str, timeout: float = 10.0) -> list[int]:
+        """The partitions `topic` has now, asked of the broker (KafkaException if it cannot
+        say, an unknown topic included)."""
+        self._check_open()
+        metadata: ClusterMetadata = await self._bridge.run_blocking_here(
+            "calls", self._consumer.list_topics, topic, timeout
+        )
+        found = metadata.topics[topic]
+        if found.error is not None:
+            raise KafkaException(found.error)
+        return sorted(found.partitions)
 
     def assignment(self) -> list[TopicPartition]:
         """The partitions currently assigned."""

@@ -1,5 +1,5 @@
-"""An in-process table kept fresh from a topic: reads every partition from the beginning
-(those the topic had at start: partitions added later are read after a restart).
+"""An in-process table kept fresh from a topic: reads every partition from the beginning,
+partitions added to the topic later included (looked for every 30 s by default).
 
     counts = TopicTable(config, "items", fold=count)      # key -> number of records
     latest = TopicTable(config, "profiles")               # key -> latest value (compacted topic)
@@ -33,6 +33,8 @@ _READ = 1000
 """Most records folded per read: the fold runs on the loop, so one read never holds it long."""
 _GATHER, _GATHER_BUSY, _BUSY_RATE = 0.05, 0.2, 4000
 """Seconds records gather between reads: normally, and over _BUSY_RATE records a second."""
+_PARTITIONS_EVERY = 30.0
+"""Seconds between looks for partitions added to the topic."""
 _READY_WITHIN = 30.0
 """Seconds start() waits out errors that pass (a partition whose leader is not elected yet)."""
 
@@ -100,6 +102,10 @@ class TopicTable(Generic[V]):
     ``max_keys`` bounds its memory where anyone can add keys: once it holds that many, records
     of a key it does not hold are skipped (counted in ``skipped``), and the keys it holds stay
     exact. A key deleted (folded to None) makes room again.
+
+    Every ``partitions_every`` seconds it asks the broker for the topic's partitions, and reads
+    those added since from the beginning: their records are in the table within about that
+    long after the partitions were made.
     """
 
     def __init__(
@@ -109,9 +115,12 @@ class TopicTable(Generic[V]):
         *,
         fold: Callable[[Any, ConsumerRecord], V] = latest,
         max_keys: int | None = None,
+        partitions_every: float = _PARTITIONS_EVERY,
     ) -> None:
         if max_keys is not None and max_keys < 1:
             raise ValueError("max_keys must be at least 1 (or None: no bound)")
+        if partitions_every <= 0:
+            raise ValueError("partitions_every must be positive")
         self._config = {
             **BACKGROUND_FETCH,
             **config,
@@ -125,6 +134,8 @@ class TopicTable(Generic[V]):
         self._consumer: AIOConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._targets: dict[int, int] = {}
+        self._partitions: set[int] = set()
+        self._partitions_every = partitions_every
         self.ready = asyncio.Event()
         """Set once the table holds everything the topic held when it started."""
         self.applied = 0
@@ -156,7 +167,7 @@ class TopicTable(Generic[V]):
 
     async def start(self) -> None:
         """Assign every partition the topic has now, from the beginning, and start folding
-        records in."""
+        records in (and reading the partitions added later, as they are found)."""
         admin_config = {
             k: v
             for k, v in self._config.items()
@@ -167,6 +178,7 @@ class TopicTable(Generic[V]):
         consumer = AIOConsumer(self._config)
         partitions = [TopicPartition(self.topic, p.id, OFFSET_BEGINNING) for p in info.partitions]
         consumer.assign(partitions)
+        self._partitions = {p.partition for p in partitions}
         self._consumer = consumer
         try:
             for partition in partitions:
@@ -186,7 +198,11 @@ class TopicTable(Generic[V]):
         room = self.max_keys if self.max_keys is not None else sys.maxsize
         loop = asyncio.get_running_loop()
         last_read = loop.time()
+        look_for_partitions = last_read + self._partitions_every
         while True:
+            if last_read >= look_for_partitions:
+                look_for_partitions = last_read + self._partitions_every
+                await self._read_new_partitions()
             try:
                 records = await self._consumer.getmany(max_records=_READ, timeout=1.0)
             except asyncio.CancelledError:
@@ -226,6 +242,23 @@ class TopicTable(Generic[V]):
                 # the loop less per record (0.90 µs, against 1.55 reading every 50 ms, at 8,000
                 # records a second: bench.readers), for up to 150 ms more behind the topic.
                 await asyncio.sleep(_GATHER_BUSY if rate > _BUSY_RATE else _GATHER)
+
+    async def _read_new_partitions(self) -> None:
+        """Read the partitions added to the topic since it was last looked at, from the
+        beginning (a failed look is logged, and the next one tries again)."""
+        assert self._consumer is not None
+        try:
+            found = await self._consumer.partitions(self.topic)
+        except KafkaException as exc:
+            logger.warning("TopicTable(%s) could not look for new partitions: %s", self.topic, exc)
+            return
+        new = [p for p in found if p not in self._partitions]
+        if new:
+            self._consumer.incremental_assign(
+                [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in new]
+            )
+            self._partitions.update(new)
+            logger.info("TopicTable(%s) reads its new partitions %s", self.topic, new)
 
     async def stop(self) -> None:
         """Stop folding and close the consumer."""
