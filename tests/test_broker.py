@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -320,3 +321,34 @@ def test_logs_of_a_node_the_cluster_does_not_have_say_so(
 
     assert cli.main(["broker", "logs", "--node", "7"]) == 2
     assert "No node 7" in capsys.readouterr().err
+
+
+def test_following_the_logs_follows_every_node_in_whole_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logs = [tmp_path / "node-0.log", tmp_path / "node-1.log"]
+    for path in logs:
+        path.write_text("before\n")
+
+    def append(node: int, text: str) -> Callable[[], None]:
+        def write() -> None:
+            with open(logs[node], "a") as fh:
+                fh.write(text)
+
+        return write
+
+    writes = iter([append(0, "a1\n"), append(1, "b1\nb2"), append(0, "a2\n"), append(1, " end\n")])
+
+    def sleep(_seconds: float) -> None:  # each wait for more: a node writes; then Ctrl-C
+        write = next(writes, None)
+        if write is None:
+            raise KeyboardInterrupt
+        write()
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    cli._follow(logs)
+
+    assert capsys.readouterr().out == (
+        f"==> {logs[0]} <==\na1\n==> {logs[1]} <==\nb1\n==> {logs[0]} <==\na2\n"
+        f"==> {logs[1]} <==\nb2 end\n"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
@@ -88,20 +89,33 @@ def _broker_logs(args: argparse.Namespace) -> int:
         if args.lines:
             print("\n".join(lines[-args.lines :]))
     if args.follow:
-        _follow(files[-1])
+        _follow([path for path in files if path.exists()])
     return 0
 
 
-def _follow(path: Path) -> None:
-    with open(path, errors="replace") as fh:
-        fh.seek(0, os.SEEK_END)
+def _follow(paths: Sequence[Path]) -> None:
+    """Print what is written to `paths` from now on, as ``tail -f`` does, until Ctrl-C: with
+    several files, each run of whole lines under the name of the file it came from."""
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(open(path, errors="replace")) for path in paths]
+        for fh in files:
+            fh.seek(0, os.SEEK_END)
+        partial = [""] * len(files)  # a line being written, printed once it is whole
+        last = None
         try:
             while True:
-                line = fh.readline()
-                if line:
-                    sys.stdout.write(line)
+                quiet = True
+                for i, fh in enumerate(files):
+                    whole, newline, partial[i] = (partial[i] + fh.read()).rpartition("\n")
+                    if not newline:
+                        continue
+                    quiet = False
+                    if len(files) > 1 and i != last:
+                        sys.stdout.write(f"==> {paths[i]} <==\n")
+                        last = i
+                    sys.stdout.write(whole + newline)
                     sys.stdout.flush()
-                else:
+                if quiet:
                     time.sleep(0.2)
         except KeyboardInterrupt:
             pass
