@@ -15,7 +15,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from kafkaloop import cli
+from kafkaloop import LocalKafkaError, cli
 from kafkaloop.broker import LocalKafka, _cluster_id, cache_dir, find_java, free_port, resolve_kafka
 
 
@@ -255,6 +255,47 @@ def test_stale_pid_in_state_file_reads_as_stopped(tmp_path: Path) -> None:
     assert not kafka.is_running()
     assert kafka.pids() == []
     kafka.stop()  # signals nothing: the pid is not ours
+
+
+def test_stopping_a_cluster_of_another_version_keeps_its_state_file_as_it_was(
+    tmp_path: Path,
+) -> None:
+    state = {
+        "version": "3.9.1",  # made by a kafkaloop that ran another Kafka
+        "cluster_id": "older-cluster-id",
+        "nodes": [
+            {"index": i, "broker_port": 1 + 2 * i, "controller_port": 2 + 2 * i}
+            | {"pid": None, "sasl_port": None}
+            for i in range(2)
+        ],
+    }
+    (tmp_path / "cluster.json").write_text(json.dumps(state))
+
+    LocalKafka(state_dir=tmp_path).stop()  # `kafkaloop broker down`
+
+    assert json.loads((tmp_path / "cluster.json").read_text()) == state
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("failure", ["port-taken", "not-ready-in-time"])
+def test_a_failed_start_of_a_degraded_cluster_leaves_its_running_nodes_running(
+    kafka_cluster: LocalKafka, failure: str
+) -> None:
+    kafka_cluster.stop_node(2, hard=True)
+    port = int(kafka_cluster.node_address(2).rsplit(":", 1)[1])
+    try:
+        with socket.socket() as taken:
+            if failure == "port-taken":  # node 2 is not launched at all
+                taken.bind(("127.0.0.1", port))
+                taken.listen()
+            with pytest.raises(LocalKafkaError, match=r"(?i)node \d"):
+                # "not-ready-in-time": node 2 is launched, the cluster cannot answer in time
+                kafka_cluster.start(timeout=60 if failure == "port-taken" else 0)
+            running = [kafka_cluster.is_running(i) for i in range(3)]
+    finally:
+        kafka_cluster.start_node(2)
+
+    assert running == [True, True, False]
 
 
 def test_find_java_returns_an_executable() -> None:

@@ -340,6 +340,7 @@ class LocalKafka:
         self.sasl_users = dict(sasl_users or {})
         self._progress = progress
         self._cluster_id = ""
+        self._recorded_version = version  # the state file's: another, for a cluster made so
         self._nodes: list[_Node] = []
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._load()
@@ -370,7 +371,9 @@ class LocalKafka:
         if not state:
             return
         if state.get("version") != self.version or len(state["nodes"]) != self.nodes:
-            if not strict:
+            if not strict:  # stopped, looked at, saved again as it is
+                self._recorded_version = str(state.get("version"))
+                self._cluster_id = str(state.get("cluster_id", ""))
                 self._nodes = [_Node(**node) for node in state["nodes"]]
                 return
             alive = any(
@@ -392,7 +395,7 @@ class LocalKafka:
 
     def _save(self) -> None:
         state = {
-            "version": self.version,
+            "version": self._recorded_version,
             "cluster_id": self._cluster_id,
             "nodes": [dataclasses.asdict(node) for node in self._nodes],
         }
@@ -467,20 +470,25 @@ class LocalKafka:
             lib = resolve_kafka(self.version, progress=self._progress)
             if not self._nodes:
                 self._create(java, lib)
+            # On a failure, the nodes this call launched are stopped (no JVM left behind);
+            # those running before it, in a cluster some of whose nodes had stopped, run on.
+            launched: list[int] = []
             try:
                 for node in self._nodes:
                     if not self.is_running(node.index):
+                        launched.append(node.index)
                         self._launch(java, lib, node)
             except BaseException:
-                # Leave no JVM behind: stop the nodes this call launched before the failure.
-                self._signal_and_wait(list(range(len(self._nodes))), signal.SIGTERM, STOP_TIMEOUT)
+                self._signal_and_wait(launched, signal.SIGTERM, STOP_TIMEOUT)
                 raise
             finally:
                 self._save()  # every pid launched is on record
         try:
             self._wait_ready(range(self.nodes), timeout)
         except BaseException:
-            self.stop()  # leave no JVM behind a failed start
+            with _locked(self.state_dir):
+                self._signal_and_wait(launched, signal.SIGTERM, STOP_TIMEOUT)
+                self._save()
             raise
         return self.bootstrap_servers
 
@@ -532,6 +540,7 @@ class LocalKafka:
                 shutil.rmtree(child)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._cluster_id = _cluster_id()
+        self._recorded_version = self.version
         self._nodes = []
         for index in range(self.nodes):
             if self.port is not None:
