@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import threading
+import warnings
 import weakref
 from types import ModuleType
 from typing import Any
@@ -107,6 +109,34 @@ async def test_a_raising_call_is_reported_and_the_rest_still_run(impl: ModuleTyp
     assert ran == ["after"]
     assert [type(e) for e in errors] == [ValueError]
     assert errors[0].__traceback__ is not None
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("raised", [RuntimeError, KeyboardInterrupt])
+async def test_an_on_error_that_raises_is_reported_and_the_rest_still_run(
+    impl: ModuleType, raised: type[BaseException], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)  # the C code's report
+
+    def on_error(_exc: BaseException) -> None:
+        raise raised
+
+    pending = impl.PendingCalls(asyncio.get_running_loop(), on_error)
+    ran: list[str] = []
+
+    def fail() -> None:
+        raise ValueError("bad")
+
+    pending.call_soon(fail)
+    pending.call_soon(ran.append, "after")
+    with warnings.catch_warnings(record=True) as warned:  # the pure-Python twin's report
+        warnings.simplefilter("always")
+        await asyncio.sleep(0)
+
+    assert ran == ["after"]
+    reports = [type(u.exc_value) for u in unraisable] + [w.category for w in warned]
+    assert reports in ([raised], [RuntimeWarning])
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)

@@ -96,7 +96,7 @@ class PendingCalls:
     def _report(self, exc: BaseException) -> None:
         try:
             self._on_error(exc)
-        except Exception as failure:  # (as the C code's "unraisable" report)
+        except BaseException as failure:  # reported, the drain goes on (the C code: unraisable)
             warnings.warn(f"on_error raised {failure!r}", RuntimeWarning, stacklevel=1)
 
     def serve(self, func: Callable[..., object], *args: Any) -> None:
