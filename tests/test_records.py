@@ -276,6 +276,28 @@ def test_headers_are_handed_out_as_copies(impl: ModuleType) -> None:
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_headers_given_as_any_sequence_are_handed_out_as_a_list(impl: ModuleType) -> None:
+    record = impl.ConsumerRecord("t", 0, 0, headers=(("h", b"1"),))
+    assert record.headers == [("h", b"1")]
+
+
+class _Holder:
+    record: Any = None
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_a_record_its_own_headers_lead_back_to_is_freed_by_the_collector(
+    impl: ModuleType,
+) -> None:
+    holder = _Holder()
+    holder.record = impl.ConsumerRecord("t", 0, 0, headers=[("h", holder)])  # a cycle
+    freed = weakref.ref(holder)
+    del holder
+    gc.collect()
+    assert freed() is None
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_equal_and_unequal_agree(impl: ModuleType) -> None:
     # Records compare by what they say, not by the messages they were made from.
     a = impl.new_record(Message(topic="t", value=b"1"), None, 1)

@@ -8,7 +8,8 @@
  *   hundred records, each walking the batch). That is safe because nothing a record refers to
  *   can refer back to it: a Message that librdkafka delivered holds bytes, str and None, and
  *   headers are handed out as copies. A record whose key or value is any other object (a
- *   deserializer's) is made as DeserializedRecord, a subclass the collector does track.
+ *   deserializer's), or one made by hand with headers (which may hold anything), is made as
+ *   DeserializedRecord, a subclass the collector does track.
  * make_records(messages): records for a list of messages consume() returned, in one call, or
  *   None if one of them carries an error (the caller's slow path deals with it). Their key and
  *   value are read from the message when asked for: a record costs one allocation, no call.
@@ -41,10 +42,8 @@ is_atomic(PyObject *obj)
 }
 
 static PyObject *
-record_make(PyObject *message, PyObject *key, PyObject *value)
+record_make_as(PyTypeObject *type, PyObject *message, PyObject *key, PyObject *value)
 {
-    PyTypeObject *type =
-        is_atomic(key) && is_atomic(value) ? &RecordType : &DeserializedRecordType;
     Record *self = (Record *)type->tp_alloc(type, 0);
     if (self == NULL) {
         return NULL;
@@ -53,6 +52,14 @@ record_make(PyObject *message, PyObject *key, PyObject *value)
     self->key = Py_NewRef(key);
     self->value = Py_NewRef(value);
     return (PyObject *)self;
+}
+
+static PyObject *
+record_make(PyObject *message, PyObject *key, PyObject *value)
+{
+    return record_make_as(
+        is_atomic(key) && is_atomic(value) ? &RecordType : &DeserializedRecordType, message,
+        key, value);
 }
 
 static PyObject *
@@ -86,7 +93,11 @@ record_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (message == NULL) {
         return NULL;
     }
-    PyObject *record = record_make(message, key, value);
+    /* Headers given by hand may hold any object, the record itself included (through
+     * something of the caller's): then the collector must see the record. */
+    PyObject *record = headers == Py_None
+                           ? record_make(message, key, value)
+                           : record_make_as(&DeserializedRecordType, message, key, value);
     Py_DECREF(message);
     return record;
 }
@@ -147,10 +158,10 @@ static PyObject *
 record_headers(Record *self, void *closure)
 {
     PyObject *headers = message_call(self->message, M_HEADERS);
-    if (headers == NULL || !PyList_Check(headers)) {
+    if (headers == NULL || headers == Py_None) {
         return headers;
     }
-    PyObject *copy = PyList_GetSlice(headers, 0, PyList_GET_SIZE(headers));
+    PyObject *copy = PySequence_List(headers); /* (a hand-made record's may be any sequence) */
     Py_DECREF(headers);
     return copy;
 }
