@@ -286,6 +286,8 @@ def test_a_failed_start_of_a_degraded_cluster_leaves_its_running_nodes_running(
     try:
         with socket.socket() as taken:
             if failure == "port-taken":  # node 2 is not launched at all
+                # (its connections may linger in TIME-WAIT since it was killed)
+                taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 taken.bind(("127.0.0.1", port))
                 taken.listen()
             with pytest.raises(LocalKafkaError, match=r"(?i)node \d"):
@@ -387,7 +389,9 @@ def test_following_the_logs_follows_every_node_in_whole_lines(
         write()
 
     monkeypatch.setattr(time, "sleep", sleep)
-    cli._follow(logs)
+    with open(logs[0]) as first, open(logs[1]) as second:
+        first.read(), second.read()  # (as `broker logs` leaves them, once it printed the ends)
+        cli._follow(logs, [first, second])
 
     assert capsys.readouterr().out == (
         f"==> {logs[0]} <==\na1\n==> {logs[1]} <==\nb1\n==> {logs[0]} <==\na2\n"

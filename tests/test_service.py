@@ -210,26 +210,35 @@ def test_what_starts_a_local_broker_and_the_settings_agree_on_the_cluster(
         (
             "KAFKALOOP_PRODUCER_CONFIG",
             '{"linger.mss": 1, "sasl.password": "hunter2"}',
-            "librdkafka refused the producer configuration: No such configuration property: "
-            '"linger.mss"',
+            "librdkafka refused the producer configuration (from KAFKALOOP_CLIENT_CONFIG, "
+            'KAFKALOOP_PRODUCER_CONFIG): No such configuration property: "linger.mss". Check',
         ),
         (
             "KAFKALOOP_CLIENT_CONFIG",
             '{"sasl.password": "hunter2", "linger.ms": "hunter2"}',
             # (linger.ms is an alias of queue.buffering.max.ms)
-            "librdkafka refused the producer configuration: Invalid value for configuration "
-            'property "queue.buffering.max.ms"',
+            "librdkafka refused the producer configuration (from KAFKALOOP_CLIENT_CONFIG, "
+            "KAFKALOOP_PRODUCER_CONFIG): Invalid value for configuration property "
+            '"queue.buffering.max.ms"',
         ),
         (
             "KAFKALOOP_FIRE_AND_FORGET_CONFIG",
             '{"enable.idempotence": true, "acks": 1, "sasl.password": "hunter2"}',
-            "librdkafka refused the fire-and-forget producer configuration: Failed to create "
-            "producer: `acks` must be set to `all` when `enable.idempotence` is true",
+            "librdkafka refused the fire-and-forget producer configuration (from "
+            "KAFKALOOP_CLIENT_CONFIG, KAFKALOOP_PRODUCER_CONFIG, "
+            "KAFKALOOP_FIRE_AND_FORGET_CONFIG): Failed to create producer: `acks` must be set to "
+            "`all` when `enable.idempotence` is true",
         ),
         (
             "KAFKALOOP_CONSUMER_CONFIG",
             '{"check.crcs": "hunter2"}',
-            'librdkafka refused the consumer configuration: Expected bool value for "check.crcs"',
+            "librdkafka refused the consumer configuration (from KAFKALOOP_CLIENT_CONFIG, "
+            'KAFKALOOP_CONSUMER_CONFIG): Expected bool value for "check.crcs"',
+        ),
+        (  # (librdkafka ends this message with a newline: still one line)
+            "KAFKALOOP_PRODUCER_CONFIG",
+            '{"linger.ms": 1000000, "sasl.password": "hunter2"}',
+            "outside allowed range 0..900000. Check",
         ),
     ],
     ids=[
@@ -241,6 +250,7 @@ def test_what_starts_a_local_broker_and_the_settings_agree_on_the_cluster(
         "secret-as-a-bad-value",
         "conflicting-properties",
         "consumer-property",
+        "out-of-range",
     ],
 )
 def test_serve_says_which_setting_is_wrong_without_echoing_values(
@@ -259,6 +269,22 @@ def test_serve_says_which_setting_is_wrong_without_echoing_values(
     assert error.count("\n") == 1
     assert says in error
     assert "hunter2" not in error
+
+
+def test_the_configuration_check_accepts_what_the_clients_accept_and_says_nothing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Flags as JSON from the environment may give them: strings the clients turn into bools.
+    monkeypatch.setenv("KAFKALOOP_PRODUCER_CONFIG", '{"delivery.report.only.error": "false"}')
+    monkeypatch.setenv("KAFKALOOP_CONSUMER_CONFIG", '{"enable.auto.offset.store": "true"}')
+    # A producer's property for every client: librdkafka warns the admin client and the
+    # consumer; the clients the service makes say so, the check does not say it again.
+    monkeypatch.setenv("KAFKALOOP_CLIENT_CONFIG", '{"linger.ms": 5}')
+
+    with caplog.at_level(logging.DEBUG):
+        ServiceSettings().check()
+
+    assert caplog.records == []
 
 
 async def _metrics_once(client: httpx.AsyncClient, line: str) -> str:

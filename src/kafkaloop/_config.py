@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import KafkaException
 
 from kafkaloop._exceptions import ConfigurationError
 from kafkaloop._logging import librdkafka_logger
@@ -29,37 +28,43 @@ def redact(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def configuration_error(
-    exc: KafkaException | ValueError | TypeError, config: Mapping[str, Any], client: str
+    exc: KafkaException | ValueError | TypeError,
+    config: Mapping[str, Any],
+    client: str,
+    source: str = "",
 ) -> ConfigurationError:
-    """A :class:`ConfigurationError` for librdkafka's refusal, with any secret scrubbed."""
-    message = str(exc.args[0].str() if isinstance(exc, KafkaException) else exc)
+    """A :class:`ConfigurationError` for librdkafka's refusal of a `client`'s configuration
+    (made from `source`, when named), with any secret scrubbed."""
+    message = str(exc.args[0].str() if isinstance(exc, KafkaException) else exc).strip()
     for key, value in config.items():
         if is_secret(key) and isinstance(value, str) and value:
             message = message.replace(value, REDACTED)
     return ConfigurationError(
-        f"librdkafka refused the {client} configuration: {message}. "
+        f"librdkafka refused the {client} configuration"
+        f"{f' (from {source})' if source else ''}: {message.rstrip('.')}. "
         "Check the property names and values against librdkafka's CONFIGURATION.md."
     )
 
 
 def check_config(
-    config: Mapping[str, Any], client: Literal["producer", "consumer", "admin"], what: str = ""
+    make: Callable[[dict[str, Any]], object],
+    conf: Mapping[str, Any],
+    config: Mapping[str, Any],
+    client: str,
+    source: str = "",
 ) -> None:
-    """Have librdkafka check `config` for a `client`, or raise :class:`ConfigurationError`
-    naming it `what` (by default its kind): a property librdkafka does not know, a bad value,
-    properties that conflict. It makes the client and destroys it at once, before any
-    connection is up, so a command can refuse a configuration before it starts anything."""
-    conf: dict[str, Any] = {"logger": librdkafka_logger, **config}
+    """Have librdkafka check `conf`, what a kafkaloop client gives it for `config`: `make` (a
+    confluent-kafka client class) makes a client of it, closed and dropped at once, before any
+    connection is up. What librdkafka refuses (a property it does not know, a bad value,
+    properties that conflict) raises :class:`ConfigurationError` naming `client` and
+    `source`. Its warnings are left to the client made afterwards: only errors are logged."""
     try:
-        if client == "producer":
-            Producer(conf)
-        elif client == "consumer":
-            conf.setdefault("group.id", "kafkaloop-config-check")
-            Consumer(conf).close()
-        else:
-            AdminClient(conf)
+        made = make({"logger": librdkafka_logger, **conf, "log_level": 3})
     except (KafkaException, ValueError, TypeError) as exc:
-        raise configuration_error(exc, config, what or client) from None
+        raise configuration_error(exc, config, client, source) from None
+    close = getattr(made, "close", None)
+    if callable(close):
+        close()
 
 
 _TRUE = frozenset({"true", "t", "1"})

@@ -118,6 +118,19 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
+def librdkafka_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What an :class:`AIOConsumer` gives librdkafka for `config`, before its own callbacks."""
+    conf = dict(config)
+    config_flag(conf, "enable.auto.offset.store", default=True)  # (a bad value: refused)
+    conf["enable.auto.offset.store"] = False  # offsets are stored as records are handed out
+    # Once its prefetch queue passed queued.min.messages, librdkafka waits this long before
+    # fetching again; 1 s by default, which an application that reads in bursts (as an
+    # asyncio one does) sees as whole-second stalls mid-topic.
+    conf.setdefault("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
+    conf.setdefault("logger", librdkafka_logger)
+    return conf
+
+
 class AIOConsumer:
     """An asyncio Kafka consumer over librdkafka.
 
@@ -152,14 +165,8 @@ class AIOConsumer:
         self._bridge = LoopBridge.for_running_loop("AIOConsumer")
         loop = self._bridge.loop
         self._loop = loop
-        conf = dict(config)
-        self._store_on_handout = config_flag(conf, "enable.auto.offset.store", default=True)
-        conf["enable.auto.offset.store"] = False
-        # Once its prefetch queue passed queued.min.messages, librdkafka waits this long before
-        # fetching again; 1 s by default, which an application that reads in bursts (as an
-        # asyncio one does) sees as whole-second stalls mid-topic.
-        conf.setdefault("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
-        conf.setdefault("logger", librdkafka_logger)
+        self._store_on_handout = config_flag(config, "enable.auto.offset.store", default=True)
+        conf = librdkafka_config(config)
         conf.setdefault("error_cb", self._on_error)
         self._bootstrap = str(conf.get("bootstrap.servers", ""))
         self.group_id = str(conf.get("group.id", ""))
@@ -267,8 +274,9 @@ class AIOConsumer:
         self._assignment_changes += 1
 
     def incremental_assign(self, partitions: Sequence[TopicPartition]) -> None:
-        """Read these partitions too (offsets from each TopicPartition); those already
-        assigned keep their positions."""
+        """Read these partitions too, without group management, as :meth:`assign` does (not
+        on a subscribed consumer); offsets from each TopicPartition. Those already assigned
+        keep their positions."""
         self._check_open()
         self._consumer.incremental_assign(list(partitions))
         self._assignment_changes += 1

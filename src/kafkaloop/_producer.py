@@ -118,6 +118,20 @@ class _Waiting:
         self.deadline = deadline
 
 
+def librdkafka_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What an :class:`AIOProducer` gives librdkafka for `config`, before its own callbacks:
+    kafkaloop's defaults, and the flags kafkaloop reads as librdkafka takes them."""
+    conf = dict(config)
+    # Awaited produces wait out linger.ms in every request they serve. librdkafka's 5 ms
+    # default suits batch pipelines; 1 ms keeps batches (0 would send one request per
+    # message under load) while a request handler waits a fifth as long.
+    conf.setdefault("linger.ms", DEFAULT_LINGER_MS)
+    if "delivery.report.only.error" in conf:  # confluent-kafka takes only a bool
+        conf["delivery.report.only.error"] = config_flag(conf, "delivery.report.only.error", False)
+    conf.setdefault("logger", librdkafka_logger)
+    return conf
+
+
 class AIOProducer:
     """An asyncio Kafka producer over librdkafka.
 
@@ -155,7 +169,7 @@ class AIOProducer:
         self._queue_full_timeout = queue_full_timeout
         self._max_waiting = max_waiting
         self._user_callbacks: dict[str, Callable[..., Any]] = {}
-        conf = dict(config)
+        conf = librdkafka_config(config)
         for name in ("error_cb", "stats_cb", "throttle_cb"):
             callback = conf.pop(name, None)
             if callback is not None:
@@ -164,17 +178,10 @@ class AIOProducer:
             conf["stats_cb"] = functools.partial(self._forward, "stats_cb")
         if "throttle_cb" in self._user_callbacks:
             conf["throttle_cb"] = functools.partial(self._forward, "throttle_cb")
-        # Awaited produces wait out linger.ms in every request they serve. librdkafka's 5 ms
-        # default suits batch pipelines; 1 ms keeps batches (0 would send one request per
-        # message under load) while a request handler waits a fifth as long.
-        conf.setdefault("linger.ms", DEFAULT_LINGER_MS)
         # Only failures are reported: nothing can await a success (see _no_success_reports).
         self._failures_only = config_flag(conf, "delivery.report.only.error", False)
-        if "delivery.report.only.error" in conf:  # confluent-kafka takes only a bool
-            conf["delivery.report.only.error"] = self._failures_only
         conf["error_cb"] = self._on_error
         conf["on_delivery"] = self._on_untracked_delivery
-        conf.setdefault("logger", librdkafka_logger)
         self._bootstrap = str(conf.get("bootstrap.servers", ""))
         try:
             self._producer = Producer(conf)

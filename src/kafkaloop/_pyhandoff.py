@@ -8,11 +8,12 @@ import asyncio
 import collections
 import functools
 import threading
-import warnings
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, Message
+
+from kafkaloop._logging import logger
 
 __all__ = ["BatchSettle", "PendingCalls", "Settle"]
 
@@ -96,8 +97,8 @@ class PendingCalls:
     def _report(self, exc: BaseException) -> None:
         try:
             self._on_error(exc)
-        except BaseException as failure:  # reported, the drain goes on (the C code: unraisable)
-            warnings.warn(f"on_error raised {failure!r}", RuntimeWarning, stacklevel=1)
+        except BaseException as failure:  # logged (the C code: unraisable); the drain goes on
+            logger.error("on_error %r raised", self._on_error, exc_info=failure)
 
     def serve(self, func: Callable[..., object], *args: Any) -> None:
         """On the loop: ``func(*args)``. What was queued runs first; calls made on this thread

@@ -370,9 +370,9 @@ class LocalKafka:
         state = self._read_state()
         if not state:
             return
+        self._recorded_version = str(state.get("version", self.version))
         if state.get("version") != self.version or len(state["nodes"]) != self.nodes:
             if not strict:  # stopped, looked at, saved again as it is
-                self._recorded_version = str(state.get("version"))
                 self._cluster_id = str(state.get("cluster_id", ""))
                 self._nodes = [_Node(**node) for node in state["nodes"]]
                 return

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from kafkaloop._exceptions import ConfigurationError, KafkaloopError
 from kafkaloop.broker import LocalKafka, cache_dir, print_progress
@@ -79,46 +79,47 @@ def _broker_logs(args: argparse.Namespace) -> int:
             print_progress(f"No node {args.node}: the cluster has {len(files)}, from node 0.")
             return 2
         files = [files[args.node]]
-    if not files or not any(path.exists() for path in files):
+    files = [path for path in files if path.exists()]  # (a node never started has none)
+    if not files:
         print_progress(f"No logs in {kafka.state_dir}: the broker has never been started.")
         return 1
-    for path in files:
-        if len(files) > 1:
-            print(f"==> {path} <==")
-        lines = path.read_text(errors="replace").splitlines()
-        if args.lines:
-            print("\n".join(lines[-args.lines :]))
-    if args.follow:
-        _follow([path for path in files if path.exists()])
+    with contextlib.ExitStack() as stack:
+        # Opened once: what is followed starts right where what is printed ends.
+        logs = [stack.enter_context(open(path, errors="replace")) for path in files]
+        for path, log in zip(files, logs, strict=True):
+            lines = log.read().splitlines()
+            if len(files) > 1:
+                print(f"==> {path} <==")
+            if args.lines:
+                print("\n".join(lines[-args.lines :]))
+        if args.follow:
+            _follow(files, logs)
     return 0
 
 
-def _follow(paths: Sequence[Path]) -> None:
-    """Print what is written to `paths` from now on, as ``tail -f`` does, until Ctrl-C: with
-    several files, each run of whole lines under the name of the file it came from."""
-    with contextlib.ExitStack() as stack:
-        files = [stack.enter_context(open(path, errors="replace")) for path in paths]
-        for fh in files:
-            fh.seek(0, os.SEEK_END)
-        partial = [""] * len(files)  # a line being written, printed once it is whole
-        last = None
-        try:
-            while True:
-                quiet = True
-                for i, fh in enumerate(files):
-                    whole, newline, partial[i] = (partial[i] + fh.read()).rpartition("\n")
-                    if not newline:
-                        continue
-                    quiet = False
-                    if len(files) > 1 and i != last:
-                        sys.stdout.write(f"==> {paths[i]} <==\n")
-                        last = i
-                    sys.stdout.write(whole + newline)
-                    sys.stdout.flush()
-                if quiet:
-                    time.sleep(0.2)
-        except KeyboardInterrupt:
-            pass
+def _follow(paths: Sequence[Path], logs: Sequence[IO[str]]) -> None:
+    """Print what is written to the open `logs` (of `paths`) from where they are, as
+    ``tail -f`` does, until Ctrl-C: with several, each run of whole lines under the name of
+    the file it came from."""
+    partial = [""] * len(logs)  # a line being written, printed once it is whole
+    last = None
+    try:
+        while True:
+            quiet = True
+            for i, log in enumerate(logs):
+                whole, newline, partial[i] = (partial[i] + log.read()).rpartition("\n")
+                if not newline:
+                    continue
+                quiet = False
+                if len(logs) > 1 and i != last:
+                    sys.stdout.write(f"==> {paths[i]} <==\n")
+                    last = i
+                sys.stdout.write(whole + newline)
+                sys.stdout.flush()
+            if quiet:
+                time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
 
 
 def _smoke(args: argparse.Namespace) -> int:

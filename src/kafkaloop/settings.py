@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 from typing import Any, Self
 
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kafkaloop import _consumer, _producer
 from kafkaloop._config import check_config, config_flag, redact
 
 __all__ = [
@@ -109,15 +112,33 @@ class KafkaSettings(BaseSettings):
         return {"bootstrap.servers": self.bootstrap_servers, **self.client_config}
 
     def check(self, *, consumers: bool = True) -> None:
-        """Have librdkafka check each client configuration these settings make (the
-        consumers' only when `consumers`), or raise :class:`ConfigurationError`: what
-        librdkafka refuses, said before anything starts rather than when a client is made."""
-        check_config(self.producer(), "producer")
+        """Have librdkafka check each client configuration these settings make, as kafkaloop's
+        clients would give it (the consumers' only when `consumers`), or raise
+        :class:`ConfigurationError` naming the client and the variables its configuration
+        comes from: what librdkafka refuses, said before anything starts."""
+        common = "KAFKALOOP_CLIENT_CONFIG"
+        producers = f"{common}, KAFKALOOP_PRODUCER_CONFIG"
+        config = self.producer()
+        check_config(Producer, _producer.librdkafka_config(config), config, "producer", producers)
         if self.fire_and_forget_producer:
-            check_config(self.fire_and_forget(), "producer", "fire-and-forget producer")
-        check_config(self.admin(), "admin", "admin client")
+            config = self.fire_and_forget()
+            check_config(
+                Producer,
+                _producer.librdkafka_config(config),
+                config,
+                "fire-and-forget producer",
+                f"{producers}, KAFKALOOP_FIRE_AND_FORGET_CONFIG",
+            )
+        check_config(AdminClient, self.admin(), self.admin(), "admin client", common)
         if consumers:
-            check_config(self.consumer(), "consumer")
+            config = self.consumer(**{"group.id": "kafkaloop-config-check"})
+            check_config(
+                Consumer,
+                _consumer.librdkafka_config(config),
+                config,
+                "consumer",
+                f"{common}, KAFKALOOP_CONSUMER_CONFIG",
+            )
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():

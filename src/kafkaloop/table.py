@@ -249,16 +249,17 @@ class TopicTable(Generic[V]):
         assert self._consumer is not None
         try:
             found = await self._consumer.partitions(self.topic)
+            new = [p for p in found if p not in self._partitions]
+            if new:
+                self._consumer.incremental_assign(
+                    [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in new]
+                )
+                self._partitions.update(new)
+                logger.info("TopicTable(%s) reads its new partitions %s", self.topic, new)
         except KafkaException as exc:
             logger.warning("TopicTable(%s) could not look for new partitions: %s", self.topic, exc)
-            return
-        new = [p for p in found if p not in self._partitions]
-        if new:
-            self._consumer.incremental_assign(
-                [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in new]
-            )
-            self._partitions.update(new)
-            logger.info("TopicTable(%s) reads its new partitions %s", self.topic, new)
+        except Exception:  # the table reads on, whatever went wrong here
+            logger.exception("TopicTable(%s) failed to look for new partitions", self.topic)
 
     async def stop(self) -> None:
         """Stop folding and close the consumer."""
