@@ -92,10 +92,9 @@ def test_pending_calls_are_freed_without_the_garbage_collector(impl: ModuleType)
         loop.close()
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-async def test_a_raising_call_is_reported_and_the_rest_still_run(impl: ModuleType) -> None:
-    errors: list[Exception] = []
-    pending = impl.PendingCalls(asyncio.get_running_loop(), errors.append)
+def _a_failing_call_then_another(pending: Any) -> list[str]:
+    """Queue a call that raises ValueError, then one that appends "after" to the list
+    returned."""
     ran: list[str] = []
 
     def fail() -> None:
@@ -103,6 +102,14 @@ async def test_a_raising_call_is_reported_and_the_rest_still_run(impl: ModuleTyp
 
     pending.call_soon(fail)
     pending.call_soon(ran.append, "after")
+    return ran
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+async def test_a_raising_call_is_reported_and_the_rest_still_run(impl: ModuleType) -> None:
+    errors: list[Exception] = []
+    pending = impl.PendingCalls(asyncio.get_running_loop(), errors.append)
+    ran = _a_failing_call_then_another(pending)
     await asyncio.sleep(0)
 
     assert ran == ["after"]
@@ -125,13 +132,7 @@ async def test_an_on_error_that_raises_is_reported_and_the_rest_still_run(
         raise raised
 
     pending = impl.PendingCalls(asyncio.get_running_loop(), on_error)
-    ran: list[str] = []
-
-    def fail() -> None:
-        raise ValueError("bad")
-
-    pending.call_soon(fail)
-    pending.call_soon(ran.append, "after")
+    ran = _a_failing_call_then_another(pending)
     await asyncio.sleep(0)
 
     assert ran == ["after"]
