@@ -148,3 +148,35 @@ async def test_a_client_arriving_while_the_hub_pauses_misses_nothing(
             assert not hub.paused
     finally:
         await hub.stop()
+
+
+async def test_a_partition_the_topic_gains_is_pushed_from_its_beginning_and_the_others_read_on(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    config = {"bootstrap.servers": kafka_bootstrap}
+    async with AIOAdminClient(config) as admin:
+        await admin.create_topics([NewTopic(topic_name, num_partitions=1)])
+    # The hub hears of a new partition at its next metadata refresh: here within a second.
+    hub = Broadcaster(
+        {**config, "topic.metadata.refresh.interval.ms": 1000},
+        [topic_name],
+        encode=lambda r: (r.value or b"").decode(),
+        queue_size=1000,
+    )
+    try:
+        await hub.start()
+        subscription = hub.subscribe()
+        async with AIOAdminClient(config) as admin, AIOProducer(config) as producer:
+            await admin.create_partitions({topic_name: 2})
+            async with AIOProducer(config) as later:  # (the first knows of one partition)
+                await later.produce(topic_name, b"first-of-the-new", partition=1)
+            # Partition 0 goes on meanwhile: none of it may be missed while the hub takes on
+            # the new one.
+            for i in range(100):
+                await producer.produce(topic_name, f"old{i}".encode(), partition=0)
+                await asyncio.sleep(0.03)
+            pushed = [await asyncio.wait_for(subscription.get(), 20) for _ in range(101)]
+    finally:
+        await hub.stop()
+
+    assert sorted(pushed) == sorted(["first-of-the-new", *(f"old{i}" for i in range(100))])

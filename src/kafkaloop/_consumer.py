@@ -232,7 +232,11 @@ class AIOConsumer:
         """A consumer that sees every new message of `topics`, whatever other processes do.
 
         For live push (WebSocket, SSE): a consumer group of its own (so no other process
-        shares its partitions), starting from the latest offset, committing nothing.
+        shares its partitions), starting from the latest offset, committing nothing. Its
+        assignment is incremental (``cooperative-sticky``, unless the configuration picks an
+        assignor or the ``consumer`` group protocol): a partition the topics gain is added
+        alone while the others read on, where an eager assignor would take every partition
+        back and assign them again.
         """
         prefix = config.get("group.id", "kafkaloop")
         conf = {
@@ -241,6 +245,8 @@ class AIOConsumer:
             "auto.offset.reset": "latest",
             "enable.auto.commit": False,
         }
+        if str(conf.get("group.protocol", "classic")).lower() != "consumer":
+            conf.setdefault("partition.assignment.strategy", "cooperative-sticky")
         return cls(conf, topics, **kwargs)
 
     def __repr__(self) -> str:

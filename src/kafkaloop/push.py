@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from kafkaloop._consumer import BACKGROUND_FETCH, AIOConsumer
 from kafkaloop._exceptions import ConsumerError, KafkaloopError
@@ -145,6 +145,7 @@ class Broadcaster:
         self._subscribers: set[Subscription] = set()
         self._task: asyncio.Task[None] | None = None
         self._assigned = asyncio.Event()
+        self._seen: set[tuple[str, int]] = set()  # every partition assigned so far
         self._stopping = False
         self._idle_pause = idle_pause
         self._idle_since: float | None = time.monotonic()
@@ -160,9 +161,17 @@ class Broadcaster:
     async def _on_assign(self, consumer: AIOConsumer, partitions: list[TopicPartition]) -> None:
         # Start each partition at its end as of now, explicitly: "latest" would be resolved
         # only at the first fetch, and a message produced in between would be missed. (The
-        # consumer assigns the partitions with the offsets set here.)
+        # consumer assigns the partitions with the offsets set here.) A partition the topics
+        # gained since the first assignment starts at its beginning instead: all of it came
+        # after the push began, and the consumer hears of it only at its next metadata
+        # refresh (topic.metadata.refresh.interval.ms), after some of it may have come.
         for partition in partitions:
-            _low, partition.offset = await consumer.watermarks(partition)
+            where = (partition.topic, partition.partition)
+            if self._assigned.is_set() and where not in self._seen:
+                partition.offset = OFFSET_BEGINNING
+            else:
+                _low, partition.offset = await consumer.watermarks(partition)
+            self._seen.add(where)
         self._assigned.set()
 
     @property
