@@ -199,13 +199,21 @@ async def test_a_loop_poller_serves_at_start_and_nothing_after_stop() -> None:
     bridge = LoopBridge(asyncio.get_running_loop())
     watch = _FakeWatch()
     polls: list[float] = []
-    poller = LoopPoller(bridge, polls.append, watch)  # type: ignore[arg-type]
+
+    def poll(timeout: float) -> None:
+        polls.append(timeout)
+        if len(polls) == 1:  # (logged)
+            raise RuntimeError("a callback raised: poll() stopped early, the rest wrote no byte")
+
+    poller = LoopPoller(bridge, poll, watch)  # type: ignore[arg-type]
 
     poller.start()
     await asyncio.sleep(0)
     assert polls == [0]  # what came before the watch could say so
     await asyncio.sleep(0)
-    assert polls == [0, 0]  # more left (a callback raised, say): served again
+    assert polls == [0, 0]  # what the raising callback left: served again
+    await asyncio.sleep(0)
+    assert polls == [0, 0]  # a poll() that returned served all: the next waits for a byte
     await poller.stop(bridge)
     assert watch.closed
     served = len(polls)
