@@ -202,7 +202,7 @@ async def test_a_loop_poller_serves_at_start_and_nothing_after_stop() -> None:
 
     def poll(timeout: float) -> None:
         polls.append(timeout)
-        if len(polls) == 1:  # (logged)
+        if len(polls) in (1, 3):  # (logged)
             raise RuntimeError("a callback raised: poll() stopped early, the rest wrote no byte")
 
     poller = LoopPoller(bridge, poll, watch)  # type: ignore[arg-type]
@@ -214,7 +214,10 @@ async def test_a_loop_poller_serves_at_start_and_nothing_after_stop() -> None:
     assert polls == [0, 0]  # what the raising callback left: served again
     await asyncio.sleep(0)
     assert polls == [0, 0]  # a poll() that returned served all: the next waits for a byte
-    await poller.stop(bridge)
+    poller._serve()  # as a byte from librdkafka would: this poll() raises too
+    assert polls == [0, 0, 0]
+    assert poller._again is not None  # it raised again: another serve is on its way
+    await poller.stop(bridge)  # serves what is queued, once
     assert watch.closed
     served = len(polls)
     for _ in range(3):
@@ -222,3 +225,23 @@ async def test_a_loop_poller_serves_at_start_and_nothing_after_stop() -> None:
     assert len(polls) == served  # the serve that was scheduled does not run
     await poller.stop(bridge)  # idempotent
     bridge.close()
+
+
+def test_a_keyboard_interrupt_in_a_callback_reaches_the_loop_and_the_rest_is_served_later() -> None:
+    loop = asyncio.new_event_loop()
+    bridge = LoopBridge(loop)
+    watch = _FakeWatch()
+
+    def poll(_timeout: float) -> None:
+        raise KeyboardInterrupt
+
+    poller = LoopPoller(bridge, poll, watch)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            poller._serve()
+        assert poller._again is not None
+    finally:
+        poller._stopped = True
+        watch.close()
+        bridge.close()
+        loop.close()

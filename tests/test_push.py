@@ -67,6 +67,39 @@ async def test_closing_a_subscription_wakes_its_reader(hub: Broadcaster) -> None
     assert hub.subscribers == 0
 
 
+class _Offsets:
+    """Answers a hub's questions about partitions: ends (low, high) and offsets by time."""
+
+    def __init__(self, ends: dict[int, tuple[int, int]], by_time: dict[int, int]) -> None:
+        self.ends, self.by_time = ends, by_time
+
+    async def watermarks(self, tp: TopicPartition) -> tuple[int, int]:
+        return self.ends[tp.partition]
+
+    async def offsets_for_times(self, tps: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, self.by_time[tp.partition]) for tp in tps]
+
+
+async def test_partitions_start_at_the_end_then_where_the_push_left_off_or_new_from_their_start(
+    hub: Broadcaster,
+) -> None:
+    def assign(*partitions: int) -> list[TopicPartition]:
+        return [TopicPartition("items", p) for p in partitions]
+
+    first = assign(0, 1)
+    await hub._on_assign(_Offsets({0: (0, 10), 1: (0, 20)}, {}), first)  # type: ignore[arg-type]
+    assert [tp.offset for tp in first] == [10, 20]  # at the first assignment: the ends
+
+    hub._next["items", 0] = 14  # read up to 14 of partition 0, nothing more of 1
+    # The group lost both, then gave them back with a third the topic gained meanwhile.
+    offsets = _Offsets({0: (0, 30), 1: (25, 40), 2: (0, 5)}, {2: 0})
+    again = assign(0, 1, 2)
+    await hub._on_assign(offsets, again)  # type: ignore[arg-type]
+    # Where it left off (partition 1's records from 20 are gone: from the first one left),
+    # and the new partition from its first record since the push began.
+    assert [tp.offset for tp in again] == [14, 25, 0]
+
+
 async def eventually(condition: Callable[[], bool], timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -168,7 +201,14 @@ async def test_a_partition_the_topic_gains_is_pushed_from_its_beginning_and_the_
         subscription = hub.subscribe()
         async with AIOAdminClient(config) as admin, AIOProducer(config) as producer:
             await admin.create_partitions({topic_name: 2})
-            async with AIOProducer(config) as later:  # (the first knows of one partition)
+            # Once the cluster says so (its metadata may lag), through a producer that has not
+            # learnt of one partition only.
+            for _ in range(100):
+                described = await admin.describe_topics([topic_name])
+                if len(described[topic_name].partitions) == 2:
+                    break
+                await asyncio.sleep(0.1)
+            async with AIOProducer(config) as later:
                 await later.produce(topic_name, b"first-of-the-new", partition=1)
             # Partition 0 goes on meanwhile: none of it may be missed while the hub takes on
             # the new one.

@@ -280,6 +280,8 @@ def test_the_configuration_check_accepts_what_the_clients_accept_and_says_nothin
     # A producer's property for every client: librdkafka warns the admin client and the
     # consumer; the clients the service makes say so, the check does not say it again.
     monkeypatch.setenv("KAFKALOOP_CLIENT_CONFIG", '{"linger.ms": 5}')
+    # Nothing listens there: the check connects nowhere, so it logs no refused connection.
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
 
     with caplog.at_level(logging.DEBUG):
         ServiceSettings().check()

@@ -192,11 +192,11 @@ class LoopPoller:
         try:
             self._bridge.serve(self._poll, 0)
         except BaseException as exc:
-            # A callback that raised (KeyboardInterrupt too) stops poll() early, and what is
-            # left wrote no byte: serve it. (Asked only then: a poll() that returns has served
-            # all it found, and what came since wrote a byte. The question is a call into
-            # librdkafka that lets go of the GIL, once per wake-up, some 600 a second under
-            # load.)
+            # A call that raised (KeyboardInterrupt too) may have stopped the serve before
+            # poll() ran, or poll() early, after clear() took the byte: what is left is served
+            # again. (Asked only then: a poll() that returns has served all it found, and what
+            # came since wrote a byte. The question is a call into librdkafka that lets go of
+            # the GIL, once per wake-up, some 600 a second under load.)
             if not self._stopped and self._again is None and self._watch.pending():
                 self._again = self._bridge.loop.call_soon(self._serve)
             if not isinstance(exc, Exception):

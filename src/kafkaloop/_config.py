@@ -54,12 +54,15 @@ def check_config(
     source: str = "",
 ) -> None:
     """Have librdkafka check `conf`, what a kafkaloop client gives it for `config`: `make` (a
-    confluent-kafka client class) makes a client of it, closed and dropped at once, before any
-    connection is up. What librdkafka refuses (a property it does not know, a bad value,
-    properties that conflict) raises :class:`ConfigurationError` naming `client` and
-    `source`. Its warnings are left to the client made afterwards: only errors are logged."""
+    confluent-kafka client class) makes a client of it without its bootstrap servers (it
+    connects nowhere), closed and dropped at once. What librdkafka refuses (a property it does
+    not know, a bad value, properties that conflict) raises :class:`ConfigurationError` naming
+    `client` and `source`. Its warnings are left to the client made afterwards: only errors
+    are logged."""
+    checked = {"logger": librdkafka_logger, **conf, "log_level": 3}
+    checked.pop("bootstrap.servers", None)
     try:
-        made = make({"logger": librdkafka_logger, **conf, "log_level": 3})
+        made = make(checked)
     except (KafkaException, ValueError, TypeError) as exc:
         raise configuration_error(exc, config, client, source) from None
     close = getattr(made, "close", None)

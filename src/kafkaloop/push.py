@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import TopicPartition
 
 from kafkaloop._consumer import BACKGROUND_FETCH, AIOConsumer
 from kafkaloop._exceptions import ConsumerError, KafkaloopError
@@ -33,6 +33,9 @@ _READ = 500
 _PAUSED_READ = 0.25
 """Seconds one read waits while paused: reads of nothing keep the consumer in its group, and
 a subscriber waits about this long for the resume to begin."""
+METADATA_REFRESH_MS = 30_000
+"""How often the push consumer asks for its topics' partitions (librdkafka's default: 5
+minutes): a partition the topics gain is pushed from, at most, about this long after it came."""
 _RESUME_TIMEOUT = 5.0
 """Seconds each of the resume's questions to the broker may take before it is tried again."""
 
@@ -137,7 +140,13 @@ class Broadcaster:
         idle_pause: float | None = 5.0,
     ) -> None:
         self._consumer = AIOConsumer.fan_out(
-            {**BACKGROUND_FETCH, **config}, topics, on_assign=self._on_assign
+            {
+                **BACKGROUND_FETCH,
+                "topic.metadata.refresh.interval.ms": METADATA_REFRESH_MS,
+                **config,
+            },
+            topics,
+            on_assign=self._on_assign,
         )
         self._encode = encode
         self._queue_size = queue_size
@@ -146,6 +155,8 @@ class Broadcaster:
         self._task: asyncio.Task[None] | None = None
         self._assigned = asyncio.Event()
         self._seen: set[tuple[str, int]] = set()  # every partition assigned so far
+        self._began_ms: int | None = None  # when the first assignment came
+        self._next: dict[tuple[str, int], int] = {}  # where each partition's reading is
         self._stopping = False
         self._idle_pause = idle_pause
         self._idle_since: float | None = time.monotonic()
@@ -159,19 +170,37 @@ class Broadcaster:
         """Payloads dropped for slow subscribers, all clients together."""
 
     async def _on_assign(self, consumer: AIOConsumer, partitions: list[TopicPartition]) -> None:
-        # Start each partition at its end as of now, explicitly: "latest" would be resolved
-        # only at the first fetch, and a message produced in between would be missed. (The
-        # consumer assigns the partitions with the offsets set here.) A partition the topics
-        # gained since the first assignment starts at its beginning instead: all of it came
-        # after the push began, and the consumer hears of it only at its next metadata
-        # refresh (topic.metadata.refresh.interval.ms), after some of it may have come.
-        for partition in partitions:
+        """Where each partition starts (the consumer assigns them with the offsets set here):
+        at the first assignment, at its end as of now, explicitly ("latest" would be resolved
+        only at the first fetch, and a message produced in between would be missed); one
+        assigned before (the group lost it, say), where the push left off; one first assigned
+        later (a partition the topics gained, heard of at the consumer's next metadata
+        refresh, after some of it may have come), at its first record stamped since the first
+        assignment."""
+        first = self._began_ms is None
+        if self._began_ms is None:
+            self._began_ms = time.time_ns() // 1_000_000
+        new = [tp for tp in partitions if (tp.topic, tp.partition) not in self._seen]
+        # Before any await: a failure below never makes a partition look new later.
+        self._seen.update((tp.topic, tp.partition) for tp in partitions)
+        # The ends first: a record appended after that is stamped later, and found.
+        ends = [await consumer.watermarks(tp) for tp in partitions]
+        since: dict[tuple[str, int], int] = {}
+        if new and not first:
+            found = await consumer.offsets_for_times(
+                [TopicPartition(tp.topic, tp.partition, self._began_ms) for tp in new]
+            )
+            since = {(f.topic, f.partition): f.offset for f in found if f.error is None}
+        for partition, (low, high) in zip(partitions, ends, strict=True):
             where = (partition.topic, partition.partition)
-            if self._assigned.is_set() and where not in self._seen:
-                partition.offset = OFFSET_BEGINNING
+            left_off = self._next.get(where)
+            if since.get(where, -1) >= 0:
+                partition.offset = since[where]
+            elif left_off is not None:
+                partition.offset = min(max(left_off, low), high)
             else:
-                _low, partition.offset = await consumer.watermarks(partition)
-            self._seen.add(where)
+                partition.offset = high
+            self._next[where] = partition.offset
         self._assigned.set()
 
     @property
@@ -246,6 +275,9 @@ class Broadcaster:
                 # Let records gather: under load one read per 10 ms, not one per message
                 # (each read is a round trip to the consumer's thread).
                 await asyncio.sleep(0.01)
+            reached = self._next
+            for record in records:
+                reached[record.topic, record.partition] = record.offset + 1
             if not self._subscribers:
                 continue  # nobody to push to: do not even encode
             for record in records:
@@ -310,6 +342,7 @@ class Broadcaster:
                 )
             start = first.offset if first.offset >= 0 else end
             await self._consumer.seek(TopicPartition(tp.topic, tp.partition, start))
+            self._next[tp.topic, tp.partition] = start
         await self._consumer.resume(partitions)
         self._paused = False
 
