@@ -742,7 +742,8 @@ def run(args: argparse.Namespace) -> int:
     cells_total = args.rounds * len(levels) * len(pairs) * len(args.generators)
     exact_total = sum(len(a.endpoints) for a in apps)
     estimate = cells_total * (args.warmup + args.duration + 2)
-    print(f"# Web load, run {run_id}\n\n{machine_note()}\n")
+    machine = machine_note()  # (its load average is the start's: the report says so)
+    print(f"# Web load, run {run_id}\n\n{machine}\n")
     print(
         f"One uvicorn worker per app, log level warning; {pins.note}. {args.rounds} round(s) of "
         f"{args.warmup} s warm-up + {args.duration} s per cell, {cells_total} cells "
@@ -815,7 +816,7 @@ def run(args: argparse.Namespace) -> int:
             marks.close()
             delete_topics(bootstrap, list(topics.values()))
             restore_cores(broker_cores)
-    status = report(args, run_id, cells, exact)
+    status = report(args, run_id, machine, cells, exact)
     print(f"The apps' output: {log_dir}/")
     if aborted:
         print(f"\nABORTED: {aborted}", file=sys.stderr)
@@ -1139,7 +1140,11 @@ def chart(rows: Sequence[dict[str, Any]], levels: Sequence[int], path: Path) -> 
 
 
 def report(
-    args: argparse.Namespace, run_id: str, cells: Sequence[Cell], exact: Sequence[list[Any]]
+    args: argparse.Namespace,
+    run_id: str,
+    machine: str,
+    cells: Sequence[Cell],
+    exact: Sequence[list[Any]],
 ) -> int:
     rows = summarize(cells)
     if not rows:
@@ -1238,7 +1243,7 @@ def report(
     if failures:
         text += "\n\n## Generator failures\n\n" + "\n".join(f"- {f}" for f in failures)
     print(text)
-    (RESULTS / "web.md").write_text(f"# Web load, run {run_id}\n\n{machine_note()}\n\n{text}\n")
+    (RESULTS / "web.md").write_text(f"# Web load, run {run_id}\n\n{machine}\n\n{text}\n")
     print(f"\nWrote {RESULTS / 'web.csv'}, {RESULTS / 'web.png'}, {RESULTS / 'web.md'}")
     if unchecked:
         print(f"\n{len(unchecked)} cell(s) not checked against Kafka: their generator failed.")
