@@ -67,37 +67,34 @@ async def test_closing_a_subscription_wakes_its_reader(hub: Broadcaster) -> None
     assert hub.subscribers == 0
 
 
-class _Offsets:
-    """Answers a hub's questions about partitions: ends (low, high) and offsets by time."""
+class _Ends:
+    """Answers a hub's question about each partition: its ends (low, high)."""
 
-    def __init__(self, ends: dict[int, tuple[int, int]], by_time: dict[int, int]) -> None:
-        self.ends, self.by_time = ends, by_time
+    def __init__(self, ends: dict[int, tuple[int, int]]) -> None:
+        self.ends = ends
 
     async def watermarks(self, tp: TopicPartition) -> tuple[int, int]:
         return self.ends[tp.partition]
 
-    async def offsets_for_times(self, tps: list[TopicPartition]) -> list[TopicPartition]:
-        return [TopicPartition(tp.topic, tp.partition, self.by_time[tp.partition]) for tp in tps]
 
-
-async def test_partitions_start_at_the_end_then_where_the_push_left_off_or_new_from_their_start(
+async def test_partitions_start_at_their_end_then_where_the_push_left_off_and_new_ones_whole(
     hub: Broadcaster,
 ) -> None:
     def assign(*partitions: int) -> list[TopicPartition]:
         return [TopicPartition("items", p) for p in partitions]
 
+    hub._at_start = {("items", 0), ("items", 1)}  # as start() found the topic
     first = assign(0, 1)
-    await hub._on_assign(_Offsets({0: (0, 10), 1: (0, 20)}, {}), first)  # type: ignore[arg-type]
-    assert [tp.offset for tp in first] == [10, 20]  # at the first assignment: the ends
+    await hub._on_assign(_Ends({0: (0, 10), 1: (0, 20)}), first)  # type: ignore[arg-type]
+    assert [tp.offset for tp in first] == [10, 20]  # what the topic had: at their ends
 
     hub._next["items", 0] = 14  # read up to 14 of partition 0, nothing more of 1
     # The group lost both, then gave them back with a third the topic gained meanwhile.
-    offsets = _Offsets({0: (0, 30), 1: (25, 40), 2: (0, 5)}, {2: 0})
     again = assign(0, 1, 2)
-    await hub._on_assign(offsets, again)  # type: ignore[arg-type]
+    await hub._on_assign(_Ends({0: (0, 30), 1: (25, 40), 2: (3, 5)}), again)  # type: ignore[arg-type]
     # Where it left off (partition 1's records from 20 are gone: from the first one left),
-    # and the new partition from its first record since the push began.
-    assert [tp.offset for tp in again] == [14, 25, 0]
+    # and the new partition from its first record.
+    assert [tp.offset for tp in again] == [14, 25, 3]
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -183,7 +180,7 @@ async def test_a_client_arriving_while_the_hub_pauses_misses_nothing(
         await hub.stop()
 
 
-async def test_a_partition_the_topic_gains_is_pushed_from_its_beginning_and_the_others_read_on(
+async def test_a_partition_the_topic_gains_is_pushed_whole_and_the_others_read_on(
     kafka_bootstrap: str, topic_name: str
 ) -> None:
     config = {"bootstrap.servers": kafka_bootstrap}
@@ -198,6 +195,8 @@ async def test_a_partition_the_topic_gains_is_pushed_from_its_beginning_and_the_
     )
     try:
         await hub.start()
+        # The others read on: the assignment is incremental, no partition is taken back.
+        assert hub._consumer._cooperative
         subscription = hub.subscribe()
         async with AIOAdminClient(config) as admin, AIOProducer(config) as producer:
             await admin.create_partitions({topic_name: 2})
@@ -220,3 +219,25 @@ async def test_a_partition_the_topic_gains_is_pushed_from_its_beginning_and_the_
         await hub.stop()
 
     assert sorted(pushed) == sorted(["first-of-the-new", *(f"old{i}" for i in range(100))])
+
+
+async def test_a_topic_made_after_the_hub_started_is_pushed_whole(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    config = {"bootstrap.servers": kafka_bootstrap}
+    hub = Broadcaster(
+        {**config, "topic.metadata.refresh.interval.ms": 1000},
+        [topic_name],
+        encode=lambda r: (r.value or b"").decode(),
+    )
+    try:
+        await hub.start(timeout=0.5)  # no topic yet: no partitions
+        subscription = hub.subscribe()
+        async with AIOAdminClient(config) as admin, AIOProducer(config) as producer:
+            await admin.create_topics([NewTopic(topic_name, num_partitions=1)])
+            await producer.produce(topic_name, b"first")  # before the hub hears of the topic
+            pushed = await asyncio.wait_for(subscription.get(), 20)
+    finally:
+        await hub.stop()
+
+    assert pushed == "first"

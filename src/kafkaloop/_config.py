@@ -61,6 +61,7 @@ def check_config(
     are logged."""
     checked = {"logger": librdkafka_logger, **conf, "log_level": 3}
     checked.pop("bootstrap.servers", None)
+    checked.pop("metadata.broker.list", None)  # (its other name)
     try:
         made = make(checked)
     except (KafkaException, ValueError, TypeError) as exc:

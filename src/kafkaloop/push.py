@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 from kafkaloop._consumer import BACKGROUND_FETCH, AIOConsumer
 from kafkaloop._exceptions import ConsumerError, KafkaloopError
@@ -154,8 +154,10 @@ class Broadcaster:
         self._subscribers: set[Subscription] = set()
         self._task: asyncio.Task[None] | None = None
         self._assigned = asyncio.Event()
-        self._seen: set[tuple[str, int]] = set()  # every partition assigned so far
-        self._began_ms: int | None = None  # when the first assignment came
+        # The partitions the topics had at start(): any other came since, and is read whole.
+        # (Under a regex subscription that is not known: every partition starts at its end.)
+        self._at_start: set[tuple[str, int]] = set()
+        self._topics = list(topics)
         self._next: dict[tuple[str, int], int] = {}  # where each partition's reading is
         self._stopping = False
         self._idle_pause = idle_pause
@@ -171,35 +173,22 @@ class Broadcaster:
 
     async def _on_assign(self, consumer: AIOConsumer, partitions: list[TopicPartition]) -> None:
         """Where each partition starts (the consumer assigns them with the offsets set here):
-        at the first assignment, at its end as of now, explicitly ("latest" would be resolved
-        only at the first fetch, and a message produced in between would be missed); one
-        assigned before (the group lost it, say), where the push left off; one first assigned
-        later (a partition the topics gained, heard of at the consumer's next metadata
-        refresh, after some of it may have come), at its first record stamped since the first
-        assignment."""
-        first = self._began_ms is None
-        if self._began_ms is None:
-            self._began_ms = time.time_ns() // 1_000_000
-        new = [tp for tp in partitions if (tp.topic, tp.partition) not in self._seen]
-        # Before any await: a failure below never makes a partition look new later.
-        self._seen.update((tp.topic, tp.partition) for tp in partitions)
-        # The ends first: a record appended after that is stamped later, and found.
-        ends = [await consumer.watermarks(tp) for tp in partitions]
-        since: dict[tuple[str, int], int] = {}
-        if new and not first:
-            found = await consumer.offsets_for_times(
-                [TopicPartition(tp.topic, tp.partition, self._began_ms) for tp in new]
-            )
-            since = {(f.topic, f.partition): f.offset for f in found if f.error is None}
-        for partition, (low, high) in zip(partitions, ends, strict=True):
+        one assigned before (the group lost it, say), where the push left off; one the topics
+        had at start(), at its end as of now, explicitly ("latest" would be resolved only at
+        the first fetch, and a message produced in between would be missed); one they gained
+        since (heard of at the consumer's next metadata refresh, after some of it may have
+        come), at its beginning."""
+        whole = not any(topic.startswith("^") for topic in self._topics)
+        for partition in partitions:
             where = (partition.topic, partition.partition)
+            low, high = await consumer.watermarks(partition)
             left_off = self._next.get(where)
-            if since.get(where, -1) >= 0:
-                partition.offset = since[where]
-            elif left_off is not None:
+            if left_off is not None:
                 partition.offset = min(max(left_off, low), high)
-            else:
+            elif where in self._at_start or not whole:
                 partition.offset = high
+            else:
+                partition.offset = low
             self._next[where] = partition.offset
         self._assigned.set()
 
@@ -241,6 +230,14 @@ class Broadcaster:
 
     async def start(self, timeout: float = 30.0) -> None:
         """Start reading; return once the partitions are assigned (or after `timeout`)."""
+        for topic in self._topics:
+            if topic.startswith("^"):
+                continue
+            try:
+                found = await self._consumer.partitions(topic)
+            except KafkaException:  # not there yet: its partitions will all be new
+                continue
+            self._at_start.update((topic, partition) for partition in found)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="kafkaloop-push")
         try:
             async with asyncio.timeout(timeout):
@@ -262,6 +259,9 @@ class Broadcaster:
                 records = await self._consumer.getmany(
                     max_records=_READ, timeout=_PAUSED_READ if self._paused else 1.0
                 )
+                reached = self._next  # (at once: a rebalance may come during any await)
+                for record in records:
+                    reached[record.topic, record.partition] = record.offset + 1
                 if self._paused and records:
                     await self._pause()  # partitions assigned while paused: pause them too
                     continue
@@ -275,9 +275,6 @@ class Broadcaster:
                 # Let records gather: under load one read per 10 ms, not one per message
                 # (each read is a round trip to the consumer's thread).
                 await asyncio.sleep(0.01)
-            reached = self._next
-            for record in records:
-                reached[record.topic, record.partition] = record.offset + 1
             if not self._subscribers:
                 continue  # nobody to push to: do not even encode
             for record in records:
