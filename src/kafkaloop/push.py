@@ -158,6 +158,7 @@ class Broadcaster:
         # (Under a regex subscription that is not known: every partition starts at its end.)
         self._at_start: set[tuple[str, int]] = set()
         self._topics = list(topics)
+        self._knows_new = not any(topic.startswith("^") for topic in self._topics)
         self._next: dict[tuple[str, int], int] = {}  # where each partition's reading is
         self._stopping = False
         self._idle_pause = idle_pause
@@ -178,14 +179,13 @@ class Broadcaster:
         the first fetch, and a message produced in between would be missed); one they gained
         since (heard of at the consumer's next metadata refresh, after some of it may have
         come), at its beginning."""
-        whole = not any(topic.startswith("^") for topic in self._topics)
         for partition in partitions:
             where = (partition.topic, partition.partition)
             low, high = await consumer.watermarks(partition)
             left_off = self._next.get(where)
             if left_off is not None:
                 partition.offset = min(max(left_off, low), high)
-            elif where in self._at_start or not whole:
+            elif where in self._at_start or not self._knows_new:
                 partition.offset = high
             else:
                 partition.offset = low
@@ -230,9 +230,7 @@ class Broadcaster:
 
     async def start(self, timeout: float = 30.0) -> None:
         """Start reading; return once the partitions are assigned (or after `timeout`)."""
-        for topic in self._topics:
-            if topic.startswith("^"):
-                continue
+        for topic in self._topics if self._knows_new else ():
             try:
                 found = await self._consumer.partitions(topic)
             except KafkaException:  # not there yet: its partitions will all be new
