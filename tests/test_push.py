@@ -149,6 +149,40 @@ async def test_an_idle_hub_stops_fetching_and_resumes_from_its_next_subscriber(
         await hub.stop()
 
 
+async def test_partitions_given_back_while_a_client_waits_resume_from_when_it_came(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    """The group takes a paused hub's partitions away (a lost session, say), a client comes,
+    and the group gives them back: librdkafka would keep them paused; the hub reads them from
+    the first record stamped since the client came."""
+    config = {"bootstrap.servers": kafka_bootstrap}
+    hub = await idle_hub(config, topic_name)
+    try:
+        async with AIOProducer(config) as producer:
+            await hub.start()
+            await eventually(lambda: hub.paused)
+            consumer = hub._consumer
+            consumer.unsubscribe()  # every partition taken away while paused
+            await eventually(lambda: not consumer.assignment())
+            await producer.produce_many(topic_name, [f"old{i}".encode() for i in range(30)])
+            await asyncio.sleep(0.05)  # (records are stamped in milliseconds)
+
+            subscription = hub.subscribe()
+            await eventually(lambda: not hub.paused)  # resumed, with nothing assigned
+            await producer.produce_many(
+                topic_name, [(str(i).encode(), f"new{i}".encode()) for i in range(10)]
+            )
+            consumer.subscribe([topic_name])  # and given back
+            pushed = [await asyncio.wait_for(subscription.get(), 20) for _ in range(10)]
+            await asyncio.sleep(0.5)
+
+            assert sorted(pushed) == sorted(f"new{i}" for i in range(10))
+            assert subscription._items == collections.deque()  # nothing older came after
+            assert len(consumer.assignment()) == 3
+    finally:
+        await hub.stop()
+
+
 async def test_a_client_arriving_while_the_hub_pauses_misses_nothing(
     kafka_bootstrap: str, topic_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -147,6 +147,8 @@ class Broadcaster:
             },
             topics,
             on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
         )
         self._encode = encode
         self._queue_size = queue_size
@@ -160,12 +162,19 @@ class Broadcaster:
         self._topics = list(topics)
         self._knows_new = not any(topic.startswith("^") for topic in self._topics)
         self._next: dict[tuple[str, int], int] = {}  # where each partition's reading is
+        # Partitions whose place in _next is from before the last pause (nothing has sought
+        # them since), and partitions assigned whose pause state the hub has yet to set:
+        # librdkafka keeps a partition paused through the group taking it away and giving it
+        # back, and reads a new one at once, whatever the hub is doing.
+        self._stale: set[tuple[str, int]] = set()
+        self._unsettled: set[tuple[str, int]] = set()
         self._stopping = False
         self._idle_pause = idle_pause
         self._idle_since: float | None = time.monotonic()
         self._paused = False
         # When the subscribers last went from none to some: where a resume starts reading.
         self._wanted_since_ms: int | None = None
+        self._resumed_since_ms = 0  # the last resume's (where a stale partition starts)
         self._resume_failures = RateLimitedLog(logger)
         self.delivered = 0
         """Payloads handed to subscribers' queues."""
@@ -174,23 +183,59 @@ class Broadcaster:
 
     async def _on_assign(self, consumer: AIOConsumer, partitions: list[TopicPartition]) -> None:
         """Where each partition starts (the consumer assigns them with the offsets set here):
-        one assigned before (the group lost it, say), where the push left off; one the topics
-        had at start(), at its end as of now, explicitly ("latest" would be resolved only at
-        the first fetch, and a message produced in between would be missed); one they gained
-        since (heard of at the consumer's next metadata refresh, after some of it may have
-        come), at its beginning."""
+        one assigned before (the group lost it, say), where the push left off, or, if the hub
+        paused and resumed since, at the first record stamped since the resume's subscriber
+        came; one the topics had at start(), at its end as of now, explicitly ("latest" would
+        be resolved only at the first fetch, and a message produced in between would be
+        missed); one they gained since (heard of at the consumer's next metadata refresh,
+        after some of it may have come), at its beginning. The next turn of the reading
+        pauses or resumes them as the hub is (:meth:`_settle`)."""
         for partition in partitions:
             where = (partition.topic, partition.partition)
             low, high = await consumer.watermarks(partition)
             left_off = self._next.get(where)
+            if where in self._stale and not self._paused:
+                try:
+                    [left_off] = await self._starts([partition], self._resumed_since_ms)
+                except Exception as exc:  # older records pushed, rather than any missed
+                    logger.warning(
+                        "The push reads %s [%d] on from before its pause: %r",
+                        partition.topic,
+                        partition.partition,
+                        exc,
+                    )
+                self._stale.discard(where)
             if left_off is not None:
                 partition.offset = min(max(left_off, low), high)
             elif where in self._at_start or not self._knows_new:
                 partition.offset = high
             else:
                 partition.offset = low
+            if self._paused:
+                self._stale.add(where)  # a resume seeks it, wherever it starts now
             self._next[where] = partition.offset
+            self._unsettled.add(where)
         self._assigned.set()
+
+    async def _on_revoke(self, _consumer: AIOConsumer, partitions: list[TopicPartition]) -> None:
+        self._unsettled.difference_update((tp.topic, tp.partition) for tp in partitions)
+
+    async def _settle(self) -> None:
+        """Pause or resume the partitions assigned since the last turn, as the hub is: a
+        resumed one reads on from where the push is in it."""
+        assigned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        ready = [TopicPartition(*where) for where in self._unsettled if where in assigned]
+        if not ready:
+            return  # (assigned just after the rebalance callback: on a later turn)
+        if self._paused:
+            await self._consumer.pause(ready)
+        else:
+            for tp in ready:
+                await self._consumer.seek(
+                    TopicPartition(tp.topic, tp.partition, self._next[tp.topic, tp.partition])
+                )
+            await self._consumer.resume(ready)
+        self._unsettled.difference_update((tp.topic, tp.partition) for tp in ready)
 
     @property
     def subscribers(self) -> int:
@@ -254,6 +299,8 @@ class Broadcaster:
                         await self._try_resume()
                 elif self._idle_too_long():
                     await self._pause()
+                if self._unsettled:
+                    await self._settle()
                 records = await self._consumer.getmany(
                     max_records=_READ, timeout=_PAUSED_READ if self._paused else 1.0
                 )
@@ -307,6 +354,8 @@ class Broadcaster:
         if partitions:
             await self._consumer.pause(partitions)
             self._paused = True
+            self._stale.update(self._next)  # the partitions a resume must seek
+            self._unsettled.difference_update((tp.topic, tp.partition) for tp in partitions)
 
     async def _try_resume(self) -> None:
         """Resume, or log why not: the read that follows keeps the consumer in its group, and
@@ -317,29 +366,44 @@ class Broadcaster:
             self._resume_failures.warning("The push consumer could not resume yet: %r", exc)
 
     async def _resume(self) -> None:
-        """Start each partition at its first record stamped since the first subscriber came;
-        at the end as it is now where there is none yet (asked first: a record appended after
-        that is stamped later, and found)."""
+        """Start each partition at its first record stamped since the first subscriber came
+        (:meth:`_starts`) and resume it. A partition the group gives back later starts there
+        too (:meth:`_on_assign`)."""
         since = self._wanted_since_ms
         if since is None:
             since = time.time_ns() // 1_000_000
         partitions = self._consumer.assignment()
+        starts = await self._starts(partitions, since)
+        for tp, start in zip(partitions, starts, strict=True):
+            await self._consumer.seek(TopicPartition(tp.topic, tp.partition, start))
+            self._next[tp.topic, tp.partition] = start
+        await self._consumer.resume(partitions)
+        self._resumed_since_ms = since
+        self._paused = False
+        resumed = {(tp.topic, tp.partition) for tp in partitions}
+        self._stale -= resumed
+        self._unsettled -= resumed
+
+    async def _starts(self, partitions: Sequence[TopicPartition], since: int) -> list[int]:
+        """Each partition's first record stamped at or after `since` (ms), or its end as it is
+        now where there is none yet (asked first: a record appended after that is stamped
+        later, and found)."""
+        if not partitions:
+            return []
         ends = [(await self._consumer.watermarks(tp, _RESUME_TIMEOUT))[1] for tp in partitions]
         found = await self._consumer.offsets_for_times(
             [TopicPartition(tp.topic, tp.partition, since) for tp in partitions],
             _RESUME_TIMEOUT,
         )
+        starts = []
         for tp, end, first in zip(partitions, ends, found, strict=True):
             if first.error is not None:
                 raise ConsumerError(
                     f"No offset for {tp.topic} [{tp.partition}] at {since} ms: {first.error}",
                     error=first.error,
                 )
-            start = first.offset if first.offset >= 0 else end
-            await self._consumer.seek(TopicPartition(tp.topic, tp.partition, start))
-            self._next[tp.topic, tp.partition] = start
-        await self._consumer.resume(partitions)
-        self._paused = False
+            starts.append(first.offset if first.offset >= 0 else end)
+        return starts
 
     async def stop(self) -> None:
         """Stop reading, end every subscription, close the consumer."""
