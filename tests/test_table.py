@@ -9,7 +9,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import NewTopic
 
-from kafkaloop import AIOAdminClient, AIOProducer
+from kafkaloop import AIOAdminClient, AIOProducer, ConsumerRecord
 from kafkaloop.table import TopicTable, watermarks_when_ready
 
 
@@ -61,7 +61,14 @@ async def test_a_bounded_table_skips_new_keys_once_full_and_a_deletion_makes_roo
     async with AIOProducer(config) as producer:
         for key, value in [(b"a", b"1"), (b"b", b"1"), (b"c", b"1"), (b"a", b"2")]:
             await producer.produce(topic_name, value, key)
-        table: TopicTable[bytes] = TopicTable(config, topic_name, max_keys=2)
+        folded: list[bytes | None] = []
+
+        def fold(_previous: bytes | None, record: ConsumerRecord) -> bytes | None:
+            folded.append(record.key)
+            value: bytes | None = record.value
+            return value
+
+        table: TopicTable[bytes] = TopicTable(config, topic_name, fold=fold, max_keys=2)
         await table.start()
         try:
             await asyncio.wait_for(table.ready.wait(), 30)
@@ -78,6 +85,7 @@ async def test_a_bounded_table_skips_new_keys_once_full_and_a_deletion_makes_roo
 
     assert before == ({b"a": b"2", b"b": b"1"}, 1, True)
     assert after == ({b"b": b"1", b"c": b"2"}, 1)
+    assert folded == [b"a", b"b", b"a", b"a", b"c"]  # the skipped record was not folded
 
 
 async def test_a_table_reads_partitions_added_to_its_topic_while_it_runs(

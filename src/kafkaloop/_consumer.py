@@ -736,7 +736,11 @@ class AIOConsumer:
         await self._bridge.run_blocking_here("calls", self._consumer.seek, partition)
 
     async def pause(self, partitions: Sequence[TopicPartition]) -> None:
-        """Stop reading `partitions` until :meth:`resume`; nothing fetched is lost."""
+        """Stop reading `partitions` until :meth:`resume`; nothing fetched is lost.
+
+        A paused partition stays paused if the group takes it away and later gives it back
+        (librdkafka keeps the state): resume it once it is assigned again, if it should be
+        read."""
         self._check_open()
         await self._settle_inflight()
         rewind = self._drop({(tp.topic, tp.partition) for tp in partitions})

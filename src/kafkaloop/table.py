@@ -113,7 +113,7 @@ class TopicTable(Generic[V]):
         config: Mapping[str, Any],
         topic: str,
         *,
-        fold: Callable[[Any, ConsumerRecord], V] = latest,
+        fold: Callable[[Any, ConsumerRecord], V | None] = latest,
         max_keys: int | None = None,
         partitions_every: float = _PARTITIONS_EVERY,
     ) -> None:
@@ -218,13 +218,14 @@ class TopicTable(Generic[V]):
             for record in records:
                 key = record.key
                 previous = data.get(key)  # never None for a key held: None deletes
+                if previous is None and len(data) >= room:
+                    skipped += 1  # a new key and no room: not even folded
+                    continue
                 value = fold(previous, record)
                 if value is None:
                     data.pop(key, None)
-                elif previous is not None or len(data) < room:
-                    data[key] = value
                 else:
-                    skipped += 1
+                    data[key] = value
             self.applied += len(records) - skipped
             self.skipped += skipped
             if targets:
