@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from kafkaloop import AIOAdminClient, AIOProducer
@@ -83,7 +83,8 @@ async def test_partitions_start_at_their_end_then_where_the_push_left_off_and_ne
     def assign(*partitions: int) -> list[TopicPartition]:
         return [TopicPartition("items", p) for p in partitions]
 
-    hub._at_start = {("items", 0), ("items", 1)}  # as start() found the topic
+    hub._at_start = {("items", 0), ("items", 1)}  # as start() found the cluster
+    hub._knows_new = True
     first = assign(0, 1)
     await hub._on_assign(_Ends({0: (0, 10), 1: (0, 20)}), first)  # type: ignore[arg-type]
     assert [tp.offset for tp in first] == [10, 20]  # what the topic had: at their ends
@@ -95,6 +96,22 @@ async def test_partitions_start_at_their_end_then_where_the_push_left_off_and_ne
     # Where it left off (partition 1's records from 20 are gone: from the first one left),
     # and the new partition from its first record.
     assert [tp.offset for tp in again] == [14, 25, 3]
+
+
+async def test_a_hub_that_cannot_list_the_topics_at_start_starts_every_partition_at_its_end(
+    hub: Broadcaster, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def unreachable(timeout: float = 10.0) -> dict[str, list[int]]:
+        raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+
+    monkeypatch.setattr(hub._consumer, "topics", unreachable)
+    await hub.start(timeout=0.1)
+    partitions = [TopicPartition("items", 0)]
+    await hub._on_assign(_Ends({0: (0, 10)}), partitions)  # type: ignore[arg-type]
+
+    # Not its whole history, as if the partition were new: where it ends now.
+    assert [tp.offset for tp in partitions] == [10]
+    assert "could not list the topics" in caplog.text
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -275,3 +292,30 @@ async def test_a_topic_made_after_the_hub_started_is_pushed_whole(
         await hub.stop()
 
     assert pushed == "first"
+
+
+async def test_a_regex_subscription_pushes_a_topic_made_later_whole_and_the_others_from_now(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    config = {"bootstrap.servers": kafka_bootstrap}
+    async with AIOAdminClient(config) as admin, AIOProducer(config) as producer:
+        await admin.create_topics([NewTopic(f"{topic_name}-old", num_partitions=1)])
+        await producer.produce(f"{topic_name}-old", b"history")
+        hub = Broadcaster(
+            {**config, "topic.metadata.refresh.interval.ms": 1000},
+            [f"^{topic_name}-.*"],
+            encode=lambda r: (r.value or b"").decode(),
+        )
+        try:
+            await hub.start()
+            subscription = hub.subscribe()
+            await admin.create_topics([NewTopic(f"{topic_name}-new", num_partitions=1)])
+            await producer.produce(f"{topic_name}-new", b"first")  # before the hub hears of it
+            await producer.produce(f"{topic_name}-old", b"now")
+            pushed = [await asyncio.wait_for(subscription.get(), 20) for _ in range(2)]
+            await asyncio.sleep(0.5)
+        finally:
+            await hub.stop()
+
+    assert sorted(pushed) == ["first", "now"]
+    assert subscription._items == collections.deque()

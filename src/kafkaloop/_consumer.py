@@ -299,6 +299,19 @@ class AIOConsumer:
             raise KafkaException(found.error)
         return sorted(found.partitions)
 
+    async def topics(self, timeout: float = 10.0) -> dict[str, list[int]]:
+        """Every topic the cluster has now and its partitions, asked of the broker
+        (KafkaException if it cannot say)."""
+        self._check_open()
+        metadata: ClusterMetadata = await self._bridge.run_blocking_here(
+            "calls", self._consumer.list_topics, None, timeout
+        )
+        return {
+            name: sorted(topic.partitions)
+            for name, topic in metadata.topics.items()
+            if topic.error is None
+        }
+
     def assignment(self) -> list[TopicPartition]:
         """The partitions currently assigned."""
         self._check_open()

@@ -156,11 +156,10 @@ class Broadcaster:
         self._subscribers: set[Subscription] = set()
         self._task: asyncio.Task[None] | None = None
         self._assigned = asyncio.Event()
-        # The partitions the topics had at start(): any other came since, and is read whole.
-        # (Under a regex subscription that is not known: every partition starts at its end.)
+        # The partitions the cluster had at start(): any other came since, and is read whole
+        # (unless start() could not ask: then every partition starts at its end).
         self._at_start: set[tuple[str, int]] = set()
-        self._topics = list(topics)
-        self._knows_new = not any(topic.startswith("^") for topic in self._topics)
+        self._knows_new = False
         self._next: dict[tuple[str, int], int] = {}  # where each partition's reading is
         # Partitions whose place in _next is from before the last pause (nothing has sought
         # them since), and partitions assigned whose pause state the hub has yet to set:
@@ -275,12 +274,19 @@ class Broadcaster:
 
     async def start(self, timeout: float = 30.0) -> None:
         """Start reading; return once the partitions are assigned (or after `timeout`)."""
-        for topic in self._topics if self._knows_new else ():
-            try:
-                found = await self._consumer.partitions(topic)
-            except KafkaException:  # not there yet: its partitions will all be new
-                continue
-            self._at_start.update((topic, partition) for partition in found)
+        # Every topic's, not only the subscribed ones': a regex subscription's are not known
+        # here, and a topic missing from the answer is one made since.
+        try:
+            found = await self._consumer.topics()
+        except KafkaException as exc:
+            logger.warning(
+                "The push consumer could not list the topics (%r): partitions added from now "
+                "on will be pushed from the moment it hears of them",
+                exc,
+            )
+        else:
+            self._at_start = {(t, p) for t, partitions in found.items() for p in partitions}
+            self._knows_new = True
         self._task = asyncio.get_running_loop().create_task(self._run(), name="kafkaloop-push")
         try:
             async with asyncio.timeout(timeout):
