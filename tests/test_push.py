@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from kafkaloop import AIOAdminClient, AIOProducer
@@ -112,6 +112,74 @@ async def test_a_hub_that_cannot_list_the_topics_at_start_starts_every_partition
     # Not its whole history, as if the partition were new: where it ends now.
     assert [tp.offset for tp in partitions] == [10]
     assert "could not list the topics" in caplog.text
+
+
+class _Unreachable:
+    """A consumer whose every question to the broker fails but partition 1's ends."""
+
+    async def watermarks(self, tp: TopicPartition, timeout: float = 10.0) -> tuple[int, int]:
+        if tp.partition == 1:
+            return (0, 50)
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+
+    async def offsets_for_times(
+        self, partitions: list[TopicPartition], timeout: float = 10.0
+    ) -> list[TopicPartition]:
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+
+
+async def test_a_partition_the_broker_cannot_place_starts_where_no_question_is_needed(
+    hub: Broadcaster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unreachable = _Unreachable()
+    monkeypatch.setattr(hub, "_consumer", unreachable)
+    hub._at_start = {("items", p) for p in range(4)} - {("items", 3)}  # 3 came since
+    hub._knows_new = True
+    hub._next = {("items", 0): 7, ("items", 2): 9}
+    hub._stale = {("items", 2)}  # left off before a pause; the hub fetches again since
+    partitions = [TopicPartition("items", p) for p in range(5)]  # 4: had at start, never read
+    hub._at_start.add(("items", 4))
+
+    await hub._on_assign(unreachable, partitions)  # type: ignore[arg-type]
+
+    assert [tp.offset for tp in partitions] == [
+        7,  # where it left off
+        50,  # asked (partition 1's ends answer): its end
+        OFFSET_END,  # stale: not from before the pause, nor from 9
+        OFFSET_BEGINNING,  # new: whole
+        OFFSET_END,  # had at start: from now
+    ]
+    assert hub._next == {("items", 0): 7, ("items", 1): 50}  # the others: at their first read
+    assert hub._stale == set()
+    assert hub._unsettled == {("items", p) for p in range(5)}
+    assert hub._assigned.is_set()
+
+
+async def test_settling_seeks_and_resumes_every_partition_it_can(
+    hub: Broadcaster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    consumer = hub._consumer
+    calls: list[tuple[str, list[tuple[int, int]]]] = []
+    assigned = [TopicPartition("items", p) for p in range(3)]
+
+    async def seek(tp: TopicPartition) -> None:
+        if tp.partition == 0:  # taken away during the awaits
+            raise KafkaException(KafkaError(KafkaError._STATE))
+        calls.append(("seek", [(tp.partition, tp.offset)]))
+
+    async def resume(partitions: list[TopicPartition]) -> None:
+        calls.append(("resume", sorted((tp.partition, tp.offset) for tp in partitions)))
+
+    monkeypatch.setattr(consumer, "assignment", lambda: assigned)
+    monkeypatch.setattr(consumer, "seek", seek)
+    monkeypatch.setattr(consumer, "resume", resume)
+    hub._next = {("items", 0): 5, ("items", 1): 6}  # partition 2: where it is is not known
+    hub._unsettled = {("items", 0), ("items", 1), ("items", 2), ("items", 9)}  # 9: not yet
+
+    await hub._settle()
+
+    assert calls == [("seek", [(1, 6)]), ("resume", [(0, -1001), (1, -1001), (2, -1001)])]
+    assert hub._unsettled == {("items", 9)}
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = 15.0) -> None:

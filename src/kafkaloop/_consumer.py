@@ -300,8 +300,9 @@ class AIOConsumer:
         return sorted(found.partitions)
 
     async def topics(self, timeout: float = 10.0) -> dict[str, list[int]]:
-        """Every topic the cluster has now and its partitions, asked of the broker
-        (KafkaException if it cannot say)."""
+        """Every topic the cluster has now (internal ones included) and its partitions,
+        asked of the broker (KafkaException if it cannot say). A topic the broker reports
+        an error for (its leader not yet elected, say) is left out."""
         self._check_open()
         metadata: ClusterMetadata = await self._bridge.run_blocking_here(
             "calls", self._consumer.list_topics, None, timeout
@@ -740,7 +741,8 @@ class AIOConsumer:
         return result
 
     async def seek(self, partition: TopicPartition) -> None:
-        """Read `partition` from its ``offset`` next (records fetched before are dropped)."""
+        """Read `partition` from its ``offset`` next (records fetched before are dropped);
+        KafkaException if it is not assigned."""
         self._check_open()
         await self._settle_inflight()
         key = (partition.topic, partition.partition)

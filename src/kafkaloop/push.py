@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, TopicPartition
 
 from kafkaloop._consumer import BACKGROUND_FETCH, AIOConsumer
 from kafkaloop._exceptions import ConsumerError, KafkaloopError
@@ -36,6 +36,7 @@ a subscriber waits about this long for the resume to begin."""
 METADATA_REFRESH_MS = 30_000
 """How often the push consumer asks for its topics' partitions (librdkafka's default: 5
 minutes): a partition the topics gain is pushed from, at most, about this long after it came."""
+_WHERE = {OFFSET_END: "its end", OFFSET_BEGINNING: "its beginning"}
 _RESUME_TIMEOUT = 5.0
 """Seconds each of the resume's questions to the broker may take before it is tried again."""
 
@@ -189,52 +190,87 @@ class Broadcaster:
         missed); one they gained since (heard of at the consumer's next metadata refresh,
         after some of it may have come), at its beginning. The next turn of the reading
         pauses or resumes them as the hub is (:meth:`_settle`)."""
-        for partition in partitions:
-            where = (partition.topic, partition.partition)
-            low, high = await consumer.watermarks(partition)
-            left_off = self._next.get(where)
-            if where in self._stale and not self._paused:
+        try:
+            for partition in partitions:
+                where = (partition.topic, partition.partition)
                 try:
-                    [left_off] = await self._starts([partition], self._resumed_since_ms)
-                except Exception as exc:  # older records pushed, rather than any missed
+                    partition.offset = await self._start_of(consumer, partition)
+                except Exception as exc:
+                    # Where the broker need not be asked; its end if it left off before a
+                    # pause: what came since its client did may be missed, rather than
+                    # everything since the pause pushed again.
+                    stale = where in self._stale and not self._paused
+                    left_off = self._next.get(where)
+                    if stale or (left_off is None and self._old(where)):
+                        partition.offset = OFFSET_END
+                    elif left_off is None:
+                        partition.offset = OFFSET_BEGINNING
+                    else:
+                        partition.offset = left_off
                     logger.warning(
-                        "The push reads %s [%d] on from before its pause: %r",
+                        "The push consumer could not ask where %s [%d] is (%r): it reads it "
+                        "from %s",
                         partition.topic,
                         partition.partition,
                         exc,
+                        _WHERE.get(partition.offset, f"offset {partition.offset}"),
                     )
-                self._stale.discard(where)
-            if left_off is not None:
-                partition.offset = min(max(left_off, low), high)
-            elif where in self._at_start or not self._knows_new:
-                partition.offset = high
-            else:
-                partition.offset = low
-            if self._paused:
-                self._stale.add(where)  # a resume seeks it, wherever it starts now
-            self._next[where] = partition.offset
-            self._unsettled.add(where)
-        self._assigned.set()
+                    if stale:
+                        self._stale.discard(where)
+                if self._paused:
+                    self._stale.add(where)  # a resume seeks it, wherever it starts now
+                if partition.offset >= 0:
+                    self._next[where] = partition.offset
+                else:  # (where it is becomes known at its first read)
+                    self._next.pop(where, None)
+                self._unsettled.add(where)
+        finally:
+            self._assigned.set()
+
+    def _old(self, where: tuple[str, int]) -> bool:
+        """Whether the topics had this partition at start() (or the hub cannot tell)."""
+        return where in self._at_start or not self._knows_new
+
+    async def _start_of(self, consumer: AIOConsumer, partition: TopicPartition) -> int:
+        where = (partition.topic, partition.partition)
+        if where in self._stale and not self._paused:
+            [start] = await self._starts([partition], self._resumed_since_ms)
+            self._stale.discard(where)
+            return start
+        low, high = await consumer.watermarks(partition)
+        left_off = self._next.get(where)
+        if left_off is not None:
+            return min(max(left_off, low), high)
+        return high if self._old(where) else low
 
     async def _on_revoke(self, _consumer: AIOConsumer, partitions: list[TopicPartition]) -> None:
         self._unsettled.difference_update((tp.topic, tp.partition) for tp in partitions)
 
     async def _settle(self) -> None:
         """Pause or resume the partitions assigned since the last turn, as the hub is: a
-        resumed one reads on from where the push is in it."""
+        resumed one reads on from where the push is in it. One taken away meanwhile is left
+        alone (given back, it is assigned, and settled, again)."""
         assigned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
-        ready = [TopicPartition(*where) for where in self._unsettled if where in assigned]
+        ready = [where for where in self._unsettled if where in assigned]
         if not ready:
             return  # (assigned just after the rebalance callback: on a later turn)
-        if self._paused:
-            await self._consumer.pause(ready)
-        else:
-            for tp in ready:
-                await self._consumer.seek(
-                    TopicPartition(tp.topic, tp.partition, self._next[tp.topic, tp.partition])
-                )
-            await self._consumer.resume(ready)
-        self._unsettled.difference_update((tp.topic, tp.partition) for tp in ready)
+        self._unsettled.difference_update(ready)
+        partitions = [TopicPartition(*where) for where in ready]
+        try:
+            if self._paused:
+                await self._consumer.pause(partitions)
+                return
+            for where in ready:
+                if where in self._next:
+                    try:
+                        await self._consumer.seek(TopicPartition(*where, self._next[where]))
+                    except KafkaException as exc:  # taken away during the awaits, most likely
+                        logger.warning("The push consumer could not seek %s: %r", where, exc)
+            await self._consumer.resume(partitions)
+        except KafkaException as exc:
+            logger.warning("The push consumer could not settle its partitions: %r", exc)
+            assigned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+            self._unsettled.update(w for w in ready if w in assigned)  # tried again next turn
 
     @property
     def subscribers(self) -> int:
@@ -274,10 +310,12 @@ class Broadcaster:
 
     async def start(self, timeout: float = 30.0) -> None:
         """Start reading; return once the partitions are assigned (or after `timeout`)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         # Every topic's, not only the subscribed ones': a regex subscription's are not known
         # here, and a topic missing from the answer is one made since.
         try:
-            found = await self._consumer.topics()
+            found = await self._consumer.topics(timeout)
         except KafkaException as exc:
             logger.warning(
                 "The push consumer could not list the topics (%r): partitions added from now "
@@ -287,9 +325,9 @@ class Broadcaster:
         else:
             self._at_start = {(t, p) for t, partitions in found.items() for p in partitions}
             self._knows_new = True
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="kafkaloop-push")
+        self._task = loop.create_task(self._run(), name="kafkaloop-push")
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout_at(deadline):
                 await self._assigned.wait()
         except TimeoutError:
             logger.warning(
