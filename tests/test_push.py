@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import NewTopic
 
-from kafkaloop import AIOAdminClient, AIOProducer
+from kafkaloop import AIOAdminClient, AIOProducer, ConsumerError
 from kafkaloop.push import Broadcaster, SlowClientError, Subscription
 
 # Nothing listens here: these tests exercise the fan-out, not Kafka.
@@ -73,7 +73,7 @@ class _Ends:
     def __init__(self, ends: dict[int, tuple[int, int]]) -> None:
         self.ends = ends
 
-    async def watermarks(self, tp: TopicPartition) -> tuple[int, int]:
+    async def watermarks(self, tp: TopicPartition, timeout: float = 10.0) -> tuple[int, int]:
         return self.ends[tp.partition]
 
 
@@ -115,10 +115,14 @@ async def test_a_hub_that_cannot_list_the_topics_at_start_starts_every_partition
 
 
 class _Unreachable:
-    """A consumer whose every question to the broker fails but partition 1's ends."""
+    """A consumer that answers the ends of partitions 1 and 2 only, and no time lookup."""
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
 
     async def watermarks(self, tp: TopicPartition, timeout: float = 10.0) -> tuple[int, int]:
-        if tp.partition == 1:
+        self.asked.append(tp.partition)
+        if tp.partition in (1, 2):
             return (0, 50)
         raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
 
@@ -128,27 +132,27 @@ class _Unreachable:
         raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
 
 
-async def test_a_partition_the_broker_cannot_place_starts_where_no_question_is_needed(
+async def test_once_the_broker_fails_to_place_a_partition_the_rest_start_without_asking(
     hub: Broadcaster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     unreachable = _Unreachable()
     monkeypatch.setattr(hub, "_consumer", unreachable)
-    hub._at_start = {("items", p) for p in range(4)} - {("items", 3)}  # 3 came since
+    hub._at_start = {("items", p) for p in (0, 1, 2, 4)}  # 3 came since
     hub._knows_new = True
     hub._next = {("items", 0): 7, ("items", 2): 9}
     hub._stale = {("items", 2)}  # left off before a pause; the hub fetches again since
-    partitions = [TopicPartition("items", p) for p in range(5)]  # 4: had at start, never read
-    hub._at_start.add(("items", 4))
+    partitions = [TopicPartition("items", p) for p in (1, 2, 0, 3, 4)]
 
     await hub._on_assign(unreachable, partitions)  # type: ignore[arg-type]
 
     assert [tp.offset for tp in partitions] == [
-        7,  # where it left off
-        50,  # asked (partition 1's ends answer): its end
-        OFFSET_END,  # stale: not from before the pause, nor from 9
+        50,  # asked: had at start, never read: its end
+        OFFSET_END,  # its time lookup failed: not from before the pause (9), from its end
+        7,  # not asked any more: where it left off
         OFFSET_BEGINNING,  # new: whole
         OFFSET_END,  # had at start: from now
     ]
+    assert unreachable.asked == [1, 2]  # nothing after the first failure
     assert hub._next == {("items", 0): 7, ("items", 1): 50}  # the others: at their first read
     assert hub._stale == set()
     assert hub._unsettled == {("items", p) for p in range(5)}
@@ -387,3 +391,47 @@ async def test_a_regex_subscription_pushes_a_topic_made_later_whole_and_the_othe
 
     assert sorted(pushed) == ["first", "now"]
     assert subscription._items == collections.deque()
+
+
+async def test_settling_tries_again_what_it_could_not_settle_and_is_still_assigned(
+    hub: Broadcaster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    consumer = hub._consumer
+    assigned = [TopicPartition("items", p) for p in range(2)]
+    paused: list[list[int]] = []
+
+    async def pause(partitions: list[TopicPartition]) -> None:
+        paused.append(sorted(tp.partition for tp in partitions))
+        del assigned[1]  # taken away meanwhile
+        raise ConsumerError("the last read failed")
+
+    monkeypatch.setattr(consumer, "assignment", lambda: list(assigned))
+    monkeypatch.setattr(consumer, "pause", pause)
+    hub._paused = True
+    hub._unsettled = {("items", 0), ("items", 1), ("items", 9)}  # 9: not yet assigned
+
+    await hub._settle()
+
+    assert paused == [[0, 1]]
+    assert hub._unsettled == {("items", 0), ("items", 9)}  # 0 again next turn; 1 is gone
+
+
+async def test_a_pause_leaves_every_partition_to_be_sought_by_the_resume(
+    hub: Broadcaster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    consumer = hub._consumer
+    assigned = [TopicPartition("items", p) for p in range(2)]
+
+    async def pause(partitions: list[TopicPartition]) -> None:
+        pass
+
+    monkeypatch.setattr(consumer, "assignment", lambda: list(assigned))
+    monkeypatch.setattr(consumer, "pause", pause)
+    # Partition 1 has not been read yet (it started at a logical offset), 7 was lost earlier.
+    hub._next = {("items", 0): 5, ("items", 7): 3}
+
+    await hub._pause()
+
+    # Any of them given back after the next resume starts from its client's arrival.
+    assert hub._stale == {("items", 0), ("items", 1), ("items", 7)}
+    assert hub.paused

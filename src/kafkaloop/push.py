@@ -36,7 +36,6 @@ a subscriber waits about this long for the resume to begin."""
 METADATA_REFRESH_MS = 30_000
 """How often the push consumer asks for its topics' partitions (librdkafka's default: 5
 minutes): a partition the topics gain is pushed from, at most, about this long after it came."""
-_WHERE = {OFFSET_END: "its end", OFFSET_BEGINNING: "its beginning"}
 _RESUME_TIMEOUT = 5.0
 """Seconds each of the resume's questions to the broker may take before it is tried again."""
 
@@ -162,10 +161,10 @@ class Broadcaster:
         self._at_start: set[tuple[str, int]] = set()
         self._knows_new = False
         self._next: dict[tuple[str, int], int] = {}  # where each partition's reading is
-        # Partitions whose place in _next is from before the last pause (nothing has sought
-        # them since), and partitions assigned whose pause state the hub has yet to set:
-        # librdkafka keeps a partition paused through the group taking it away and giving it
-        # back, and reads a new one at once, whatever the hub is doing.
+        # Partitions a resume must seek before they are read again (their place in _next, if
+        # any, is from before the last pause), and partitions assigned whose pause state the
+        # hub has yet to set: librdkafka keeps a partition paused through the group taking it
+        # away and giving it back, and reads a new one at once, whatever the hub is doing.
         self._stale: set[tuple[str, int]] = set()
         self._unsettled: set[tuple[str, int]] = set()
         self._stopping = False
@@ -176,6 +175,7 @@ class Broadcaster:
         self._wanted_since_ms: int | None = None
         self._resumed_since_ms = 0  # the last resume's (where a stale partition starts)
         self._resume_failures = RateLimitedLog(logger)
+        self._settle_failures = RateLimitedLog(logger)
         self.delivered = 0
         """Payloads handed to subscribers' queues."""
         self.dropped = 0
@@ -189,34 +189,28 @@ class Broadcaster:
         be resolved only at the first fetch, and a message produced in between would be
         missed); one they gained since (heard of at the consumer's next metadata refresh,
         after some of it may have come), at its beginning. The next turn of the reading
-        pauses or resumes them as the hub is (:meth:`_settle`)."""
+        pauses or resumes them as the hub is (:meth:`_settle`).
+
+        Once the broker fails to answer, the rest start without asking it (:meth:`_fallback`),
+        so a rebalance waits for one question's timeout, not one per partition."""
+        broker_answers = True
         try:
             for partition in partitions:
                 where = (partition.topic, partition.partition)
-                try:
-                    partition.offset = await self._start_of(consumer, partition)
-                except Exception as exc:
-                    # Where the broker need not be asked; its end if it left off before a
-                    # pause: what came since its client did may be missed, rather than
-                    # everything since the pause pushed again.
-                    stale = where in self._stale and not self._paused
-                    left_off = self._next.get(where)
-                    if stale or (left_off is None and self._old(where)):
-                        partition.offset = OFFSET_END
-                    elif left_off is None:
-                        partition.offset = OFFSET_BEGINNING
-                    else:
-                        partition.offset = left_off
-                    logger.warning(
-                        "The push consumer could not ask where %s [%d] is (%r): it reads it "
-                        "from %s",
-                        partition.topic,
-                        partition.partition,
-                        exc,
-                        _WHERE.get(partition.offset, f"offset {partition.offset}"),
-                    )
-                    if stale:
-                        self._stale.discard(where)
+                if broker_answers:
+                    try:
+                        partition.offset = await self._start_of(consumer, partition)
+                    except Exception as exc:
+                        logger.warning(
+                            "The push consumer could not ask where %s [%d] is (%r); it places "
+                            "it and the rest of this assignment without asking",
+                            partition.topic,
+                            partition.partition,
+                            exc,
+                        )
+                        broker_answers = False
+                if not broker_answers:
+                    partition.offset = self._fallback(where)
                 if self._paused:
                     self._stale.add(where)  # a resume seeks it, wherever it starts now
                 if partition.offset >= 0:
@@ -226,6 +220,20 @@ class Broadcaster:
                 self._unsettled.add(where)
         finally:
             self._assigned.set()
+
+    def _fallback(self, where: tuple[str, int]) -> int:
+        """Where a partition starts when the broker cannot say where it ends: where the push
+        left off (unclamped: one gone from the log is read from its end, as is librdkafka's
+        "latest"); its end if it left off before a pause (what came since its client did may
+        be missed, rather than everything since the pause pushed again) or it is not new; its
+        beginning if it is."""
+        stale = where in self._stale and not self._paused
+        if stale:
+            self._stale.discard(where)
+        left_off = self._next.get(where)
+        if stale or (left_off is None and self._old(where)):
+            return OFFSET_END
+        return OFFSET_BEGINNING if left_off is None else left_off
 
     def _old(self, where: tuple[str, int]) -> bool:
         """Whether the topics had this partition at start() (or the hub cannot tell)."""
@@ -237,7 +245,7 @@ class Broadcaster:
             [start] = await self._starts([partition], self._resumed_since_ms)
             self._stale.discard(where)
             return start
-        low, high = await consumer.watermarks(partition)
+        low, high = await consumer.watermarks(partition, _RESUME_TIMEOUT)
         left_off = self._next.get(where)
         if left_off is not None:
             return min(max(left_off, low), high)
@@ -265,12 +273,16 @@ class Broadcaster:
                     try:
                         await self._consumer.seek(TopicPartition(*where, self._next[where]))
                     except KafkaException as exc:  # taken away during the awaits, most likely
-                        logger.warning("The push consumer could not seek %s: %r", where, exc)
+                        self._settle_failures.warning(
+                            "The push consumer could not seek %s [%d]: %r", *where, exc
+                        )
             await self._consumer.resume(partitions)
-        except KafkaException as exc:
-            logger.warning("The push consumer could not settle its partitions: %r", exc)
+        except Exception as exc:
+            self._settle_failures.warning(
+                "The push consumer could not settle its partitions (tried again): %r", exc
+            )
             assigned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
-            self._unsettled.update(w for w in ready if w in assigned)  # tried again next turn
+            self._unsettled.update(w for w in ready if w in assigned)
 
     @property
     def subscribers(self) -> int:
@@ -398,8 +410,9 @@ class Broadcaster:
         if partitions:
             await self._consumer.pause(partitions)
             self._paused = True
-            self._stale.update(self._next)  # the partitions a resume must seek
-            self._unsettled.difference_update((tp.topic, tp.partition) for tp in partitions)
+            paused = {(tp.topic, tp.partition) for tp in partitions}
+            self._stale |= paused | self._next.keys()  # the partitions a resume must seek
+            self._unsettled -= paused
 
     async def _try_resume(self) -> None:
         """Resume, or log why not: the read that follows keeps the consumer in its group, and
