@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -200,42 +201,49 @@ async def idle_hub(config: dict[str, str], topic: str) -> Broadcaster:
     return Broadcaster(config, [topic], encode=lambda r: (r.value or b"").decode(), idle_pause=0.3)
 
 
-async def test_an_idle_hub_stops_fetching_and_resumes_from_its_next_subscriber(
-    kafka_bootstrap: str, topic_name: str
-) -> None:
-    config = {"bootstrap.servers": kafka_bootstrap}
-    hub = await idle_hub(config, topic_name)
+@contextlib.asynccontextmanager
+async def paused_hub(bootstrap: str, topic: str) -> AsyncIterator[tuple[Broadcaster, AIOProducer]]:
+    """A started idle_hub() once it has paused for want of clients, and a producer."""
+    config = {"bootstrap.servers": bootstrap}
+    hub = await idle_hub(config, topic)
     try:
         async with AIOProducer(config) as producer:
             await hub.start()
             await eventually(lambda: hub.paused)
-            consumer = hub._consumer
-
-            def positions() -> list[int]:  # (TopicPartitions compare without their offsets)
-                return [tp.offset for tp in consumer.position(consumer.assignment())]
-
-            before = positions()
-            # Nobody listens: these are not fetched, and never pushed.
-            await producer.produce_many(topic_name, [f"old{i}".encode() for i in range(30)])
-            await asyncio.sleep(1.0)
-            assert positions() == before
-
-            subscription = hub.subscribe()
-            # At once, before the hub has resumed: nothing produced from here may be missed.
-            await producer.produce_many(
-                topic_name, [(str(i).encode(), f"new{i}".encode()) for i in range(20)]
-            )
-            pushed = [await asyncio.wait_for(subscription.get(), 20) for _ in range(20)]
-            await asyncio.sleep(0.5)
-
-            assert not hub.paused
-            assert sorted(pushed) == sorted(f"new{i}" for i in range(20))
-            assert subscription._items == collections.deque()  # nothing older came after
-
-            subscription.close()
-            await eventually(lambda: hub.paused)
+            yield hub, producer
     finally:
         await hub.stop()
+
+
+async def test_an_idle_hub_stops_fetching_and_resumes_from_its_next_subscriber(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    async with paused_hub(kafka_bootstrap, topic_name) as (hub, producer):
+        consumer = hub._consumer
+
+        def positions() -> list[int]:  # (TopicPartitions compare without their offsets)
+            return [tp.offset for tp in consumer.position(consumer.assignment())]
+
+        before = positions()
+        # Nobody listens: these are not fetched, and never pushed.
+        await producer.produce_many(topic_name, [f"old{i}".encode() for i in range(30)])
+        await asyncio.sleep(1.0)
+        assert positions() == before
+
+        subscription = hub.subscribe()
+        # At once, before the hub has resumed: nothing produced from here may be missed.
+        await producer.produce_many(
+            topic_name, [(str(i).encode(), f"new{i}".encode()) for i in range(20)]
+        )
+        pushed = [await asyncio.wait_for(subscription.get(), 20) for _ in range(20)]
+        await asyncio.sleep(0.5)
+
+        assert not hub.paused
+        assert sorted(pushed) == sorted(f"new{i}" for i in range(20))
+        assert subscription._items == collections.deque()  # nothing older came after
+
+        subscription.close()
+        await eventually(lambda: hub.paused)
 
 
 async def test_partitions_given_back_while_a_client_waits_resume_from_when_it_came(
@@ -244,32 +252,25 @@ async def test_partitions_given_back_while_a_client_waits_resume_from_when_it_ca
     """The group takes a paused hub's partitions away (a lost session, say), a client comes,
     and the group gives them back: librdkafka would keep them paused; the hub reads them from
     the first record stamped since the client came."""
-    config = {"bootstrap.servers": kafka_bootstrap}
-    hub = await idle_hub(config, topic_name)
-    try:
-        async with AIOProducer(config) as producer:
-            await hub.start()
-            await eventually(lambda: hub.paused)
-            consumer = hub._consumer
-            consumer.unsubscribe()  # every partition taken away while paused
-            await eventually(lambda: not consumer.assignment())
-            await producer.produce_many(topic_name, [f"old{i}".encode() for i in range(30)])
-            await asyncio.sleep(0.05)  # (records are stamped in milliseconds)
+    async with paused_hub(kafka_bootstrap, topic_name) as (hub, producer):
+        consumer = hub._consumer
+        consumer.unsubscribe()  # every partition taken away while paused
+        await eventually(lambda: not consumer.assignment())
+        await producer.produce_many(topic_name, [f"old{i}".encode() for i in range(30)])
+        await asyncio.sleep(0.05)  # (records are stamped in milliseconds)
 
-            subscription = hub.subscribe()
-            await eventually(lambda: not hub.paused)  # resumed, with nothing assigned
-            await producer.produce_many(
-                topic_name, [(str(i).encode(), f"new{i}".encode()) for i in range(10)]
-            )
-            consumer.subscribe([topic_name])  # and given back
-            pushed = [await asyncio.wait_for(subscription.get(), 20) for _ in range(10)]
-            await asyncio.sleep(0.5)
+        subscription = hub.subscribe()
+        await eventually(lambda: not hub.paused)  # resumed, with nothing assigned
+        await producer.produce_many(
+            topic_name, [(str(i).encode(), f"new{i}".encode()) for i in range(10)]
+        )
+        consumer.subscribe([topic_name])  # and given back
+        pushed = [await asyncio.wait_for(subscription.get(), 20) for _ in range(10)]
+        await asyncio.sleep(0.5)
 
-            assert sorted(pushed) == sorted(f"new{i}" for i in range(10))
-            assert subscription._items == collections.deque()  # nothing older came after
-            assert len(consumer.assignment()) == 3
-    finally:
-        await hub.stop()
+        assert sorted(pushed) == sorted(f"new{i}" for i in range(10))
+        assert subscription._items == collections.deque()  # nothing older came after
+        assert len(consumer.assignment()) == 3
 
 
 async def test_a_client_arriving_while_the_hub_pauses_misses_nothing(
