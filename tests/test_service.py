@@ -20,6 +20,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from pydantic import ValidationError
 
 from kafkaloop import AIOConsumer, ConsumerRecord, cli
+from kafkaloop._config import check_config
 from kafkaloop.broker import LocalKafka
 from kafkaloop.fastapi import RequestQueue
 from kafkaloop.service import create_app
@@ -287,6 +288,25 @@ def test_the_configuration_check_accepts_what_the_clients_accept_and_says_nothin
         ServiceSettings().check()
 
     assert caplog.records == []
+
+
+def test_the_configuration_check_makes_its_client_connect_nowhere_and_closes_it() -> None:
+    made: list[Any] = []
+
+    class Client:
+        def __init__(self, conf: dict[str, Any]) -> None:
+            made.append(conf)
+
+        def close(self) -> None:
+            made.append("closed")
+
+    conf = {"bootstrap.servers": "a:1", "metadata.broker.list": "b:2", "linger.ms": 5}
+    check_config(Client, conf, {"linger.ms": 5}, "producer")
+
+    [checked, closed] = made
+    assert {k: v for k, v in checked.items() if k != "logger"} == {"linger.ms": 5, "log_level": 3}
+    assert closed == "closed"
+    assert "bootstrap.servers" in conf  # the caller's configuration is left as it was
 
 
 async def _metrics_once(client: httpx.AsyncClient, line: str) -> str:
