@@ -115,6 +115,22 @@ async def test_a_hub_that_cannot_list_the_topics_at_start_starts_every_partition
     assert "could not list the topics" in caplog.text
 
 
+async def test_a_topic_the_broker_could_not_list_at_start_is_read_from_its_end(
+    hub: Broadcaster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def topics(timeout: float = 10.0) -> dict[str, list[int]]:
+        # "items" exists but its partitions were not known (its leader being elected, say).
+        return {"items": [], "other": [0]}
+
+    monkeypatch.setattr(hub._consumer, "topics", topics)
+    await hub.start(timeout=0.1)
+    partitions = [TopicPartition("items", 0), TopicPartition("later", 0)]
+    await hub._on_assign(_Ends({0: (0, 10)}), partitions)  # type: ignore[arg-type]
+
+    # Not its whole history, as if it were new; a topic made since start() is read whole.
+    assert [tp.offset for tp in partitions] == [10, 0]
+
+
 class _Unreachable:
     """A consumer that answers the ends of partitions 1 and 2 only, and no time lookup."""
 

@@ -302,15 +302,15 @@ class AIOConsumer:
     async def topics(self, timeout: float = 10.0) -> dict[str, list[int]]:
         """Every topic the cluster has now (internal ones included) and its partitions,
         asked of the broker (KafkaException if it cannot say). A topic the broker reports
-        an error for (its leader not yet elected, say) is left out."""
+        an error for (its leader not yet elected, say) comes with no partitions: it exists,
+        its partitions are not known."""
         self._check_open()
         metadata: ClusterMetadata = await self._bridge.run_blocking_here(
             "calls", self._consumer.list_topics, None, timeout
         )
         return {
-            name: sorted(topic.partitions)
+            name: [] if topic.error is not None else sorted(topic.partitions)
             for name, topic in metadata.topics.items()
-            if topic.error is None
         }
 
     def assignment(self) -> list[TopicPartition]:

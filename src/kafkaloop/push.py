@@ -157,8 +157,10 @@ class Broadcaster:
         self._task: asyncio.Task[None] | None = None
         self._assigned = asyncio.Event()
         # The partitions the cluster had at start(): any other came since, and is read whole
-        # (unless start() could not ask: then every partition starts at its end).
+        # (unless start() could not ask, or the broker could not list the topic's partitions
+        # then: those start at their end).
         self._at_start: set[tuple[str, int]] = set()
+        self._unlisted_at_start: set[str] = set()
         self._knows_new = False
         self._next: dict[tuple[str, int], int] = {}  # where each partition's reading is
         # Partitions a resume must seek before they are read again (their place in _next, if
@@ -237,7 +239,7 @@ class Broadcaster:
 
     def _old(self, where: tuple[str, int]) -> bool:
         """Whether the topics had this partition at start() (or the hub cannot tell)."""
-        return where in self._at_start or not self._knows_new
+        return where in self._at_start or not self._knows_new or where[0] in self._unlisted_at_start
 
     async def _start_of(self, consumer: AIOConsumer, partition: TopicPartition) -> int:
         where = (partition.topic, partition.partition)
@@ -336,6 +338,7 @@ class Broadcaster:
             )
         else:
             self._at_start = {(t, p) for t, partitions in found.items() for p in partitions}
+            self._unlisted_at_start = {topic for topic, listed in found.items() if not listed}
             self._knows_new = True
         self._task = loop.create_task(self._run(), name="kafkaloop-push")
         try:
