@@ -84,8 +84,7 @@ async def test_partitions_start_at_their_end_then_where_the_push_left_off_and_ne
     def assign(*partitions: int) -> list[TopicPartition]:
         return [TopicPartition("items", p) for p in partitions]
 
-    hub._at_start = {("items", 0), ("items", 1)}  # as start() found the cluster
-    hub._knows_new = True
+    hub._at_start = {"items": frozenset({0, 1})}  # as start() found the cluster
     first = assign(0, 1)
     await hub._on_assign(_Ends({0: (0, 10), 1: (0, 20)}), first)  # type: ignore[arg-type]
     assert [tp.offset for tp in first] == [10, 20]  # what the topic had: at their ends
@@ -154,8 +153,7 @@ async def test_once_the_broker_fails_to_place_a_partition_the_rest_start_without
 ) -> None:
     unreachable = _Unreachable()
     monkeypatch.setattr(hub, "_consumer", unreachable)
-    hub._at_start = {("items", p) for p in (0, 1, 2, 4)}  # 3 came since
-    hub._knows_new = True
+    hub._at_start = {"items": frozenset({0, 1, 2, 4})}  # 3 came since
     hub._next = {("items", 0): 7, ("items", 2): 9}
     hub._stale = {("items", 2)}  # left off before a pause; the hub fetches again since
     partitions = [TopicPartition("items", p) for p in (1, 2, 0, 3, 4)]

@@ -290,11 +290,7 @@ class AIOConsumer:
     async def partitions(self, topic: str, timeout: float = 10.0) -> list[int]:
         """The partitions `topic` has now, asked of the broker (KafkaException if it cannot
         say, an unknown topic included)."""
-        self._check_open()
-        metadata: ClusterMetadata = await self._bridge.run_blocking_here(
-            "calls", self._consumer.list_topics, topic, timeout
-        )
-        found = metadata.topics[topic]
+        found = (await self._metadata(topic, timeout)).topics[topic]
         if found.error is not None:
             raise KafkaException(found.error)
         return sorted(found.partitions)
@@ -304,14 +300,19 @@ class AIOConsumer:
         asked of the broker (KafkaException if it cannot say). A topic the broker reports
         an error for (its leader not yet elected, say) comes with no partitions: it exists,
         its partitions are not known."""
-        self._check_open()
-        metadata: ClusterMetadata = await self._bridge.run_blocking_here(
-            "calls", self._consumer.list_topics, None, timeout
-        )
+        metadata = await self._metadata(None, timeout)
         return {
             name: [] if topic.error is not None else sorted(topic.partitions)
             for name, topic in metadata.topics.items()
         }
+
+    async def _metadata(self, topic: str | None, timeout: float) -> ClusterMetadata:
+        """The cluster's metadata for `topic` (None: every topic), asked of the broker."""
+        self._check_open()
+        metadata: ClusterMetadata = await self._bridge.run_blocking_here(
+            "calls", self._consumer.list_topics, topic, timeout
+        )
+        return metadata
 
     def assignment(self) -> list[TopicPartition]:
         """The partitions currently assigned."""

@@ -156,12 +156,10 @@ class Broadcaster:
         self._subscribers: set[Subscription] = set()
         self._task: asyncio.Task[None] | None = None
         self._assigned = asyncio.Event()
-        # The partitions the cluster had at start(): any other came since, and is read whole
-        # (unless start() could not ask, or the broker could not list the topic's partitions
-        # then: those start at their end).
-        self._at_start: set[tuple[str, int]] = set()
-        self._unlisted_at_start: set[str] = set()
-        self._knows_new = False
+        # Each topic's partitions at start() (None: start() could not ask). A partition not
+        # there came since, and is read whole; a topic listed with none (the broker could not
+        # say) starts at its end, as every partition does when start() could not ask.
+        self._at_start: dict[str, frozenset[int]] | None = None
         self._next: dict[tuple[str, int], int] = {}  # where each partition's reading is
         # Partitions a resume must seek before they are read again (their place in _next, if
         # any, is from before the last pause), and partitions assigned whose pause state the
@@ -239,7 +237,10 @@ class Broadcaster:
 
     def _old(self, where: tuple[str, int]) -> bool:
         """Whether the topics had this partition at start() (or the hub cannot tell)."""
-        return where in self._at_start or not self._knows_new or where[0] in self._unlisted_at_start
+        if self._at_start is None:
+            return True
+        listed = self._at_start.get(where[0])
+        return listed is not None and (not listed or where[1] in listed)
 
     async def _start_of(self, consumer: AIOConsumer, partition: TopicPartition) -> int:
         where = (partition.topic, partition.partition)
@@ -337,9 +338,7 @@ class Broadcaster:
                 exc,
             )
         else:
-            self._at_start = {(t, p) for t, partitions in found.items() for p in partitions}
-            self._unlisted_at_start = {topic for topic, listed in found.items() if not listed}
-            self._knows_new = True
+            self._at_start = {topic: frozenset(listed) for topic, listed in found.items()}
         self._task = loop.create_task(self._run(), name="kafkaloop-push")
         try:
             async with asyncio.timeout_at(deadline):
