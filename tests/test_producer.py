@@ -569,6 +569,9 @@ class _HoldingMore:
     def __len__(self) -> int:
         return len(self._producer) + self._more
 
+    def flush(self, timeout: float) -> int:
+        return int(self._producer.flush(timeout)) + self._more
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._producer, name)
 
@@ -823,6 +826,29 @@ async def test_flush_does_not_block_the_event_loop(topic_name: str) -> None:
 
     assert len(gaps) > 20
     assert max(gaps) < 0.2
+
+
+@pytest.mark.parametrize("only_errors", [False, True], ids=["all-reports", "failures-only"])
+async def test_flush_counts_messages_not_the_events_librdkafka_has_queued(
+    topic_name: str, only_errors: bool
+) -> None:
+    config = {
+        "bootstrap.servers": UNREACHABLE,
+        "message.timeout.ms": 60_000,
+        "delivery.report.only.error": only_errors,
+    }
+    p = AIOProducer(config)
+    try:
+        # librdkafka's count also holds the log lines and errors queued for the application
+        # (a broker it cannot reach makes them in bursts): here, three of them, always.
+        p._producer = _HoldingMore(p._producer, 3)  # type: ignore[assignment]
+        p.produce_nowait(topic_name, b"v")
+
+        assert await p.flush(0.3) == 1
+        assert p.metrics.in_flight == 1
+        assert await p.close(timeout=0) == 1
+    finally:
+        await p.close(timeout=0)
 
 
 @pytest.mark.parametrize(

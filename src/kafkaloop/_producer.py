@@ -195,7 +195,6 @@ class AIOProducer:
         self._create_future = loop.create_future
         self._call_soon = self._bridge.call_soon
         self._close_task: asyncio.Task[int] | None = None
-        self._undelivered = 0
         self.last_error: KafkaError | None = None
         """The most recent client-level error librdkafka reported (None when none yet)."""
         self._fatal_error: KafkaError | None = None
@@ -212,6 +211,9 @@ class AIOProducer:
         self._failure_log = RateLimitedLog(logger)
         self._waiting: collections.deque[_Waiting] = collections.deque()
         self._waiting_timer: asyncio.TimerHandle | None = None
+        self._batches: dict[BatchSettle, int] = {}
+        """produce_many's batches not yet settled, and their sizes: metrics count a batch's
+        outcomes once all are known."""
         # Settles awaited produces on the loop (C code when kafkaloop's _handoff extension is
         # built) and counts every delivery reported on the loop; its room_wanted flag says a
         # message waits for room in librdkafka's queue.
@@ -443,9 +445,11 @@ class AIOProducer:
             len(items),
             self._call_soon,
             functools.partial(_delivery_error, topic),
-            functools.partial(self._batch_done, done),
+            lambda results: self._batch_done(done, batch, results),
             self._settle,
         )
+        if items:
+            self._batches[batch] = len(items)
         produce = self._producer.produce
         waited_since: float | None = None
         index = 0  # the first item not yet handed over (or failed)
@@ -503,9 +507,11 @@ class AIOProducer:
     def _batch_done(
         self,
         done: asyncio.Future[list[RecordMetadata | DeliveryError]],
+        batch: BatchSettle,
         results: list[RecordMetadata | DeliveryError],
     ) -> None:
         """On the loop: every outcome of a produce_many is known."""
+        self._batches.pop(batch, None)
         delivered = sum(1 for result in results if type(result) is RecordMetadata)
         self._settle.delivered += delivered
         self._failed_loop += len(results) - delivered
@@ -830,12 +836,20 @@ class AIOProducer:
             remaining = await self._bridge.run_blocking(
                 self._producer.flush, max(0.0, min(left, _FLUSH_SLICE))
             )
-            if not remaining or (deadline is not None and self._loop.time() >= deadline):
+            if not remaining or not self._undelivered():
+                break
+            if deadline is not None and self._loop.time() >= deadline:
                 break
         self._bridge.drain()
         if self._callback_thread is not None:  # on_poll_thread callbacks run before return
             await self._callback_thread.caught_up(self._bridge)
-        return int(remaining) + len(self._waiting)
+        return self._undelivered()
+
+    def _undelivered(self) -> int:
+        """Messages accepted and not yet delivered or failed. Not librdkafka's own count: that
+        one includes the events (log lines, errors) it has queued for the application."""
+        known = sum(size - batch.remaining for batch, size in self._batches.items())
+        return self.metrics.in_flight - known
 
     async def close(self, timeout: float | None = None) -> int:
         """Flush, stop serving callbacks and return how many messages were still undelivered
@@ -872,7 +886,6 @@ class AIOProducer:
             self._waiting_timer.cancel()
         self._bridge.close()
         self._last_callback = (None, False, None)  # (nor keep the user's callback alive)
-        self._undelivered = undelivered
         self._final_metrics = self.metrics  # librdkafka's queue is no longer served
         self._state = _State.CLOSED
         self._refuse("closed")
