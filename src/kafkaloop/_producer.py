@@ -664,7 +664,7 @@ class AIOProducer:
 
     def _queue_full_error(self) -> QueueFullError:
         return QueueFullError(
-            f"librdkafka's local queue is full ({len(self._producer)} messages not yet "
+            f"librdkafka's local queue is full ({self._undelivered()} messages not yet "
             "delivered): Kafka is slow or unreachable, or messages come faster than it takes "
             "them. Await produce() to wait for room, slow down, or raise "
             "queue.buffering.max.messages / queue.buffering.max.kbytes."
