@@ -776,14 +776,15 @@ class AIOProducer:
 
     # -- flushing and closing --------------------------------------------------------------
 
+    def _produced_so_far(self) -> int:
+        return self._produced + (0 if self._fast_produce is None else self._fast_produce.produced)
+
     @property
     def metrics(self) -> ProducerMetrics:
         """Counts of produced, delivered, failed and waiting messages."""
         if self._final_metrics is not None:
             return self._final_metrics
-        produced = self._produced + (
-            0 if self._fast_produce is None else self._fast_produce.produced
-        )
+        produced = self._produced_so_far()
         # Read in this order when only failures are reported: what was produced, what
         # librdkafka still holds (its messages, and the events it has queued for the loop),
         # then what failed. Every failure is counted before librdkafka lets go of its message
@@ -833,10 +834,17 @@ class AIOProducer:
         # one, instead of holding a later close(timeout) behind it for message.timeout.ms.
         while True:
             left = _FLUSH_SLICE if deadline is None else deadline - self._loop.time()
+            produced = self._produced_so_far()
             remaining = await self._bridge.run_blocking(
                 self._producer.flush, max(0.0, min(left, _FLUSH_SLICE))
             )
-            if not remaining or not self._undelivered():
+            if not remaining:
+                if self._failures_only:  # librdkafka let go of every message produced before
+                    with self._thread_counts_lock:
+                        failed = self._failed_loop + self._failed_thread
+                        self._delivered_bound = max(self._delivered_bound, produced - failed)
+                break
+            if not self._undelivered():
                 break
             if deadline is not None and self._loop.time() >= deadline:
                 break
