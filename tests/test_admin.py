@@ -121,6 +121,34 @@ async def test_partitions_can_grow_but_not_shrink(admin: AIOAdminClient, topic_n
     assert len(info.partitions) == 4
 
 
+async def test_create_partitions_returns_once_the_metadata_shows_them(
+    admin: AIOAdminClient, topic_name: str
+) -> None:
+    await admin.create_topics([NewTopic(topic_name, num_partitions=2)])
+    real_metadata = admin._metadata
+    shown: list[int] = []
+
+    async def metadata_slow_to_show_them(
+        topic: str | None, *, timeout: float | None = None
+    ) -> object:
+        metadata = await real_metadata(topic, timeout=timeout)
+        entry = metadata.topics.get(topic_name)
+        if entry is not None:
+            if len(shown) < 3:  # the brokers have not heard of the new partitions yet
+                entry.partitions = {i: p for i, p in entry.partitions.items() if i < 2}
+            shown.append(len(entry.partitions))
+        return metadata
+
+    admin._metadata = metadata_slow_to_show_them  # type: ignore[method-assign]
+    try:
+        await admin.create_partitions({topic_name: 4})
+    finally:
+        admin._metadata = real_metadata  # type: ignore[method-assign]
+
+    assert shown[:3] == [2, 2, 2]
+    assert shown[-1] == 4  # it asked again until the metadata showed all four
+
+
 async def test_ensure_topics_creates_what_is_missing_and_checks_the_rest(
     admin: AIOAdminClient, topic_name: str
 ) -> None:
@@ -163,7 +191,12 @@ async def test_topic_configs_can_be_read_and_altered(
     await admin.alter_topic_configs(
         topic_name, {"cleanup.policy": "compact", "retention.ms": "60000"}
     )
-    configs = await admin.describe_topic_configs(topic_name)
+    # The controller has the change; the broker answering may learn of it a moment later.
+    for _ in range(100):
+        configs = await admin.describe_topic_configs(topic_name)
+        if configs["retention.ms"] == "60000":
+            break
+        await asyncio.sleep(0.1)
 
     assert configs["cleanup.policy"] == "compact"
     assert configs["retention.ms"] == "60000"

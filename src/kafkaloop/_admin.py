@@ -52,12 +52,13 @@ _METADATA_THREADS = 4
 """Metadata requests one admin client runs at once (each blocks a thread until answered)."""
 
 
-def _led(topic: Any) -> bool:
-    """A metadata topic entry is there, without error, and every partition has a leader."""
+def _led(topic: Any, partitions: int = 1) -> bool:
+    """A metadata topic entry is there, without error, with at least `partitions`
+    partitions, and every partition has a leader."""
     return (
         topic is not None
         and topic.error is None
-        and bool(topic.partitions)
+        and len(topic.partitions) >= partitions
         and all(p.leader >= 0 for p in topic.partitions.values())
     )
 
@@ -170,11 +171,15 @@ class AIOAdminClient:
             raise
         await self._until_listed(deleted, listed=False)
 
-    async def _until_listed(self, names: Sequence[str], *, listed: bool) -> None:
+    async def _until_listed(
+        self, names: Sequence[str], *, listed: bool, partitions: Mapping[str, int] | None = None
+    ) -> None:
         """Wait until the metadata a broker returns lists every name, each partition led
-        (``listed``), or none of them. After about ``operation_timeout`` (a metadata request
-        that fails meanwhile counts as not yet), log a warning and return: the operation
-        itself succeeded, only the brokers are slow to show it."""
+        (``listed``; with at least ``partitions[name]`` of them when given), or none of them.
+        After about ``operation_timeout`` (a metadata request that fails meanwhile counts as
+        not yet), log a warning and return: the operation itself succeeded, only the brokers
+        are slow to show it."""
+        least = partitions or {}
         if not names:
             return
         loop = asyncio.get_running_loop()
@@ -190,7 +195,8 @@ class AIOAdminClient:
                 waiting = [
                     name
                     for name in names
-                    if (_led(topics.get(name)) if listed else name in topics) != listed
+                    if (_led(topics.get(name), least.get(name, 1)) if listed else name in topics)
+                    != listed
                 ]
             if not waiting:
                 return
@@ -244,13 +250,22 @@ class AIOAdminClient:
         return found
 
     async def create_partitions(self, new_totals: Mapping[str, int]) -> None:
-        """Grow topics to the given total partition counts (``{"items": 6}``)."""
+        """Grow topics to the given total partition counts (``{"items": 6}``).
+
+        Returns once the metadata a broker returns shows each grown topic with that many
+        partitions, each with a leader; waits about ``operation_timeout`` at most.
+        """
         self._check_open()
         futures = self._admin.create_partitions(
             [NewPartitions(topic, total) for topic, total in new_totals.items()],
             operation_timeout=self._operation_timeout,
         )
-        await self._settle("create_partitions", futures, many=len(new_totals) > 1)
+        try:
+            grown = list(await self._settle("create_partitions", futures, many=len(new_totals) > 1))
+        except AdminErrorGroup as group:
+            await self._until_listed(group.succeeded, listed=True, partitions=new_totals)
+            raise
+        await self._until_listed(grown, listed=True, partitions=new_totals)
 
     async def ensure_topics(self, specs: Sequence[NewTopic]) -> list[str]:
         """Create the topics that are missing; check that the others have the same shape.
