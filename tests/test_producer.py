@@ -250,7 +250,16 @@ async def test_produce_fails_then_recovers_when_a_real_broker_stops_and_returns(
             assert caught.value.persistence is Persistence.POSSIBLY_PERSISTED
 
             await asyncio.to_thread(kafka.start_node, 0)
-            metadata = await p.produce(topic_name, b"after")
+            # librdkafka waits longer between reconnects the longer a broker is down (up to
+            # reconnect.backoff.max.ms, 10 s): a message may time out before it tries again.
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    metadata = await p.produce(topic_name, b"after")
+                    break
+                except DeliveryError:
+                    if time.monotonic() > deadline:
+                        raise
     finally:
         await asyncio.to_thread(kafka.stop)
     assert metadata.offset >= 1
@@ -444,7 +453,7 @@ async def test_raising_callbacks_are_logged_and_kill_neither_thread_nor_loop(
 async def test_fire_and_forget_is_counted(producer: AIOProducer, topic_name: str) -> None:
     for _ in range(500):
         producer.produce_nowait(topic_name, b"v")
-    assert producer.metrics.in_flight == 500
+    assert producer.metrics.produced == 500
 
     assert await producer.flush(10) == 0
 
@@ -560,17 +569,19 @@ async def test_reporting_only_failures_takes_a_boolean_or_is_refused() -> None:
 
 
 class _HoldingMore:
-    """A confluent-kafka Producer whose len() (what librdkafka holds) reads `more` higher."""
+    """A confluent-kafka Producer whose len() (what librdkafka holds) reads `more` higher, and
+    what flush() returns too unless `in_flush` is false (events queued just after it)."""
 
-    def __init__(self, producer: Any, more: int) -> None:
+    def __init__(self, producer: Any, more: int, *, in_flush: bool = True) -> None:
         self._producer = producer
         self._more = more
+        self._in_flush = in_flush
 
     def __len__(self) -> int:
         return len(self._producer) + self._more
 
     def flush(self, timeout: float) -> int:
-        return int(self._producer.flush(timeout)) + self._more
+        return int(self._producer.flush(timeout)) + (self._more if self._in_flush else 0)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._producer, name)
@@ -824,8 +835,10 @@ async def test_flush_does_not_block_the_event_loop(topic_name: str) -> None:
         await ticking
         await p.close(timeout=0)
 
-    assert len(gaps) > 20
-    assert max(gaps) < 0.2
+    # A flush blocking the loop would show one gap of about its 1 s; a loaded machine,
+    # a few of 0.1-0.3 s.
+    assert len(gaps) > 5
+    assert max(gaps) < 0.6
 
 
 @pytest.mark.parametrize("only_errors", [False, True], ids=["all-reports", "failures-only"])
@@ -849,6 +862,20 @@ async def test_flush_counts_messages_not_the_events_librdkafka_has_queued(
         assert await p.close(timeout=0) == 1
     finally:
         await p.close(timeout=0)
+
+
+async def test_a_flush_that_emptied_librdkafka_leaves_none_undelivered_reporting_failures_only(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    config = {"bootstrap.servers": kafka_bootstrap, "delivery.report.only.error": True}
+    async with AIOProducer(config) as p:
+        # Events librdkafka queues after its flush returned: its count reads higher again.
+        p._producer = _HoldingMore(p._producer, 3, in_flush=False)  # type: ignore[assignment]
+        for _ in range(10):
+            p.produce_nowait(topic_name, b"v")
+
+        assert await p.flush(10) == 0
+        assert (p.metrics.delivered, p.metrics.in_flight) == (10, 0)
 
 
 @pytest.mark.parametrize(
