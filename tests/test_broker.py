@@ -178,7 +178,7 @@ def test_acks_all_writes_survive_a_hard_killed_leader(
 
 def test_up_twice_prints_the_same_address_and_down_leaves_no_jvm(tmp_path: Path) -> None:
     name = f"test-{os.getpid()}-{tmp_path.name}"
-    port = str(_unused_port())
+    port = str(free_port())
     marker = str(cache_dir() / "clusters" / name)
     try:
         first = _cli("broker", "up", "--name", name, "--port", port)
@@ -227,7 +227,7 @@ def test_warm_start_needs_neither_maven_nor_network(tmp_path: Path) -> None:
     env["KAFKALOOP_CACHE_DIR"] = str(cache_dir())
     name = f"warm-{os.getpid()}"
     try:
-        result = _cli("broker", "up", "--name", name, "--port", str(_unused_port()), env=env)
+        result = _cli("broker", "up", "--name", name, "--port", str(free_port()), env=env)
     finally:
         _cli("broker", "down", "--name", name, "--purge")
 
@@ -311,15 +311,6 @@ def _env_with_only_java(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
     env["PATH"] = str(bin_dir)
     return env
-
-
-def _unused_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_free_ports_are_outside_the_range_outgoing_connections_take_theirs_from() -> None:

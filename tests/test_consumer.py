@@ -496,13 +496,31 @@ async def test_fan_out_consumers_each_see_every_new_message(
             time.monotonic() < deadline
         ):
             await asyncio.gather(a.getmany(timeout=0.2), b.getmany(timeout=0.2))
-        await asyncio.sleep(1)  # their starting position (latest) is resolved
-        await asyncio.gather(a.getmany(timeout=0.5), b.getmany(timeout=0.5))
+        # Each starts at the end once it has asked where that is: a mark on every partition,
+        # again, until both have read a mark of the latest round on each one.
+        for attempt in range(20):
+            mark = f"mark{attempt}".encode()
+            for partition in range(3):
+                await producer.produce(topic_name, mark, partition=partition)
+            if all(await asyncio.gather(_read_marks(a, mark), _read_marks(b, mark))):
+                break
+        else:
+            pytest.fail("the fan-out consumers never read from the end")
         await producer.produce_many(topic_name, [(str(i), str(i)) for i in range(30)])
         seen_a, seen_b = await asyncio.gather(read(a, 30), read(b, 30))
 
     assert sorted(int(r.value) for r in seen_a) == list(range(30))
     assert sorted(int(r.value) for r in seen_b) == list(range(30))
+
+
+async def _read_marks(consumer: AIOConsumer, mark: bytes, partitions: int = 3) -> bool:
+    """Whether `consumer` reads `mark` on each of `partitions` partitions within 5 s."""
+    marked: set[int] = set()
+    deadline = time.monotonic() + 5
+    while len(marked) < partitions and time.monotonic() < deadline:
+        records = await consumer.getmany(timeout=0.5)
+        marked |= {r.partition for r in records if r.value == mark}
+    return len(marked) == partitions
 
 
 async def test_cancelling_the_reader_loses_nothing_and_close_does_not_hang(

@@ -37,11 +37,11 @@ async def test_a_future_done_in_time_keeps_its_result_and_is_forgotten() -> None
 
 
 async def test_only_the_futures_that_are_due_fail() -> None:
-    deadline = Deadline(0.15, resolution=0.01)
+    deadline = Deadline(1.0, resolution=0.01)  # 0.6 s apart: a stalled loop still tells them
     loop = asyncio.get_running_loop()
     early: asyncio.Future[None] = loop.create_future()
     deadline.watch(early)
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.6)
     late: asyncio.Future[None] = loop.create_future()
     deadline.watch(late)
 
@@ -67,19 +67,19 @@ async def test_the_sweep_starts_again_after_everything_was_forgotten() -> None:
 
 
 async def test_a_future_watched_again_does_not_hold_back_the_others() -> None:
-    deadline = Deadline(0.4, resolution=0.01)
+    deadline = Deadline(1.6, resolution=0.01)
     loop = asyncio.get_running_loop()
     again: asyncio.Future[None] = loop.create_future()
     other: asyncio.Future[None] = loop.create_future()
     deadline.watch(again)
     deadline.watch(other)
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.8)
     deadline.watch(again)  # its clock starts over, behind `other`'s
     started = loop.time()
 
     with pytest.raises(KafkaUnavailable):
         await other
-    assert loop.time() - started < 0.35  # due 0.2 s after the re-watch; `again`, 0.4
+    assert loop.time() - started < 1.4  # due 0.8 s after the re-watch; `again`, 1.6
     assert not again.done()
     with pytest.raises(KafkaUnavailable):
         await again

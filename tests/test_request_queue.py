@@ -166,7 +166,9 @@ async def test_when_the_loop_sits_idle_with_requests_queued_more_are_let_in(
     await _settle()
     assert app.inside == [0, 1]
 
-    await asyncio.sleep(0.2)  # several intervals, each growing the limit by half
+    async with asyncio.timeout(5):  # several intervals, each growing the limit by half
+        while len(app.entered) < 8:  # noqa: ASYNC110 (polls the app's state)
+            await asyncio.sleep(0.01)
     assert app.entered == list(range(8))  # all in, still in arrival order
     assert queue.waiting == 0
 
@@ -235,8 +237,9 @@ async def test_a_limit_raised_while_the_loop_idled_comes_back_once_it_is_busy(
     for _ in range(3):
         async with asyncio.timeout(5):
             await asyncio.gather(*(_request(queue, n) for n in range(2)))
-    await asyncio.sleep(0.3)
-    assert queue.limit == 2
+    async with asyncio.timeout(5):  # one interval's check at a time
+        while queue.limit != 2:  # noqa: ASYNC110 (polls the queue's state)
+            await asyncio.sleep(0.01)
     assert (queue.running, queue.waiting) == (0, 0)
 
 
