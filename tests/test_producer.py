@@ -260,6 +260,7 @@ async def test_produce_fails_then_recovers_when_a_real_broker_stops_and_returns(
                 except DeliveryError:
                     if time.monotonic() > deadline:
                         raise
+                    await asyncio.sleep(0.5)
     finally:
         await asyncio.to_thread(kafka.stop)
     assert metadata.offset >= 1

@@ -202,9 +202,10 @@ class AIOAdminClient:
                 return
             if loop.time() >= deadline:
                 logger.warning(
-                    "topics %s: the metadata still %s them after %.0f s",
+                    "topics %s: the metadata still %s them%s after %.0f s",
                     ", ".join(waiting),
                     "does not show" if listed else "shows",
+                    " with all their partitions led" if listed and partitions else "",
                     self._operation_timeout,
                 )
                 return

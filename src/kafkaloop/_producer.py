@@ -211,9 +211,9 @@ class AIOProducer:
         self._failure_log = RateLimitedLog(logger)
         self._waiting: collections.deque[_Waiting] = collections.deque()
         self._waiting_timer: asyncio.TimerHandle | None = None
-        self._batches: dict[BatchSettle, int] = {}
-        """produce_many's batches not yet settled, and their sizes: metrics count a batch's
-        outcomes once all are known."""
+        self._batches: dict[asyncio.Future[Any], tuple[BatchSettle, int]] = {}
+        """produce_many's batches not yet settled (by their future) and their sizes: metrics
+        count a batch's outcomes once all are known."""
         # Settles awaited produces on the loop (C code when kafkaloop's _handoff extension is
         # built) and counts every delivery reported on the loop; its room_wanted flag says a
         # message waits for room in librdkafka's queue.
@@ -445,11 +445,11 @@ class AIOProducer:
             len(items),
             self._call_soon,
             functools.partial(_delivery_error, topic),
-            lambda results: self._batch_done(done, batch, results),
+            functools.partial(self._batch_done, done),
             self._settle,
         )
         if items:
-            self._batches[batch] = len(items)
+            self._batches[done] = (batch, len(items))
         produce = self._producer.produce
         waited_since: float | None = None
         index = 0  # the first item not yet handed over (or failed)
@@ -507,11 +507,10 @@ class AIOProducer:
     def _batch_done(
         self,
         done: asyncio.Future[list[RecordMetadata | DeliveryError]],
-        batch: BatchSettle,
         results: list[RecordMetadata | DeliveryError],
     ) -> None:
         """On the loop: every outcome of a produce_many is known."""
-        self._batches.pop(batch, None)
+        self._batches.pop(done, None)
         delivered = sum(1 for result in results if type(result) is RecordMetadata)
         self._settle.delivered += delivered
         self._failed_loop += len(results) - delivered
@@ -662,9 +661,11 @@ class AIOProducer:
 
     # -- a full queue ----------------------------------------------------------------------
 
-    def _queue_full_error(self) -> QueueFullError:
+    def _queue_full_error(self, undelivered: int | None = None) -> QueueFullError:
+        if undelivered is None:
+            undelivered = self._undelivered()
         return QueueFullError(
-            f"librdkafka's local queue is full ({self._undelivered()} messages not yet "
+            f"librdkafka's local queue is full ({undelivered} messages not yet "
             "delivered): Kafka is slow or unreachable, or messages come faster than it takes "
             "them. Await produce() to wait for room, slow down, or raise "
             "queue.buffering.max.messages / queue.buffering.max.kbytes."
@@ -691,10 +692,11 @@ class AIOProducer:
         self._waiting_timer = None
         self._on_room()
         now = self._loop.time()
+        undelivered = self._undelivered()  # once for all that expire now
         while self._waiting and self._waiting[0].deadline <= now:
             waiting = self._waiting.popleft()
             self._failed_loop += 1
-            error = self._queue_full_error()
+            error = self._queue_full_error(undelivered)
             if not waiting.future.done():
                 waiting.future.set_exception(error)
             else:
@@ -821,6 +823,8 @@ class AIOProducer:
 
         ``timeout`` in seconds, None for no limit (each message still fails after
         ``message.timeout.ms``). Every future of a settled message is resolved on return.
+        With ``delivery.report.only.error`` set, a flush that times out returns at most what
+        librdkafka still holds, which may count events it queued (log lines, errors) too.
         """
         deadline = None if timeout is None else self._loop.time() + timeout
         while self._waiting:
@@ -856,7 +860,7 @@ class AIOProducer:
     def _undelivered(self) -> int:
         """Messages accepted and not yet delivered or failed. Not librdkafka's own count: that
         one includes the events (log lines, errors) it has queued for the application."""
-        known = sum(size - batch.remaining for batch, size in self._batches.items())
+        known = sum(size - batch.remaining for batch, size in self._batches.values())
         return self.metrics.in_flight - known
 
     async def close(self, timeout: float | None = None) -> int:
