@@ -235,6 +235,36 @@ def test_warm_start_needs_neither_maven_nor_network(tmp_path: Path) -> None:
     assert "Resolving" not in result.stderr
 
 
+def test_up_on_another_port_than_the_cluster_was_made_on_is_refused(tmp_path: Path) -> None:
+    state_dir = tmp_path / "clusters" / "made"
+    state_dir.mkdir(parents=True)
+    (state_dir / "cluster.json").write_text(
+        json.dumps(
+            {
+                "version": LocalKafka(1, state_dir=tmp_path / "probe").version,
+                "cluster_id": "x",
+                "nodes": [{"index": 0, "broker_port": 19301, "controller_port": 19302}],
+            }
+        )
+    )
+    env = {**os.environ, "KAFKALOOP_CACHE_DIR": str(tmp_path)}
+    env.pop("KAFKALOOP_BROKER_PORT", None)
+
+    try:
+        by_flag = _cli("broker", "up", "--name", "made", "--port", "19400", env=env)
+        by_env = _cli(
+            "broker", "up", "--name", "made", env=env | {"KAFKALOOP_BROKER_PORT": "19400"}
+        )
+    finally:  # had it started the cluster, nothing is left running
+        _cli("broker", "down", "--name", "made", env=env)
+
+    for refused in (by_flag, by_env):
+        assert refused.returncode == 2
+        assert "was made on port 19301 and keeps it, not 19400" in refused.stderr
+        assert "--purge" in refused.stderr
+    assert json.loads((state_dir / "cluster.json").read_text())["nodes"][0]["broker_port"] == 19301
+
+
 def test_stale_pid_in_state_file_reads_as_stopped(tmp_path: Path) -> None:
     state_dir = tmp_path / "cluster"
     state_dir.mkdir()

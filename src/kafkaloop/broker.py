@@ -408,6 +408,12 @@ class LocalKafka:
         return self.state_dir / f"node-{index}"
 
     @property
+    def first_port(self) -> int | None:
+        """The first node's broker port, as recorded when the cluster was made (None: never
+        made). A cluster keeps its ports until it is purged."""
+        return self._nodes[0].broker_port if self._nodes else None
+
+    @property
     def bootstrap_servers(self) -> str:
         """``127.0.0.1:PORT[,...]`` for every node."""
         if not self._nodes:

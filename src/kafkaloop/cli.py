@@ -34,6 +34,16 @@ def _cluster(args: argparse.Namespace, *, nodes: int | None = None) -> LocalKafk
 
 def _broker_up(args: argparse.Namespace) -> int:
     kafka = _cluster(args, nodes=args.nodes)
+    asked = args.port or (
+        os.environ.get("KAFKALOOP_BROKER_PORT")
+        and _port_from_env("KAFKALOOP_BROKER_PORT", DEFAULT_PORT)
+    )
+    if asked and kafka.first_port is not None and asked != kafka.first_port:
+        raise ConfigurationError(
+            f"The cluster {args.name!r} was made on port {kafka.first_port} and keeps it, not "
+            f"{asked}: leave out --port (and KAFKALOOP_BROKER_PORT), use another --name, or "
+            f"`kafkaloop broker down --name {args.name} --purge` (deleting its data) first."
+        )
     if not kafka.is_running():
         print_progress(f"Starting a {kafka.nodes}-node Kafka cluster in {kafka.state_dir} ...")
     started = time.monotonic()
