@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
 from kafkaloop._exceptions import KafkaloopError
 
 
-def run_smoke(bootstrap: str, topic: str, count: int, timeout: float = 60.0) -> int:
-    """Produce `count` messages tagged with a fresh run id, consume them back, print timings."""
+def run_smoke(
+    producer_config: dict[str, Any],
+    consumer_config: dict[str, Any],
+    topic: str,
+    count: int,
+    timeout: float = 60.0,
+) -> int:
+    """Produce `count` messages tagged with a fresh run id, consume them back, print timings.
+
+    The configurations are librdkafka's (``bootstrap.servers`` and the rest: security...)."""
+    bootstrap = producer_config["bootstrap.servers"]
     run_id = uuid.uuid4().hex
     failures: list[KafkaError] = []
 
@@ -20,7 +30,7 @@ def run_smoke(bootstrap: str, topic: str, count: int, timeout: float = 60.0) -> 
             failures.append(err)
 
     started = time.monotonic()
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    producer = Producer({"enable.idempotence": True, **producer_config})
     for i in range(count):
         producer.produce(topic, f"{run_id}:{i}".encode(), on_delivery=on_delivery)
         producer.poll(0)
@@ -34,7 +44,7 @@ def run_smoke(bootstrap: str, topic: str, count: int, timeout: float = 60.0) -> 
 
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **consumer_config,
             "group.id": f"kafkaloop-smoke-{run_id}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,

@@ -10,13 +10,17 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, TypeVar
 
 from kafkaloop._exceptions import ConfigurationError, KafkaloopError
 from kafkaloop.broker import LocalKafka, cache_dir, print_progress
 
 if TYPE_CHECKING:
     import asyncio
+
+    from kafkaloop.settings import KafkaSettings
+
+_Settings = TypeVar("_Settings", bound="KafkaSettings")
 
 DEFAULT_PORT = 9092
 
@@ -134,12 +138,16 @@ def _follow(paths: Sequence[Path], logs: Sequence[IO[str]]) -> None:
 
 def _smoke(args: argparse.Namespace) -> int:
     from kafkaloop._smoke import run_smoke  # imported late: keeps `broker` start-up light
-    from kafkaloop.settings import bootstrap_from_env
+    from kafkaloop.settings import KafkaSettings, bootstrap_from_env
 
-    bootstrap = bootstrap_from_env()
-    if not bootstrap:
-        bootstrap = _cluster(args).start()
-    return run_smoke(bootstrap, args.topic, args.count)
+    if bootstrap_from_env():  # a cluster of the user's: with their client configuration
+        settings = _settings(KafkaSettings)
+        settings.check()
+        producer, consumer = settings.producer(), settings.consumer()
+    else:
+        local = {"bootstrap.servers": _cluster(args).start()}
+        producer, consumer = local, local
+    return run_smoke(producer, consumer, args.topic, args.count)
 
 
 def http_protocol(write_batching: bool) -> str | type[asyncio.Protocol]:
@@ -195,18 +203,13 @@ def _port_from_env(variable: str, default: int) -> int:
 _SETTINGS = "invalid settings in the environment (KAFKALOOP_*, KAFKA_BOOTSTRAP_SERVERS)"
 
 
-def _serve(args: argparse.Namespace) -> int:
-    import importlib.util  # imported late: keeps `broker` start-up light
-
-    import uvicorn
+def _settings(kind: type[_Settings]) -> _Settings:
+    """`kind` read from the environment, or ConfigurationError naming what is wrong."""
     from pydantic import ValidationError
     from pydantic_settings import SettingsError
 
-    from kafkaloop.settings import ServiceSettings
-
-    port = args.port if args.port is not None else _port_from_env("KAFKALOOP_PORT", 8000)
     try:
-        settings = ServiceSettings()
+        return kind()
     except SettingsError as exc:
         # "error parsing value for field "producer_config" ...": the field, not the value.
         raise ConfigurationError(f"{_SETTINGS}: {exc} (malformed JSON?)") from None
@@ -217,6 +220,17 @@ def _serve(args: argparse.Namespace) -> int:
             for error in exc.errors(include_url=False, include_input=False)
         )
         raise ConfigurationError(f"{_SETTINGS}: {problems}") from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import importlib.util  # imported late: keeps `broker` start-up light
+
+    import uvicorn
+
+    from kafkaloop.settings import ServiceSettings
+
+    port = args.port if args.port is not None else _port_from_env("KAFKALOOP_PORT", 8000)
+    settings = _settings(ServiceSettings)
     # What librdkafka refuses, said here once: in the app's start-up it would be a traceback
     # per worker.
     settings.check(consumers=settings.item_cache or settings.live_push)
