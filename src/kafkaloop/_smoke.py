@@ -6,9 +6,14 @@ import time
 import uuid
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
+from kafkaloop._config import configuration_error
 from kafkaloop._exceptions import KafkaloopError
+
+_NOT_FOR_SMOKE = ("transactional.id", "delivery.report.only.error")
+"""Producer properties of the user's the smoke's plain producer leaves out: it opens no
+transaction, and wants every report."""
 
 
 def run_smoke(
@@ -20,8 +25,10 @@ def run_smoke(
 ) -> int:
     """Produce `count` messages tagged with a fresh run id, consume them back, print timings.
 
-    The configurations are librdkafka's (``bootstrap.servers`` and the rest: security...)."""
+    The configurations are librdkafka's (``bootstrap.servers`` and the rest: security...); a
+    configuration librdkafka refuses raises :class:`ConfigurationError`."""
     bootstrap = producer_config["bootstrap.servers"]
+    producer_config = {k: v for k, v in producer_config.items() if k not in _NOT_FOR_SMOKE}
     run_id = uuid.uuid4().hex
     failures: list[KafkaError] = []
 
@@ -30,7 +37,10 @@ def run_smoke(
             failures.append(err)
 
     started = time.monotonic()
-    producer = Producer({"enable.idempotence": True, **producer_config})
+    try:
+        producer = Producer(producer_config)
+    except (KafkaException, ValueError, TypeError) as exc:
+        raise configuration_error(exc, producer_config, "smoke producer") from None
     for i in range(count):
         producer.produce(topic, f"{run_id}:{i}".encode(), on_delivery=on_delivery)
         producer.poll(0)
@@ -42,14 +52,16 @@ def run_smoke(
     produced = time.monotonic() - started
     print(f"produced {count} messages to {topic!r} on {bootstrap} in {produced:.2f}s")
 
-    consumer = Consumer(
-        {
-            **consumer_config,
-            "group.id": f"kafkaloop-smoke-{run_id}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
+    consumer_config = {
+        **consumer_config,
+        "group.id": f"kafkaloop-smoke-{run_id}",
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+    }
+    try:
+        consumer = Consumer(consumer_config)
+    except (KafkaException, ValueError, TypeError) as exc:
+        raise configuration_error(exc, consumer_config, "smoke consumer") from None
     seen: set[int] = set()
     deadline = time.monotonic() + timeout
     try:

@@ -146,7 +146,7 @@ def _smoke(args: argparse.Namespace) -> int:
         producer, consumer = settings.producer(), settings.consumer()
     else:
         local = {"bootstrap.servers": _cluster(args).start()}
-        producer, consumer = local, local
+        producer, consumer = {**local, "enable.idempotence": True}, local
     return run_smoke(producer, consumer, args.topic, args.count)
 
 
