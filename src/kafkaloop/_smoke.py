@@ -12,8 +12,8 @@ from kafkaloop._config import configuration_error
 from kafkaloop._exceptions import KafkaloopError
 
 _NOT_FOR_SMOKE = ("transactional.id", "delivery.report.only.error")
-"""Producer properties of the user's the smoke's plain producer leaves out: it opens no
-transaction, and wants every report."""
+"""The user's producer properties that the smoke's plain producer leaves out: it opens no
+transaction, and wants every delivery reported."""
 
 
 def run_smoke(
