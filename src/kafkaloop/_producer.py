@@ -787,12 +787,16 @@ class AIOProducer:
         if self._final_metrics is not None:
             return self._final_metrics
         produced = self._produced_so_far()
-        # Read in this order when only failures are reported: what was produced, what
-        # librdkafka still holds (its messages, and the events it has queued for the loop),
-        # then what failed. Every failure is counted before librdkafka lets go of its message
-        # (_count_failure_first), so produced - held - failed is never more than were
-        # delivered; the count shown is the highest such bound yet, so it never goes back.
-        held = len(self._producer) if self._failures_only else 0
+        return self._reckon(produced, len(self._producer) if self._failures_only else 0)
+
+    def _reckon(self, produced: int, held: int) -> ProducerMetrics:
+        """The counts, from what was produced and then what librdkafka held.
+
+        Read in this order when only failures are reported: what was produced, what
+        librdkafka still holds (its messages, and the events it has queued for the loop),
+        then what failed. Every failure is counted before librdkafka lets go of its message
+        (_count_failure_first), so produced - held - failed is never more than were
+        delivered; the count shown is the highest such bound yet, so it never goes back."""
         with self._thread_counts_lock:
             delivered_thread, failed_thread = self._delivered_thread, self._failed_thread
             failed = self._failed_loop + failed_thread
@@ -844,9 +848,7 @@ class AIOProducer:
             )
             if not remaining:
                 if self._failures_only:  # librdkafka let go of every message produced before
-                    with self._thread_counts_lock:
-                        failed = self._failed_loop + self._failed_thread
-                        self._delivered_bound = max(self._delivered_bound, produced - failed)
+                    self._reckon(produced, held=0)
                 break
             if not self._undelivered():
                 break
