@@ -191,6 +191,13 @@ class ServiceSettings(KafkaSettings):
         description="Write each connection's HTTP output once per event-loop turn, head and "
         "body together (kafkaloop.write_batching; needs httptools)",
     )
+    opentelemetry: bool | None = Field(
+        None,
+        description="FastAPI's OpenTelemetry instrumentation of each request. Unset: on if an "
+        "OpenTelemetry provider is set up when the app is made (or "
+        "FASTAPI_OTEL_AUTO_CONFIGURE=true), else off, so requests skip FastAPI's check of the "
+        "providers (kafkaloop.fastapi.telemetry_options)",
+    )
     request_concurrency: int = Field(
         32,
         ge=0,

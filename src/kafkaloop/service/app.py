@@ -40,6 +40,7 @@ from kafkaloop.fastapi import (
     kafka_clients,
     kafka_ready,
     serving_gc,
+    telemetry_options,
 )
 from kafkaloop.metrics import RequestMetrics, ServiceMetrics
 from kafkaloop.push import TOO_SLOW, Broadcaster, SlowClientError
@@ -285,6 +286,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         title="kafkaloop reference service",
         description="Items POSTed here go to Kafka; every consumed item is pushed live.",
         lifespan=lifespan,
+        **telemetry_options(settings.opentelemetry),
     )
     install_error_handlers(app)
 
