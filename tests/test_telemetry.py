@@ -2,37 +2,73 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from opentelemetry import _logs, metrics, trace
 
-from kafkaloop.fastapi import telemetry_options
+from kafkaloop.fastapi import telemetry_configured, telemetry_options
 from kafkaloop.service import create_app
 from kafkaloop.settings import ServiceSettings
+from tests.service_helpers import service_settings, serving
+
+pytest.importorskip("fastapi.telemetry", reason="this FastAPI has no native telemetry")
+otel_trace = pytest.importorskip("opentelemetry.trace")
+otel_metrics = pytest.importorskip("opentelemetry.metrics")
+otel_logs = pytest.importorskip("opentelemetry._logs")
+
+GETTERS = {
+    "traces": (otel_trace, "get_tracer_provider"),
+    "metrics": (otel_metrics, "get_meter_provider"),
+    "logs": (otel_logs, "get_logger_provider"),
+}
+
+
+def _unset() -> dict[str, Any]:
+    """What OpenTelemetry's API hands out before anything sets a global provider."""
+    from opentelemetry._logs._internal import ProxyLoggerProvider
+    from opentelemetry.metrics._internal import _ProxyMeterProvider
+
+    return {
+        "traces": otel_trace.ProxyTracerProvider(),
+        "metrics": _ProxyMeterProvider(),
+        "logs": ProxyLoggerProvider(),
+    }
+
+
+def _set_up(kind: str) -> Any:
+    """A provider as an SDK would set it: any class but the API's placeholders."""
+    base = {
+        "traces": otel_trace.NoOpTracerProvider,
+        "metrics": otel_metrics.NoOpMeterProvider,
+        "logs": otel_logs.NoOpLoggerProvider,
+    }[kind]
+    return type(f"SetUp{base.__name__}", (base,), {})()
+
+
+class Providers:
+    """OpenTelemetry's global providers as everyone sees them in a test, and who asked."""
+
+    def __init__(self) -> None:
+        self.current = _unset()
+        self.asks: list[str] = []
 
 
 @pytest.fixture
-def provider_asks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every look at OpenTelemetry's global providers, by whoever makes it, from now on."""
-    asks: list[str] = []
-    for module, name in (
-        (trace, "get_tracer_provider"),
-        (metrics, "get_meter_provider"),
-        (_logs, "get_logger_provider"),
-    ):
-        original: Callable[[], Any] = getattr(module, name)
+def providers(monkeypatch: pytest.MonkeyPatch) -> Providers:
+    """No global provider set up (whatever this process holds), every look counted."""
+    state = Providers()
+    for kind, (module, name) in GETTERS.items():
 
-        def counted(original: Callable[[], Any] = original, name: str = name) -> Any:
-            asks.append(name)
-            return original()
+        def provider(kind: str = kind) -> Any:
+            state.asks.append(kind)
+            return state.current[kind]
 
-        monkeypatch.setattr(module, name, counted)
+        monkeypatch.setattr(module, name, provider)
     monkeypatch.delenv("FASTAPI_OTEL_AUTO_CONFIGURE", raising=False)
-    return asks
+    return state
 
 
 def _app(**options: Any) -> FastAPI:
@@ -45,38 +81,40 @@ def _app(**options: Any) -> FastAPI:
     return app
 
 
-async def _asks_per_request(app: FastAPI, asks: list[str], path: str = "/ping") -> int:
-    """How many looks at the providers `requests` requests to `path` made."""
+async def _asks_per_request(app: FastAPI, providers: Providers, path: str = "/ping") -> float:
+    """Looks at the providers per request to `path`, over five requests."""
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
         await client.get(path)  # (anything built on the first request is built)
-        before = len(asks)
+        before = len(providers.asks)
         for _ in range(5):
             assert (await client.get(path)).status_code == 200
-    return len(asks) - before
+    return (len(providers.asks) - before) / 5
 
 
-async def test_no_provider_set_up_means_no_look_per_request(provider_asks: list[str]) -> None:
+async def test_no_provider_set_up_means_no_look_per_request(providers: Providers) -> None:
     settled = _app(**telemetry_options())
     as_fastapi_does = _app()
 
-    assert await _asks_per_request(settled, provider_asks) == 0
-    # FastAPI on its own looks at them on every request: what the option spares
-    assert await _asks_per_request(as_fastapi_does, provider_asks) >= 5
+    assert not telemetry_configured()
+    assert await _asks_per_request(settled, providers) == 0
+    # FastAPI on its own asks all three on every request: what the option spares
+    assert await _asks_per_request(as_fastapi_does, providers) >= 3
 
 
-async def test_a_provider_set_up_keeps_fastapi_s_instrumentation(
-    provider_asks: list[str], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("kind", GETTERS)
+async def test_any_provider_set_up_keeps_fastapi_s_instrumentation(
+    providers: Providers, kind: str
 ) -> None:
-    monkeypatch.setattr(trace, "get_tracer_provider", lambda: trace.NoOpTracerProvider())
-    options = telemetry_options()
+    providers.current[kind] = _set_up(kind)
 
-    assert options == {}  # FastAPI's defaults: it instruments each request
-    assert await _asks_per_request(_app(**options), provider_asks) >= 5
+    assert telemetry_configured()
+    assert telemetry_options() == {}  # FastAPI's defaults: it instruments each request
+    assert await _asks_per_request(_app(**telemetry_options()), providers) >= 1
 
 
 def test_auto_configure_and_explicit_choices(
-    provider_asks: list[str], monkeypatch: pytest.MonkeyPatch
+    providers: Providers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     off = {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
     assert telemetry_options() == off
@@ -85,16 +123,18 @@ def test_auto_configure_and_explicit_choices(
     monkeypatch.setenv("FASTAPI_OTEL_AUTO_CONFIGURE", "True")  # FastAPI sets one up at start-up
     assert telemetry_options() == {}
     assert telemetry_options(False) == off
+    providers.current["logs"] = _set_up("logs")
+    assert telemetry_options(False) == off  # off when asked, whatever is set up
 
 
 @pytest.mark.parametrize(("setting", "asked"), [(None, False), (True, True), (False, False)])
 async def test_the_service_settles_it_from_its_setting(
-    provider_asks: list[str], setting: bool | None, asked: bool
+    providers: Providers, setting: bool | None, asked: bool
 ) -> None:
     # (the schema needs no Kafka: no lifespan runs here)
     app = create_app(ServiceSettings(bootstrap_servers="127.0.0.1:1", opentelemetry=setting))
 
-    assert (await _asks_per_request(app, provider_asks, "/openapi.json") > 0) is asked
+    assert (await _asks_per_request(app, providers, "/openapi.json") > 0) is asked
 
 
 def test_the_setting_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -104,3 +144,25 @@ def test_the_setting_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     assert ServiceSettings().opentelemetry is False
     monkeypatch.delenv("KAFKALOOP_OPENTELEMETRY")
     assert ServiceSettings().opentelemetry is None
+
+
+@pytest.mark.parametrize(("setting", "warned"), [(None, True), (False, False)])
+async def test_the_service_says_when_opentelemetry_came_too_late(
+    providers: Providers,
+    caplog: pytest.LogCaptureFixture,
+    kafka_bootstrap: str,
+    topic_name: str,
+    setting: bool | None,
+    warned: bool,
+) -> None:
+    app = create_app(service_settings(kafka_bootstrap, topic_name, opentelemetry=setting))
+    providers.current["traces"] = _set_up("traces")  # set up after the app was made
+
+    with caplog.at_level(logging.WARNING, logger="kafkaloop"):
+        async with serving(app):
+            pass
+
+    late = [r for r in caplog.records if "OpenTelemetry was set up after" in r.getMessage()]
+    assert len(late) == warned
+    if warned:
+        assert "KAFKALOOP_OPENTELEMETRY=true" in late[0].getMessage()

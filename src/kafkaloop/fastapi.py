@@ -7,7 +7,9 @@ from fastapi import Depends, FastAPI
 from pydantic import BaseModel
 
 from kafkaloop import AIOProducer
-from kafkaloop.fastapi import get_producer, install_error_handlers, kafka_clients, produce_within
+from kafkaloop.fastapi import (
+    get_producer, install_error_handlers, kafka_clients, produce_within, telemetry_options
+)
 from kafkaloop.settings import KafkaSettings
 
 class Item(BaseModel):
@@ -18,7 +20,7 @@ async def lifespan(app):
     async with kafka_clients(KafkaSettings(), topics=[NewTopic("items", 3)]) as kafka:
         yield {"kafka": kafka}
 
-app = FastAPI(lifespan=lifespan)
+app = FastAPI(lifespan=lifespan, **telemetry_options())
 install_error_handlers(app)
 
 @app.post("/items")
@@ -39,6 +41,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+import fastapi.applications
 from confluent_kafka import KafkaError
 from confluent_kafka.admin import NewTopic
 from fastapi import FastAPI, Request
@@ -77,6 +80,7 @@ __all__ = [
     "kafka_ready",
     "produce_within",
     "serving_gc",
+    "telemetry_configured",
     "telemetry_options",
 ]
 
@@ -323,22 +327,25 @@ def telemetry_options(enabled: bool | None = None) -> dict[str, Any]:
     whether any of them is set up: some 5 µs a request, a few percent of a small endpoint's
     throughput, spent even where nothing will ever listen. `enabled` None (the default) decides
     once instead: on (FastAPI's own behaviour, nothing passed) when a global provider is set up
-    by now or ``FASTAPI_OTEL_AUTO_CONFIGURE=true`` asks FastAPI to set one up at start-up;
-    off otherwise. So set OpenTelemetry up before the app is made (``opentelemetry-instrument``
-    does), or pass True. True: FastAPI's defaults; False: off. A FastAPI without native
-    telemetry gets nothing passed either way.
+    by now (:func:`telemetry_configured`) or ``FASTAPI_OTEL_AUTO_CONFIGURE=true`` asks FastAPI to
+    set one up at start-up; off otherwise. OpenTelemetry set up later (in a lifespan, in a
+    worker after a pre-forking server loaded the app) is then not seen: set it up before the app
+    is made (``opentelemetry-instrument`` does), or pass True. True: FastAPI's defaults; False:
+    off. A FastAPI without native telemetry gets nothing passed either way.
     """
     if enabled is None:
         enabled = os.environ.get("FASTAPI_OTEL_AUTO_CONFIGURE", "").lower() == "true" or (
-            _telemetry_configured()
+            telemetry_configured()
         )
-    if enabled or "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+    # (FastAPI's own class: an instrumentor may have put a subclass in its place)
+    if enabled or "telemetry" not in inspect.signature(fastapi.applications.FastAPI).parameters:
         return {}
     return {"telemetry": dict(_TELEMETRY_OFF)}
 
 
-def _telemetry_configured() -> bool:
-    """Whether any of OpenTelemetry's global providers (traces, metrics, logs) is set up."""
+def telemetry_configured() -> bool:
+    """Whether any of OpenTelemetry's global providers (traces, metrics, logs) is set up: what
+    FastAPI's native telemetry asks on every request."""
     try:
         from opentelemetry import _logs, metrics, trace
     except ImportError:

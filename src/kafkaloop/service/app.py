@@ -40,6 +40,7 @@ from kafkaloop.fastapi import (
     kafka_clients,
     kafka_ready,
     serving_gc,
+    telemetry_configured,
     telemetry_options,
 )
 from kafkaloop.metrics import RequestMetrics, ServiceMetrics
@@ -218,8 +219,17 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     out_of_band_failures = RateLimitedLog(logger)
     stalled_streams = RateLimitedLog(logger)
 
+    # FastAPI's OpenTelemetry instrumentation, settled now rather than asked on every request.
+    telemetry = telemetry_options(settings.opentelemetry)
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        if telemetry and settings.opentelemetry is None and telemetry_configured():
+            logger.warning(
+                "OpenTelemetry was set up after the service's app was made: FastAPI's "
+                "instrumentation of its requests stays off. Set it up before (as "
+                "opentelemetry-instrument does), or set KAFKALOOP_OPENTELEMETRY=true"
+            )
         topics = [
             NewTopic(
                 topic,
@@ -286,7 +296,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         title="kafkaloop reference service",
         description="Items POSTed here go to Kafka; every consumed item is pushed live.",
         lifespan=lifespan,
-        **telemetry_options(settings.opentelemetry),
+        **telemetry,
     )
     install_error_handlers(app)
 
