@@ -1,18 +1,20 @@
 """What each endpoint of the reference service costs the event loop's thread, without HTTP.
 
-    .venv/bin/python -m bench.loop_cost       # about a minute; needs two cores
+    .venv/bin/python -m bench.loop_cost       # about a minute; two cores
 
 The web benchmark's ratios to the no-op move by up to 0.1 between runs of the same code on a
 noisy machine, because they divide two throughputs measured seconds apart. This measures the
 cost itself: the service's ASGI app (its middleware, FastAPI, the same body model) driven
 in-process by N concurrent callers, and the CPU time its event-loop thread spends per request,
-endpoint by endpoint in rotating rounds. Threads are placed as ``bench web --pin loop`` places
-a server's: the loop's thread alone on the first core, every other thread of the process
-(librdkafka's, the executor's) on the second; the broker is not pinned. The count cache and
-live push are off (``bench.readers`` measures them); ``/items0`` is the web benchmark's floor
-(the no-op plus one ``await`` the loop resolves itself). An endpoint's cost over the no-op, as
-a share of the no-op's, is what it keeps less of the no-op's throughput on a loop that has all
-it can do, before HTTP parsing and writing (which every endpoint pays alike) dilute it.
+endpoint by endpoint, in rounds that take the endpoints in a shuffled order, each cell starting
+once the deliveries of the one before are served. Threads are placed as ``bench web --pin
+loop`` places a server's: the loop's thread alone on the first core, every other thread of the
+process (librdkafka's, the executor's) on the second; the broker is not pinned. The count cache
+and live push are off (``bench.readers`` measures them); ``/items0`` is the web benchmark's
+floor (the no-op plus one ``await`` the loop resolves itself). An endpoint's cost over the
+no-op, as a share of the no-op's, is what it keeps less of the no-op's throughput on a loop
+that has all it can do, before HTTP parsing and writing (which every endpoint pays alike)
+dilute it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import random
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -45,9 +48,9 @@ ENDPOINTS = {
 }
 
 
-def place_threads() -> str:
-    """This thread (the loop's) alone on the first core, the process's others on the second."""
-    cores = sorted(os.sched_getaffinity(0))
+def place_threads(cores: list[int]) -> str:
+    """This thread (the loop's) alone on the first of `cores` (the process's cores before any
+    placement), the process's other threads on the second."""
     if len(cores) < 2:
         return "no placement (one core)"
     loop_thread = threading.get_native_id()
@@ -84,15 +87,29 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, list[tuple[float, flo
     calls = {path: asgi_request(app, path) for path in ENDPOINTS}
     costs: dict[str, list[tuple[float, float]]] = {path: [] for path in ENDPOINTS}
     progress = Progress(args.rounds * len(calls))
-    async with app.router.lifespan_context(app):
-        placement = place_threads()
+    cores = sorted(os.sched_getaffinity(0))  # (read once: placing this thread narrows it)
+    order = random.Random(1)
+    async with app.router.lifespan_context(app) as state:
+        assert state is not None  # (the service's lifespan yields its state)
+        kafka = state["kafka"]
+
+        async def settle() -> None:
+            """Every delivery of the cell before served, outside any cell's timing."""
+            await kafka.producer.flush(30)
+            await kafka.fire_and_forget.flush(30)
+
+        placement = place_threads(cores)
         for call in calls.values():  # warm-up (and the middleware stack built)
             await cost(call, 2000, args.callers)
         for round_ in range(args.rounds):
-            place_threads()  # (threads started since: a callback thread on first use)
-            for path, call in calls.items():
+            place_threads(cores)  # (threads started since: a callback thread on first use)
+            paths = list(calls)
+            order.shuffle(paths)  # no endpoint always follows the same one
+            for path in paths:
                 progress.step(f"round {round_ + 1} {path}")
-                costs[path].append(await cost(call, args.requests, args.callers))
+                await settle()
+                costs[path].append(await cost(calls[path], args.requests, args.callers))
+            await settle()
     progress.finish()
     return costs, placement
 
@@ -114,7 +131,7 @@ def main() -> None:
     rows = []
     for path, name in ENDPOINTS.items():
         loop = [c[0] for c in costs[path]]
-        # each round's over the no-op's of that round: the machine's drift drops out
+        # each round's over the no-op's of that round: drift slower than a round drops out
         over = [cost - base for cost, base in zip(loop, noop, strict=True)]
         kept = [base / cost for cost, base in zip(loop, noop, strict=True)]
         rows.append(
@@ -131,9 +148,9 @@ def main() -> None:
             "# The event loop's CPU per request, endpoint by endpoint (in-process)\n",
             machine_note(),
             f"{args.callers} concurrent callers; {args.rounds} round(s) of {args.requests:,} "
-            f"requests per endpoint, rotating; {placement}; the count cache and live push off. "
-            "Medians; the round-by-round columns compare each cell with the no-op's of its "
-            "round.\n",
+            f"requests per endpoint, in a shuffled order; {placement}; the count cache and "
+            "live push off. Medians; the round-by-round columns compare each cell with the "
+            "no-op's of its round.\n",
             markdown_table(
                 [
                     "endpoint",
