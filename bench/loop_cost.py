@@ -6,8 +6,9 @@ The web benchmark's ratios to the no-op move by up to 0.1 between runs of the sa
 noisy machine, because they divide two throughputs measured seconds apart. This measures the
 cost itself: the service's ASGI app (its middleware, FastAPI, the same body model) driven
 in-process by N concurrent callers, and the CPU time its event-loop thread spends per request,
-endpoint by endpoint, in rounds that take the endpoints in a shuffled order, each cell starting
-once the deliveries of the one before are served. Threads are placed as ``bench web --pin
+endpoint by endpoint, in rounds that take the endpoints in a shuffled order, each cell timed
+until the deliveries of its requests are served (an out-of-band endpoint answers before its
+delivery report comes; serving it is part of its cost). Threads are placed as ``bench web --pin
 loop`` places a server's: the loop's thread alone on the first core, every other thread of the
 process (librdkafka's, the executor's) on the second; the broker is not pinned. The count cache
 and live push are off (``bench.readers`` measures them); ``/items0`` is the web benchmark's
@@ -62,9 +63,13 @@ def place_threads(cores: list[int]) -> str:
 
 
 async def cost(
-    call: Callable[[], Awaitable[None]], total: int, callers: int
+    call: Callable[[], Awaitable[None]],
+    total: int,
+    callers: int,
+    settle: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[float, float]:
-    """Loop-thread and whole-process CPU microseconds per call, `total` calls by `callers`."""
+    """Loop-thread and whole-process CPU microseconds per call, `total` calls by `callers`,
+    then `settle()` (the deliveries of those calls served: waiting costs the loop nothing)."""
     left = total
 
     async def caller() -> None:
@@ -75,6 +80,8 @@ async def cost(
 
     thread, process = time.thread_time(), time.process_time()
     await asyncio.gather(*(caller() for _ in range(callers)))
+    if settle is not None:
+        await settle()
     return (
         (time.thread_time() - thread) / total * 1e6,
         (time.process_time() - process) / total * 1e6,
@@ -94,22 +101,20 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, list[tuple[float, flo
         kafka = state["kafka"]
 
         async def settle() -> None:
-            """Every delivery of the cell before served, outside any cell's timing."""
+            """Every delivery reported and served (out-of-band endpoints answer before)."""
             await kafka.producer.flush(30)
             await kafka.fire_and_forget.flush(30)
 
         placement = place_threads(cores)
         for call in calls.values():  # warm-up (and the middleware stack built)
-            await cost(call, 2000, args.callers)
+            await cost(call, 2000, args.callers, settle)
         for round_ in range(args.rounds):
             place_threads(cores)  # (threads started since: a callback thread on first use)
             paths = list(calls)
             order.shuffle(paths)  # no endpoint always follows the same one
             for path in paths:
                 progress.step(f"round {round_ + 1} {path}")
-                await settle()
-                costs[path].append(await cost(calls[path], args.requests, args.callers))
-            await settle()
+                costs[path].append(await cost(calls[path], args.requests, args.callers, settle))
     progress.finish()
     return costs, placement
 

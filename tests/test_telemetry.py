@@ -146,7 +146,7 @@ def test_the_setting_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     assert ServiceSettings().opentelemetry is None
 
 
-@pytest.mark.parametrize(("setting", "warned"), [(None, True), (False, False)])
+@pytest.mark.parametrize(("setting", "warned"), [(None, True), (False, False), (True, False)])
 async def test_the_service_says_when_opentelemetry_came_too_late(
     providers: Providers,
     caplog: pytest.LogCaptureFixture,

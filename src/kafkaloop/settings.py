@@ -196,7 +196,8 @@ class ServiceSettings(KafkaSettings):
         description="FastAPI's OpenTelemetry instrumentation of each request. Unset: on if an "
         "OpenTelemetry provider is set up when the app is made (or "
         "FASTAPI_OTEL_AUTO_CONFIGURE=true), else off, so requests skip FastAPI's check of the "
-        "providers (kafkaloop.fastapi.telemetry_options)",
+        "providers (kafkaloop.fastapi.telemetry_options); one set up later is not seen, and "
+        "start-up logs a warning",
     )
     request_concurrency: int = Field(
         32,
