@@ -287,6 +287,40 @@ def test_stale_pid_in_state_file_reads_as_stopped(tmp_path: Path) -> None:
     kafka.stop()  # signals nothing: the pid is not ours
 
 
+def test_a_node_just_launched_counts_as_running_before_proc_shows_its_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the fork and the end of a JVM's exec, /proc shows another command line (or
+    none) for it: the node launched must not read as a node that exited during start-up."""
+    from kafkaloop import broker
+
+    state = {
+        "version": LocalKafka(1, state_dir=tmp_path / "probe").version,
+        "cluster_id": "x",
+        "nodes": [{"index": 0, "broker_port": free_port(), "controller_port": free_port()}],
+    }
+    (tmp_path / "cluster.json").write_text(json.dumps(state))
+    (tmp_path / "node-0").mkdir()
+    java = tmp_path / "java"  # a "JVM" that starts and never answers
+    java.write_text("#!/bin/sh\nexec sleep 60\n")
+    java.chmod(0o755)
+    monkeypatch.setattr(broker, "find_java", lambda: str(java))
+    monkeypatch.setattr(broker, "resolve_kafka", lambda *args, **kwargs: tmp_path)
+    monkeypatch.setattr(broker, "_pid_is_ours", lambda pid, node_dir: False)  # not exec'ed yet
+    kafka = LocalKafka(state_dir=tmp_path)
+
+    try:
+        with pytest.raises(LocalKafkaError) as caught:
+            kafka.start_node(0, timeout=1)
+        running = kafka.is_running(0)
+    finally:
+        kafka.stop()
+
+    assert "did not answer metadata requests within 1s" in str(caught.value)  # not "exited"
+    assert running
+    assert not kafka.is_running(0)  # stopped: its handle says so
+
+
 def test_stopping_a_cluster_of_another_version_keeps_its_state_file_as_it_was(
     tmp_path: Path,
 ) -> None:

@@ -436,18 +436,11 @@ class LocalKafka:
         if not self._nodes:
             return False
         chosen = self._nodes if index is None else [self._nodes[index]]
-        return all(
-            node.pid is not None and _pid_is_ours(node.pid, self.node_dir(node.index))
-            for node in chosen
-        )
+        return all(self._alive(node.index) for node in chosen)
 
     def pids(self) -> list[int]:
         """Process ids of the nodes that are running."""
-        return [
-            node.pid
-            for node in self._nodes
-            if node.pid is not None and _pid_is_ours(node.pid, self.node_dir(node.index))
-        ]
+        return [node.pid for node in self._nodes if self._alive(node.index) and node.pid]
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -713,6 +706,19 @@ class LocalKafka:
     def _expected_live(self) -> int:
         return sum(1 for node in self._nodes if self.is_running(node.index))
 
+    def _alive(self, index: int, pid: int | None = None) -> bool:
+        """Whether node `index` runs (its recorded pid, or `pid`). A JVM this object started is
+        asked through its process handle: between the fork and the end of its exec, /proc
+        shows another command line, or none, and would read as not ours. One started by
+        another process is looked up in /proc."""
+        pid = self._nodes[index].pid if pid is None else pid
+        if pid is None:
+            return False
+        proc = self._procs.get(index)
+        if proc is not None and proc.pid == pid:
+            return proc.poll() is None
+        return _pid_is_ours(pid, self.node_dir(index))
+
     def _log_tail(self, index: int, lines: int = 30) -> str:
         try:
             text = (self.node_dir(index) / "kafka.log").read_text(errors="replace")
@@ -722,7 +728,7 @@ class LocalKafka:
 
     def _signal_node(self, index: int, signum: signal.Signals) -> None:
         node = self._nodes[index]
-        if node.pid is None or not _pid_is_ours(node.pid, self.node_dir(index)):
+        if node.pid is None or not self._alive(index):
             raise LocalKafkaError(f"Kafka node {index} is not running.")
         os.kill(node.pid, signum)
 
@@ -730,8 +736,7 @@ class LocalKafka:
         running = {
             index: pid
             for index in indexes
-            if (pid := self._nodes[index].pid) is not None
-            and _pid_is_ours(pid, self.node_dir(index))
+            if (pid := self._nodes[index].pid) is not None and self._alive(index, pid)
         }
         for pid in running.values():
             with contextlib.suppress(ProcessLookupError):
@@ -739,7 +744,7 @@ class LocalKafka:
                 os.kill(pid, signum)
         deadline = time.monotonic() + timeout
         while running:
-            running = {i: p for i, p in running.items() if _pid_is_ours(p, self.node_dir(i))}
+            running = {i: p for i, p in running.items() if self._alive(i, p)}
             if not running:
                 break
             if time.monotonic() > deadline:
