@@ -115,6 +115,15 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
         writer.writerows(rows)
 
 
+def report(name: str, text: str) -> None:
+    """Print a benchmark's markdown `text` and keep it as ``bench/results/<name>``."""
+    text = text.rstrip("\n") + "\n"
+    print(text, end="")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / name).write_text(text)
+    print(f"\nWrote {RESULTS / name}")
+
+
 def machine_note() -> str:
     """One line on the machine and its load, for the results."""
     cpu = platform.processor() or platform.machine()

@@ -17,7 +17,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from bench._common import RESULTS, machine_note, markdown_table, median
+from bench._common import machine_note, markdown_table, median, report
 from kafkaloop.fastapi import Deadline, produce_within
 
 Await = Callable[[asyncio.Future[int]], Awaitable[int]]
@@ -84,9 +84,7 @@ async def main(args: argparse.Namespace) -> None:
         + f"\n\nMedians of {args.rounds} rounds; {args.callers} tasks in flight, "
         f"{args.awaits} awaits each.\n"
     )
-    print(text, end="")
-    (RESULTS / "deadline.md").write_text(text)
-    print(f"\nWrote {RESULTS / 'deadline.md'}")
+    report("deadline.md", text)
 
 
 def parse_args() -> argparse.Namespace:

@@ -30,14 +30,14 @@ import time
 from collections.abc import Awaitable, Callable
 
 from bench._common import (
-    RESULTS,
     Progress,
     bench_kafka,
     machine_note,
     markdown_table,
     median,
+    report,
 )
-from bench.suspension import asgi_request
+from bench.suspension import asgi_request, drive
 
 ENDPOINTS = {
     "/items5": "no-op",
@@ -70,16 +70,8 @@ async def cost(
 ) -> tuple[float, float]:
     """Loop-thread and whole-process CPU microseconds per call, `total` calls by `callers`,
     then `settle()` (the deliveries of those calls served: waiting costs the loop nothing)."""
-    left = total
-
-    async def caller() -> None:
-        nonlocal left
-        while left > 0:
-            left -= 1
-            await call()
-
     thread, process = time.thread_time(), time.process_time()
-    await asyncio.gather(*(caller() for _ in range(callers)))
+    await drive(call, total, callers)
     if settle is not None:
         await settle()
     return (
@@ -168,10 +160,7 @@ def main() -> None:
             ),
         ]
     )
-    print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "loop_cost.md").write_text(text + "\n")
-    print(f"\nWrote {RESULTS / 'loop_cost.md'}")
+    report("loop_cost.md", text)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from bench._common import RESULTS, Progress, bench_kafka, machine_note, markdown_table, median
+from bench._common import Progress, bench_kafka, machine_note, markdown_table, median, report
 from kafkaloop import AIOProducer, DeliveryError, RecordMetadata
 from kafkaloop.settings import FIRE_AND_FORGET_LINGER_MS
 
@@ -221,10 +221,7 @@ def main() -> None:
             ),
         ]
     )
-    print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "out_of_band.md").write_text(text + "\n")
-    print(f"\nWrote {RESULTS / 'out_of_band.md'}")
+    report("out_of_band.md", text)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from bench._common import RESULTS, Progress, bench_kafka, machine_note, markdown_table, median
+from bench._common import Progress, bench_kafka, machine_note, markdown_table, median, report
 from kafkaloop.push import Broadcaster
 from kafkaloop.table import TopicTable, count
 
@@ -140,10 +140,7 @@ def main() -> None:
             markdown_table(["reader", "loop thread µs / item", "whole process µs / item"], rows),
         ]
     )
-    print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "readers.md").write_text(text + "\n")
-    print(f"\nWrote {RESULTS / 'readers.md'}")
+    report("readers.md", text)
 
 
 if __name__ == "__main__":

@@ -96,8 +96,8 @@ def bare_chain(suspend: bool) -> Callable[[], Awaitable[None]]:
     return lambda: level(CHAIN_DEPTH)
 
 
-async def cpu_per_call(call: Callable[[], Awaitable[None]], total: int, callers: int) -> float:
-    """CPU microseconds per call, `total` calls made by `callers` concurrent tasks."""
+async def drive(call: Callable[[], Awaitable[None]], total: int, callers: int) -> None:
+    """Make `total` calls from `callers` concurrent tasks, each calling again once answered."""
     left = total
 
     async def caller() -> None:
@@ -106,8 +106,13 @@ async def cpu_per_call(call: Callable[[], Awaitable[None]], total: int, callers:
             left -= 1
             await call()
 
-    started = time.process_time()
     await asyncio.gather(*(caller() for _ in range(callers)))
+
+
+async def cpu_per_call(call: Callable[[], Awaitable[None]], total: int, callers: int) -> float:
+    """CPU microseconds per call, `total` calls made by `callers` concurrent tasks."""
+    started = time.process_time()
+    await drive(call, total, callers)
     return (time.process_time() - started) / total * 1e6
 
 
