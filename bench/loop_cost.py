@@ -1,6 +1,6 @@
 """What each endpoint of the reference service costs the event loop's thread, without HTTP.
 
-    .venv/bin/python -m bench.loop_cost       # about a minute; two cores
+    .venv/bin/python -m bench.loop_cost       # under a minute (--rounds 40: about 75 s)
 
 The web benchmark's ratios to the no-op move by up to 0.1 between runs of the same code on a
 noisy machine, because they divide two throughputs measured seconds apart. This measures the

@@ -313,12 +313,14 @@ def test_a_node_just_launched_counts_as_running_before_proc_shows_its_command_li
         with pytest.raises(LocalKafkaError) as caught:
             kafka.start_node(0, timeout=1)
         running = kafka.is_running(0)
+        launched = kafka._procs[0]
     finally:
         kafka.stop()
 
     assert "did not answer metadata requests within 1s" in str(caught.value)  # not "exited"
     assert running
-    assert not kafka.is_running(0)  # stopped: its handle says so
+    assert launched.returncode is not None  # stopped and reaped
+    assert not kafka.is_running(0)
 
 
 def test_stopping_a_cluster_of_another_version_keeps_its_state_file_as_it_was(

@@ -127,6 +127,19 @@ def test_auto_configure_and_explicit_choices(
     assert telemetry_options(False) == off  # off when asked, whatever is set up
 
 
+def test_unset_providers_are_the_ones_fastapi_takes_for_unset() -> None:
+    """The two lists must agree, or FastAPI and kafkaloop would disagree about whether
+    anything listens (FastAPI keeps its own list private: nothing to compare when it is gone)."""
+    from fastapi.telemetry import _api
+
+    from kafkaloop import fastapi as kafkaloop_fastapi
+
+    theirs = getattr(_api, "_DEFERRED_PROVIDERS", None)
+    if theirs is None:
+        pytest.skip("this FastAPI keeps no list of unset providers to compare with")
+    assert set(theirs) == set(kafkaloop_fastapi._UNSET_PROVIDERS)
+
+
 @pytest.mark.parametrize(("setting", "asked"), [(None, False), (True, True), (False, False)])
 async def test_the_service_settles_it_from_its_setting(
     providers: Providers, setting: bool | None, asked: bool
