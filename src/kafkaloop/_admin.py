@@ -32,7 +32,7 @@ from confluent_kafka.admin import (
 )
 
 from kafkaloop._bridge import LoopBridge, PollThread
-from kafkaloop._config import configuration_error
+from kafkaloop._config import make_client
 from kafkaloop._exceptions import (
     AdminError,
     AdminErrorGroup,
@@ -90,10 +90,7 @@ class AIOAdminClient:
         conf.setdefault("logger", librdkafka_logger)
         conf.setdefault("error_cb", self._on_error)
         self._bootstrap = str(conf.get("bootstrap.servers", ""))
-        try:
-            self._admin = AdminClient(conf)
-        except (KafkaException, ValueError, TypeError) as exc:
-            raise configuration_error(exc, config, "admin client") from None
+        self._admin = make_client(AdminClient, conf, config, "admin client")
         self._poll_thread = PollThread(self._admin.poll, name="kafkaloop-admin-poll", interval=0.2)
         self._poll_thread.start()
         self._closed = False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import KafkaException
 
@@ -15,6 +15,8 @@ _SECRET = re.compile(
     r"password|secret|token|credentials|oauthbearer\.config|\.pem$|key$", re.IGNORECASE
 )
 REDACTED = "***"
+
+C = TypeVar("C")
 
 
 def is_secret(key: str) -> bool:
@@ -46,6 +48,22 @@ def configuration_error(
     )
 
 
+def make_client(
+    make: Callable[[dict[str, Any]], C],
+    conf: dict[str, Any],
+    config: Mapping[str, Any],
+    client: str,
+    source: str = "",
+) -> C:
+    """`make(conf)`, a confluent-kafka client of what kafkaloop gives librdkafka for the
+    user's `config`; what librdkafka refuses raises :class:`ConfigurationError` naming
+    `client` (and `source`), with the secrets of `config` scrubbed."""
+    try:
+        return make(conf)
+    except (KafkaException, ValueError, TypeError) as exc:
+        raise configuration_error(exc, config, client, source) from None
+
+
 def check_config(
     make: Callable[[dict[str, Any]], object],
     conf: Mapping[str, Any],
@@ -62,10 +80,7 @@ def check_config(
     checked = {"logger": librdkafka_logger, **conf, "log_level": 3}
     checked.pop("bootstrap.servers", None)
     checked.pop("metadata.broker.list", None)  # (its other name)
-    try:
-        made = make(checked)
-    except (KafkaException, ValueError, TypeError) as exc:
-        raise configuration_error(exc, config, client, source) from None
+    made = make_client(make, checked, config, client, source)
     close = getattr(made, "close", None)
     if callable(close):
         close()

@@ -44,7 +44,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import ClusterMetadata
 
 from kafkaloop._bridge import LoopBridge
-from kafkaloop._config import config_flag, configuration_error
+from kafkaloop._config import config_flag, make_client
 from kafkaloop._exceptions import (
     ClientClosedError,
     ConsumerError,
@@ -175,10 +175,7 @@ class AIOConsumer:
             "cooperative" in str(conf.get("partition.assignment.strategy", ""))
             or str(conf.get("group.protocol", "")).lower() == "consumer"
         )
-        try:
-            self._consumer = Consumer(conf)
-        except (KafkaException, ValueError, TypeError) as exc:
-            raise configuration_error(exc, config, "consumer") from None
+        self._consumer = make_client(Consumer, conf, config, "consumer")
 
         self._key_deserializer = key_deserializer
         self._value_deserializer = value_deserializer

@@ -35,7 +35,7 @@ from confluent_kafka import (
 )
 
 from kafkaloop._bridge import CallbackThread, LoopBridge, poller
-from kafkaloop._config import config_flag, configuration_error
+from kafkaloop._config import config_flag, make_client
 from kafkaloop._exceptions import (
     ConfigurationError,
     DeliveryError,
@@ -183,10 +183,7 @@ class AIOProducer:
         conf["error_cb"] = self._on_error
         conf["on_delivery"] = self._on_untracked_delivery
         self._bootstrap = str(conf.get("bootstrap.servers", ""))
-        try:
-            self._producer = Producer(conf)
-        except (KafkaException, ValueError, TypeError) as exc:
-            raise configuration_error(exc, config, "producer") from None
+        self._producer = make_client(Producer, conf, config, "producer")
 
         self._state = _State.OPEN
         # None while produce may proceed; else why not (checked once per message).

@@ -6,9 +6,9 @@ import time
 import uuid
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, Message, Producer
 
-from kafkaloop._config import configuration_error
+from kafkaloop._config import make_client
 from kafkaloop._exceptions import KafkaloopError
 
 _NOT_FOR_SMOKE = ("transactional.id", "delivery.report.only.error")
@@ -37,10 +37,7 @@ def run_smoke(
             failures.append(err)
 
     started = time.monotonic()
-    try:
-        producer = Producer(producer_config)
-    except (KafkaException, ValueError, TypeError) as exc:
-        raise configuration_error(exc, producer_config, "smoke producer") from None
+    producer = make_client(Producer, producer_config, producer_config, "smoke producer")
     for i in range(count):
         producer.produce(topic, f"{run_id}:{i}".encode(), on_delivery=on_delivery)
         producer.poll(0)
@@ -58,10 +55,7 @@ def run_smoke(
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,
     }
-    try:
-        consumer = Consumer(consumer_config)
-    except (KafkaException, ValueError, TypeError) as exc:
-        raise configuration_error(exc, consumer_config, "smoke consumer") from None
+    consumer = make_client(Consumer, consumer_config, consumer_config, "smoke consumer")
     seen: set[int] = set()
     deadline = time.monotonic() + timeout
     try:
