@@ -12,9 +12,9 @@ take turns on one core: by default (``--pin loop``) only each server's event-loo
 the server core, its other threads (librdkafka's), the broker and the generator on the other,
 as one uvicorn worker runs on a machine with cores to spare; ``--pin process`` puts every thread
 of a server on its core and leaves the broker's JVM wherever the scheduler puts it. For every
-(round, concurrency, app, endpoint, generator): a warm-up (with wrk where installed, siege's
-cells too), then a timed run; the order of the apps' endpoints rotates every round so drift hits
-all alike. Figures are medians over rounds.
+(round, concurrency, app, endpoint, generator): a warm-up (siege's cells warm up with wrk where
+it is installed), then a timed run; the order of the apps' endpoints rotates every round so drift
+hits all alike. Figures are medians over rounds.
 The reference service also gets /items0, the asyncio floor (bench/apps/kafkaloop_app.py): its
 no-op plus one await and no Kafka, the most any awaited endpoint can keep of the no-op here.
 ``--variant NAME ENV=VALUE...`` runs the reference service once more, as the app
@@ -856,9 +856,9 @@ def run_cell(
     before = marks.settled(server.topic)
     warm = Outcome()
     if args.warmup:
-        # A warm-up warms the server, whatever measures it next: wrk, where installed, for
-        # siege's cells too, as siege's hangs (STOP_GRACE) came mostly at the end of its short
-        # warm-up runs, and a hung warm-up leaves its cell unchecked.
+        # A warm-up warms the server, whatever measures it next: siege's cells warm up with
+        # wrk where it is installed, as siege's hangs (STOP_GRACE) came mostly at the end of its
+        # short warm-up runs, and a hung warm-up leaves its cell unchecked.
         warmer = Wrk(workdir) if generator.name == "siege" and shutil.which("wrk") else generator
         warm = run_generator(warmer, url, concurrency, args.warmup, pins.generator, stderr).outcome
     pins.settle_server(server.process.pid)  # and any the warm-up started
