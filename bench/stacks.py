@@ -19,8 +19,10 @@ stacks of growing depth, driven in-process (no HTTP) by N concurrent callers on 
 - *the reference service*: ``/items5`` and ``/items0`` of ``bench.apps.kafkaloop_app`` (its
   middleware, its 17 routes, the request queue), the count cache and live push off.
 
-Each round takes every stack's no-op and floor in turn; the floor's cost is its CPU per
-request less the no-op's of the same round, the median over the rounds.
+After a warm-up (2,000 requests of each endpoint at the most callers asked for), each round
+takes the stacks in a shuffled order and each stack's no-op and floor one after the other, the
+no-op first in every other round; the floor's cost is its CPU per request less the no-op's of
+the same round, the median over the rounds.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import argparse
 import asyncio
 import importlib.util
 import os
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -161,13 +164,21 @@ async def run(args: argparse.Namespace) -> list[list[Any]]:
         for noop, floor in calls.values():  # warm-up (and the middleware stacks built)
             for call in (noop, floor):
                 await cpu_per_request(call, 2_000, max(args.callers))
+        order = random.Random(1)
         for round_ in range(args.rounds):
             for callers in args.callers:
                 progress.step(f"round {round_ + 1} callers={callers}")
-                for name, (noop, floor) in calls.items():
+                names = list(calls)
+                order.shuffle(names)  # no stack always follows the same one
+                for name in names:
+                    noop, floor = calls[name]
                     noops, floors = costs[name, callers]
-                    noops.append(await cpu_per_request(noop, args.requests, callers))
-                    floors.append(await cpu_per_request(floor, args.requests, callers))
+                    # Each goes first in every other round: neither always runs warm.
+                    first, second = (noop, floor) if round_ % 2 == 0 else (floor, noop)
+                    one = await cpu_per_request(first, args.requests, callers)
+                    other = await cpu_per_request(second, args.requests, callers)
+                    noops.append(one if first is noop else other)
+                    floors.append(other if first is noop else one)
     progress.finish()
     rows = []
     for (name, callers), (noops, floors) in costs.items():
