@@ -482,6 +482,26 @@ async def test_health_readiness_metrics_and_openapi(kafka_bootstrap: str, topic_
     assert item["properties"]["name"]["maxLength"] == 256
 
 
+def test_the_api_is_routed_before_the_documentation() -> None:
+    """A request tries the routes in order: the API's come first, each in the order declared,
+    and FastAPI's documentation routes after them all."""
+    paths = [getattr(route, "path", None) for route in create_app().routes]
+    docs = ["/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"]
+    assert paths[-len(docs) :] == docs
+    assert paths[:5] == ["/items1", "/items2", "/items3", "/items4", "/items5"]
+
+
+async def test_the_documentation_is_still_served(kafka_bootstrap: str, topic_name: str) -> None:
+    async with service(kafka_bootstrap, topic_name) as (_url, client):
+        pages = {path: await client.get(path) for path in ("/docs", "/redoc", "/openapi.json")}
+        redirect = await client.get("/docs/oauth2-redirect")
+    assert {path: page.status_code for path, page in pages.items()} == dict.fromkeys(pages, 200)
+    assert "swagger-ui" in pages["/docs"].text
+    assert "redoc" in pages["/redoc"].text
+    assert pages["/openapi.json"].json()["info"]["title"] == "kafkaloop reference service"
+    assert redirect.status_code == 200
+
+
 async def test_counts_come_from_the_cache(kafka_bootstrap: str, topic_name: str) -> None:
     async with service(kafka_bootstrap, topic_name) as (_url, client):
         for _ in range(3):
