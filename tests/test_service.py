@@ -495,11 +495,14 @@ async def test_the_documentation_is_still_served(kafka_bootstrap: str, topic_nam
     async with service(kafka_bootstrap, topic_name) as (_url, client):
         pages = {path: await client.get(path) for path in ("/docs", "/redoc", "/openapi.json")}
         redirect = await client.get("/docs/oauth2-redirect")
+        posted = await client.post("/docs")
     assert {path: page.status_code for path, page in pages.items()} == dict.fromkeys(pages, 200)
     assert "swagger-ui" in pages["/docs"].text
-    assert "redoc" in pages["/redoc"].text
+    assert 'spec-url="/openapi.json"' in pages["/redoc"].text
     assert pages["/openapi.json"].json()["info"]["title"] == "kafkaloop reference service"
+    assert list(pages["/openapi.json"].json()["paths"])[:5] == [f"/items{n}" for n in range(1, 6)]
     assert redirect.status_code == 200
+    assert posted.status_code == 405  # the page's route, the wrong method: not a 404
 
 
 async def test_counts_come_from_the_cache(kafka_bootstrap: str, topic_name: str) -> None:
