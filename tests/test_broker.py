@@ -402,9 +402,14 @@ def test_cluster_ids_never_start_with_a_dash_the_storage_tool_would_take_for_an_
         (["broker", "up", "--nodes", "0"], "argument --nodes: a whole number, at least 1"),
         (["broker", "up", "--port", "70000"], "argument --port: not a port number"),
         (["broker", "logs", "--lines", "-1"], "argument --lines/-n: a whole number, at least 0"),
+        (["broker", "up", "--timeout", "-5"], "argument --timeout: a number of seconds, above 0"),
+        (["broker", "down", "--timeout", "nan"], "argument --timeout: a number of seconds"),
+        (["serve", "--workers", "-2"], "argument --workers: a whole number, at least 1"),
+        (["smoke", "--count", "-5"], "argument --count: a whole number, at least 1"),
+        (["smoke", "--count", "0"], "argument --count: a whole number, at least 1"),
     ],
 )
-def test_broker_arguments_are_checked_before_anything_runs(
+def test_arguments_are_checked_before_anything_runs(
     argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exited:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from kafkaloop import (
@@ -19,6 +19,7 @@ from kafkaloop import (
     AIOProducer,
     ClientClosedError,
     ConfigurationError,
+    ConsumerCallError,
     ConsumerError,
     ConsumerRecord,
     DeserializationError,
@@ -442,6 +443,26 @@ async def test_seek_rereads_from_an_offset(
     assert [r.offset for r in again] == [5, 6, 7]
 
 
+async def test_calls_librdkafka_refuses_raise_consumer_call_errors_saying_why(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    async with AIOConsumer(consumer_config(kafka_bootstrap, f"g-{topic_name}")) as consumer:
+        with pytest.raises(ConsumerCallError) as unknown:
+            await consumer.partitions(f"{topic_name}-none", timeout=5)
+        with pytest.raises(ConsumerCallError) as unassigned:
+            await consumer.seek(TopicPartition(topic_name, 0, 5))
+
+    assert unknown.value.code == KafkaError.UNKNOWN_TOPIC_OR_PART
+    assert str(unknown.value).startswith(f"partitions('{topic_name}-none') failed:")
+    assert str(unknown.value).endswith("; no such topic or partition.")
+    error = unassigned.value
+    assert isinstance(error, ConsumerError)
+    assert isinstance(error, KafkaException)  # as confluent-kafka raises it
+    assert error.args[0].code() == KafkaError._UNKNOWN_PARTITION
+    assert str(error).startswith(f"seek() to {topic_name}[0] failed:")
+    assert "not assigned to this consumer" in str(error)
+
+
 async def test_a_bad_record_names_itself_and_reading_goes_on(
     producer: AIOProducer, kafka_bootstrap: str, topic_name: str
 ) -> None:
@@ -587,6 +608,14 @@ async def test_getmany_refuses_a_max_records_below_one() -> None:
 async def test_a_batch_size_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         AIOConsumer({"bootstrap.servers": "127.0.0.1:1", "group.id": "g"}, batch_size=0)
+
+
+async def test_an_unknown_deserialization_error_policy_is_refused() -> None:
+    with pytest.raises(ValueError, match="must be 'raise' or 'skip', not 'ignore'"):
+        AIOConsumer(
+            {"bootstrap.servers": "127.0.0.1:1", "group.id": "g"},
+            on_deserialization_error="ignore",  # type: ignore[arg-type]
+        )
 
 
 async def test_async_for_hands_over_records_in_order_with_a_small_batch_size(

@@ -22,11 +22,13 @@ from kafkaloop import (
     ConfigurationError,
     DeliveryCallback,
     DeliveryError,
+    KafkaloopError,
     NoRunningLoopError,
     Persistence,
     ProducerClosedError,
     QueueFullError,
     RecordMetadata,
+    TransactionError,
     _bridge,
 )
 from kafkaloop._bridge import CallbackThread
@@ -710,16 +712,19 @@ async def test_full_queue_fails_nowait_at_once_and_awaited_after_the_timeout(
         max_waiting=2,
     ) as p:
         accepted = [p.produce(topic_name, b"v") for _ in range(3)]
-        with pytest.raises(QueueFullError, match="queue is full"):
+        with pytest.raises(QueueFullError, match=r"queue is full.*Await produce"):
             p.produce_nowait(topic_name, b"v")
         waiting = [p.produce(topic_name, b"v") for _ in range(2)]
-        with pytest.raises(QueueFullError):  # the bound on waiting messages: memory stays flat
+        # The bound on waiting messages: memory stays flat. (Awaiting is no advice here.)
+        with pytest.raises(QueueFullError, match=r"max_waiting \(2\)") as refused:
             p.produce(topic_name, b"v")
+        assert "Await produce" not in str(refused.value)
         started = time.monotonic()
         outcomes = await asyncio.gather(*waiting, return_exceptions=True)
         waited = time.monotonic() - started
 
         assert all(isinstance(o, QueueFullError) for o in outcomes)
+        assert all("waited queue_full_timeout (0.3s)" in str(o) for o in outcomes)
         assert 0.2 < waited < 2
         assert await p.close(timeout=0.2) == 3
     for future in accepted:
@@ -801,6 +806,9 @@ async def test_close_with_a_timeout_purges_and_counts_what_was_not_delivered(
     outcomes = await asyncio.gather(*futures, return_exceptions=True)
     assert all(isinstance(o, DeliveryError) for o in outcomes)
     assert p.metrics.failed == 11
+    # Withdrawn, not refused: the advice is not "will fail the same way".
+    assert "withdrew it" in str(outcomes[0])
+    assert "fix the cause" not in str(outcomes[0])
 
 
 async def test_a_cancelled_flush_does_not_hold_up_close(topic_name: str) -> None:
@@ -955,6 +963,22 @@ async def test_committed_transactions_are_visible_and_aborted_ones_are_not(
         kafka_bootstrap, topic_name, 1, **{"isolation.level": "read_committed"}
     )
     assert [r.value() for r in records] == [b"committed"]
+
+
+async def test_a_failed_transaction_call_is_a_transaction_error_saying_what_to_do(
+    topic_name: str,
+) -> None:
+    async with AIOProducer({"bootstrap.servers": UNREACHABLE}) as p:  # no transactional.id
+        with pytest.raises(TransactionError) as caught:
+            await p.init_transactions(timeout=5)
+
+    error = caught.value
+    assert isinstance(error, KafkaloopError)
+    assert isinstance(error, KafkaException)  # as confluent-kafka raises it
+    assert error.args[0].code() == KafkaError._NOT_CONFIGURED
+    assert str(error).startswith("init_transactions() failed:")
+    assert "set transactional.id" in str(error)
+    assert not error.fatal
 
 
 async def test_produce_many_larger_than_the_queue_waits_for_room(

@@ -7,6 +7,7 @@ from kafkaloop._exceptions import (
     AdminErrorGroup,
     ClientClosedError,
     ConfigurationError,
+    ConsumerCallError,
     ConsumerError,
     DeliveryError,
     DeserializationError,
@@ -22,6 +23,7 @@ from kafkaloop._exceptions import (
     ToolNotFoundError,
     TopicAlreadyExistsError,
     TopicMismatchError,
+    TransactionError,
     UnknownTopicError,
 )
 from kafkaloop._models import (
@@ -47,6 +49,7 @@ __all__ = [
     "ClientClosedError",
     "ClusterInfo",
     "ConfigurationError",
+    "ConsumerCallError",
     "ConsumerError",
     "ConsumerRecord",
     "DeliveryCallback",
@@ -71,5 +74,6 @@ __all__ = [
     "TopicAlreadyExistsError",
     "TopicInfo",
     "TopicMismatchError",
+    "TransactionError",
     "UnknownTopicError",
 ]

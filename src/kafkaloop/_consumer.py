@@ -27,10 +27,19 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import enum
 import operator
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from types import TracebackType
 from typing import Any, Literal, Self, TypeAlias, cast
 
@@ -47,8 +56,11 @@ from kafkaloop._bridge import LoopBridge
 from kafkaloop._config import config_flag, make_client
 from kafkaloop._exceptions import (
     ClientClosedError,
+    ConsumerCallError,
     ConsumerError,
     DeserializationError,
+    KafkaloopError,
+    kafka_error_of,
 )
 from kafkaloop._logging import RateLimitedLog, librdkafka_logger, logger
 from kafkaloop._models import ConsumerRecord, Cursor, RecordStream, make_records, new_record
@@ -96,9 +108,23 @@ _RAISED = frozenset(
 )
 
 
-def _consume_failed(exc: KafkaException) -> ConsumerError:
-    error = exc.args[0]
-    return ConsumerError(f"Consuming failed: {error.str()} ({error.name()})", error=error)
+def _call_failed(operation: str, exc: KafkaException) -> ConsumerCallError:
+    return ConsumerCallError(operation, kafka_error_of(exc))
+
+
+def _consume_failed(exc: KafkaException) -> ConsumerCallError:
+    return _call_failed("Consuming", exc)
+
+
+@contextlib.contextmanager
+def _calling(operation: str) -> Iterator[None]:
+    """librdkafka's KafkaException from a consumer call, raised as a ConsumerCallError."""
+    try:
+        yield
+    except KafkaloopError:
+        raise
+    except KafkaException as exc:
+        raise _call_failed(operation, exc) from None
 
 
 def _next_offsets(
@@ -162,6 +188,11 @@ class AIOConsumer:
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        if on_deserialization_error not in ("raise", "skip"):
+            raise ValueError(
+                "on_deserialization_error must be 'raise' or 'skip', "
+                f"not {on_deserialization_error!r}"
+            )
         self._bridge = LoopBridge.for_running_loop("AIOConsumer")
         loop = self._bridge.loop
         self._loop = loop
@@ -257,23 +288,26 @@ class AIOConsumer:
     def subscribe(self, topics: Sequence[str]) -> None:
         """Join the consumer group for `topics` (names, or ``^regex`` patterns)."""
         self._check_open()
-        self._consumer.subscribe(
-            list(topics),
-            on_assign=self._rebalance("on_assign"),
-            on_revoke=self._rebalance("on_revoke"),
-            on_lost=self._rebalance("on_lost"),
-        )
+        with _calling("subscribe()"):
+            self._consumer.subscribe(
+                list(topics),
+                on_assign=self._rebalance("on_assign"),
+                on_revoke=self._rebalance("on_revoke"),
+                on_lost=self._rebalance("on_lost"),
+            )
 
     def unsubscribe(self) -> None:
         """Leave the subscription (and the group's assignment)."""
         self._check_open()
-        self._consumer.unsubscribe()
+        with _calling("unsubscribe()"):
+            self._consumer.unsubscribe()
         self._assignment_changes += 1
 
     def assign(self, partitions: Sequence[TopicPartition]) -> None:
         """Read these partitions, without group management (offsets from each TopicPartition)."""
         self._check_open()
-        self._consumer.assign(list(partitions))
+        with _calling("assign()"):
+            self._consumer.assign(list(partitions))
         self._assignment_changes += 1
 
     def incremental_assign(self, partitions: Sequence[TopicPartition]) -> None:
@@ -281,22 +315,23 @@ class AIOConsumer:
         on a subscribed consumer); offsets from each TopicPartition. Those already assigned
         keep their positions."""
         self._check_open()
-        self._consumer.incremental_assign(list(partitions))
+        with _calling("incremental_assign()"):
+            self._consumer.incremental_assign(list(partitions))
         self._assignment_changes += 1
 
     async def partitions(self, topic: str, timeout: float = 10.0) -> list[int]:
-        """The partitions `topic` has now, asked of the broker (KafkaException if it cannot
-        say, an unknown topic included)."""
+        """The partitions `topic` has now, asked of the broker (:class:`ConsumerCallError` if
+        it cannot say, an unknown topic included)."""
         found = (await self._metadata(topic, timeout)).topics[topic]
         if found.error is not None:
-            raise KafkaException(found.error)
+            raise ConsumerCallError(f"partitions({topic!r})", found.error)
         return sorted(found.partitions)
 
     async def topics(self, timeout: float = 10.0) -> dict[str, list[int]]:
         """Every topic the cluster has now (internal ones included) and its partitions,
-        asked of the broker (KafkaException if it cannot say). A topic the broker reports
-        an error for (its leader not yet elected, say) comes with no partitions: it exists,
-        its partitions are not known."""
+        asked of the broker (:class:`ConsumerCallError` if it cannot say). A topic the broker
+        reports an error for (its leader not yet elected, say) comes with no partitions: it
+        exists, its partitions are not known."""
         metadata = await self._metadata(None, timeout)
         return {
             name: [] if topic.error is not None else sorted(topic.partitions)
@@ -306,20 +341,23 @@ class AIOConsumer:
     async def _metadata(self, topic: str | None, timeout: float) -> ClusterMetadata:
         """The cluster's metadata for `topic` (None: every topic), asked of the broker."""
         self._check_open()
-        metadata: ClusterMetadata = await self._bridge.run_blocking_here(
-            "calls", self._consumer.list_topics, topic, timeout
-        )
+        with _calling("Asking for the cluster's metadata"):
+            metadata: ClusterMetadata = await self._bridge.run_blocking_here(
+                "calls", self._consumer.list_topics, topic, timeout
+            )
         return metadata
 
     def assignment(self) -> list[TopicPartition]:
         """The partitions currently assigned."""
         self._check_open()
-        return list(self._consumer.assignment())
+        with _calling("assignment()"):
+            return list(self._consumer.assignment())
 
     def position(self, partitions: Sequence[TopicPartition]) -> list[TopicPartition]:
         """The next offset to be fetched for each partition (-1001 while unknown)."""
         self._check_open()
-        return list(self._consumer.position(list(partitions)))
+        with _calling("position()"):
+            return list(self._consumer.position(list(partitions)))
 
     def _rebalance(self, name: str) -> Callable[[Consumer, list[TopicPartition]], None]:
         def on_rebalance(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -681,7 +719,10 @@ class AIOConsumer:
         self._check_not_closed()
         partitions = _next_offsets(records, offsets)
         if partitions:
-            self._consumer.store_offsets(offsets=partitions)
+            try:
+                self._consumer.store_offsets(offsets=partitions)
+            except KafkaException as exc:
+                raise _call_failed("store_offsets()", exc) from None
 
     async def commit(
         self, records: Iterable[ConsumerRecord] = (), offsets: Sequence[TopicPartition] = ()
@@ -703,12 +744,10 @@ class AIOConsumer:
             else:
                 await self._bridge.run_blocking_here("calls", self._commit_stored)
         except KafkaException as exc:
-            error = exc.args[0]
-            if error.code() == KafkaError._NO_OFFSET:
+            failed = _call_failed("Commit", exc)
+            if failed.code == KafkaError._NO_OFFSET:
                 return  # nothing new to commit
-            raise ConsumerError(
-                f"Commit failed: {error.str()} ({error.name()})", error=error
-            ) from None
+            raise failed from None
 
     def _commit_offsets(self, partitions: list[TopicPartition]) -> None:
         self._consumer.commit(offsets=partitions, asynchronous=False)
@@ -721,9 +760,10 @@ class AIOConsumer:
     ) -> list[TopicPartition]:
         """The group's committed offsets for `partitions`."""
         self._check_open()
-        result: list[TopicPartition] = await self._bridge.run_blocking_here(
-            "calls", self._consumer.committed, list(partitions), timeout
-        )
+        with _calling("committed()"):
+            result: list[TopicPartition] = await self._bridge.run_blocking_here(
+                "calls", self._consumer.committed, list(partitions), timeout
+            )
         return result
 
     async def offsets_for_times(
@@ -733,20 +773,22 @@ class AIOConsumer:
         epoch), the earliest offset whose record is that recent or more; -1 where no record is
         (yet)."""
         self._check_open()
-        result: list[TopicPartition] = await self._bridge.run_blocking_here(
-            "calls", self._consumer.offsets_for_times, list(partitions), timeout
-        )
+        with _calling("offsets_for_times()"):
+            result: list[TopicPartition] = await self._bridge.run_blocking_here(
+                "calls", self._consumer.offsets_for_times, list(partitions), timeout
+            )
         return result
 
     async def seek(self, partition: TopicPartition) -> None:
         """Read `partition` from its ``offset`` next (records fetched before are dropped);
-        KafkaException if it is not assigned."""
+        :class:`ConsumerCallError` if it is not assigned."""
         self._check_open()
         await self._settle_inflight()
         key = (partition.topic, partition.partition)
         self._drop({key})
         self._handed_out.pop(key, None)
-        await self._bridge.run_blocking_here("calls", self._consumer.seek, partition)
+        with _calling(f"seek() to {partition.topic}[{partition.partition}]"):
+            await self._bridge.run_blocking_here("calls", self._consumer.seek, partition)
 
     async def pause(self, partitions: Sequence[TopicPartition]) -> None:
         """Stop reading `partitions` until :meth:`resume`; nothing fetched is lost.
@@ -757,38 +799,42 @@ class AIOConsumer:
         self._check_open()
         await self._settle_inflight()
         rewind = self._drop({(tp.topic, tp.partition) for tp in partitions})
-        self._consumer.pause(list(partitions))
-        # librdkafka drops what it had fetched for paused partitions; so do we, and rewind to
-        # the first record not yet handed over, so resume() starts exactly there.
-        for (topic, part), offset in rewind.items():
-            await self._bridge.run_blocking_here(
-                "calls", self._consumer.seek, TopicPartition(topic, part, offset)
-            )
+        with _calling("pause()"):
+            self._consumer.pause(list(partitions))
+            # librdkafka drops what it had fetched for paused partitions; so do we, and rewind
+            # to the first record not yet handed over, so resume() starts exactly there.
+            for (topic, part), offset in rewind.items():
+                await self._bridge.run_blocking_here(
+                    "calls", self._consumer.seek, TopicPartition(topic, part, offset)
+                )
 
     async def resume(self, partitions: Sequence[TopicPartition]) -> None:
         """Read paused partitions again."""
         self._check_open()
-        self._consumer.resume(list(partitions))
+        with _calling("resume()"):
+            self._consumer.resume(list(partitions))
 
     def lag(self) -> dict[TopicPartition, int]:
         """Messages behind the end of each assigned partition (from cached watermarks)."""
         self._check_open()
         result: dict[TopicPartition, int] = {}
-        assigned = self._consumer.assignment()
-        if not assigned:
-            return result
-        for tp in self._consumer.position(assigned):
-            _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
-            if high >= 0 and tp.offset >= 0:
-                result[TopicPartition(tp.topic, tp.partition)] = max(0, high - tp.offset)
+        with _calling("lag()"):
+            assigned = self._consumer.assignment()
+            if not assigned:
+                return result
+            for tp in self._consumer.position(assigned):
+                _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                if high >= 0 and tp.offset >= 0:
+                    result[TopicPartition(tp.topic, tp.partition)] = max(0, high - tp.offset)
         return result
 
     async def watermarks(self, partition: TopicPartition, timeout: float = 10.0) -> tuple[int, int]:
         """The low and high offsets of `partition`, asked of the broker."""
         self._check_open()
-        result: tuple[int, int] = await self._bridge.run_blocking_here(
-            "calls", self._consumer.get_watermark_offsets, partition, timeout
-        )
+        with _calling(f"watermarks() of {partition.topic}[{partition.partition}]"):
+            result: tuple[int, int] = await self._bridge.run_blocking_here(
+                "calls", self._consumer.get_watermark_offsets, partition, timeout
+            )
         return result
 
     async def _settle_inflight(self) -> None:

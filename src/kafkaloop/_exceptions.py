@@ -11,7 +11,8 @@ The tree::
     ├── NoRunningLoopError            a client was created outside a running event loop
     ├── ProduceError                  a message could not be handed to or delivered by Kafka
     │   ├── DeliveryError             Kafka reported a failed delivery (also a KafkaException)
-    │   └── QueueFullError            librdkafka's local queue stayed full
+    │   ├── QueueFullError            librdkafka's local queue stayed full
+    │   └── TransactionError          a transaction call failed (also a KafkaException)
     ├── AdminError                    an admin operation failed; names the topic it concerns
     │   ├── TopicAlreadyExistsError
     │   ├── UnknownTopicError
@@ -20,6 +21,7 @@ The tree::
     │   └── TopicMismatchError        ensure_topics found a topic shaped otherwise
     ├── AdminErrorGroup               several topics failed: an ExceptionGroup of AdminErrors
     ├── ConsumerError                 consuming failed
+    │   ├── ConsumerCallError         librdkafka failed a consumer call (also a KafkaException)
     │   └── DeserializationError      a key or value deserializer raised; names the record
     ├── KafkaUnavailable              (kafkaloop.fastapi) no acknowledgement within the deadline
     └── SlowClientError               (kafkaloop.push) a live-push subscription was ended
@@ -33,6 +35,12 @@ import enum
 from collections.abc import Sequence
 
 from confluent_kafka import KafkaError, KafkaException
+
+
+def kafka_error_of(exc: KafkaException) -> KafkaError:
+    """librdkafka's KafkaError a KafkaException carries (``args[0]``), or one that says it."""
+    found = exc.args[0] if exc.args else None
+    return found if isinstance(found, KafkaError) else KafkaError(KafkaError._FAIL, str(exc))
 
 
 class KafkaloopError(Exception):
@@ -100,6 +108,9 @@ _UNREACHABLE = frozenset(
     }
 )
 
+# Withdrawn by the producer itself (close(), abort_transaction(), purge()), not refused.
+_PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
+
 
 class DeliveryError(ProduceError, KafkaException):
     """Kafka reported that a message was not delivered.
@@ -146,6 +157,11 @@ class DeliveryError(ProduceError, KafkaException):
             advice = "check the credentials (sasl.username, sasl.password, sasl.mechanism)"
         elif self.fatal:
             advice = "the producer cannot continue; close it and create a new one"
+        elif self.error.code() in _PURGED:
+            advice = (
+                "the producer withdrew it (closed, or its transaction aborted) before Kafka "
+                "acknowledged it; produce it again if it is still wanted"
+            )
         elif self.error.code() in _UNREACHABLE:
             advice = "Kafka did not acknowledge it in time; check the brokers are reachable"
         elif self.retriable:
@@ -165,6 +181,49 @@ class DeliveryError(ProduceError, KafkaException):
 
 class QueueFullError(ProduceError, BufferError):
     """librdkafka's local queue stayed full (the broker is slow, down, or being outpaced)."""
+
+
+class TransactionError(ProduceError, KafkaException):
+    """A transaction call failed (init, begin, send offsets, commit, abort).
+
+    Also a ``confluent_kafka.KafkaException`` whose ``args[0]`` is librdkafka's ``KafkaError``,
+    as confluent-kafka raises it. ``requires_abort``: abort the transaction, then begin
+    another; ``retriable``: the same call may succeed if made again; ``fatal``: the producer
+    cannot go on (close it, create a new one).
+    """
+
+    def __init__(self, operation: str, error: KafkaError) -> None:
+        super().__init__(error)
+        self.operation = operation
+        self.error = error
+
+    @property
+    def retriable(self) -> bool:
+        return bool(self.error.retriable())
+
+    @property
+    def fatal(self) -> bool:
+        return bool(self.error.fatal())
+
+    @property
+    def requires_abort(self) -> bool:
+        return bool(self.error.txn_requires_abort())
+
+    def __str__(self) -> str:
+        if self.error.code() == KafkaError._NOT_CONFIGURED:
+            advice = "set transactional.id in the producer's configuration"
+        elif self.fatal:
+            advice = "the producer cannot continue; close it and create a new one"
+        elif self.requires_abort:
+            advice = "abort the transaction, then begin another"
+        elif self.retriable:
+            advice = "the error is transient; the same call may succeed if made again"
+        else:
+            advice = "see librdkafka's message"
+        return f"{self.operation} failed: {self.error.str()} ({self.error.name()}); {advice}."
+
+    def __reduce__(self) -> tuple[type[TransactionError], tuple[object, ...]]:
+        return type(self), (self.operation, self.error)
 
 
 class AdminError(KafkaloopError):
@@ -261,6 +320,46 @@ class ConsumerError(KafkaloopError):
     def __init__(self, message: str, *, error: KafkaError | None = None) -> None:
         super().__init__(message)
         self.error = error
+
+
+# What to do after a consumer call librdkafka failed, by its error code.
+_CONSUMER_ADVICE = {
+    KafkaError._UNKNOWN_PARTITION: "the partition is not assigned to this consumer",
+    KafkaError._STATE: "the consumer's assignment does not allow it now (incremental_assign() "
+    "with an eager assignment strategy, say)",
+    KafkaError.UNKNOWN_TOPIC_OR_PART: "no such topic or partition",
+    KafkaError._UNKNOWN_TOPIC: "no such topic",
+}
+
+
+class ConsumerCallError(ConsumerError, KafkaException):
+    """librdkafka failed a consumer call (``seek()``, ``partitions()``, ``commit()``, ...) or
+    reported an error while consuming; ``operation`` says which, ``error`` is its KafkaError.
+
+    Also a ``confluent_kafka.KafkaException`` whose ``args[0]`` is that ``KafkaError``, as
+    confluent-kafka's own consumer raises it.
+    """
+
+    error: KafkaError
+
+    def __init__(self, operation: str, error: KafkaError) -> None:
+        super().__init__(operation, error=error)
+        self.args = (error,)
+        self.operation = operation
+
+    @property
+    def code(self) -> int:
+        """librdkafka's error code (``KafkaError.<NAME>``)."""
+        return int(self.error.code())
+
+    def __str__(self) -> str:
+        error = self.error
+        advice = _CONSUMER_ADVICE.get(error.code())
+        said = f"{self.operation} failed: {error.str()} ({error.name()})"
+        return f"{said}; {advice}." if advice else said
+
+    def __reduce__(self) -> tuple[type[ConsumerCallError], tuple[object, ...]]:
+        return type(self), (self.operation, self.error)
 
 
 class DeserializationError(ConsumerError):

@@ -41,6 +41,8 @@ from kafkaloop._exceptions import (
     DeliveryError,
     ProducerClosedError,
     QueueFullError,
+    TransactionError,
+    kafka_error_of,
 )
 from kafkaloop._extensions import pick
 from kafkaloop._logging import RateLimitedLog, librdkafka_logger, logger
@@ -487,7 +489,10 @@ class AIOProducer:
             raise
         if index < len(items):  # no room came, or closing: the rest fails, the batch settles
             full = (
-                KafkaError(KafkaError._QUEUE_FULL, str(self._queue_full_error()))
+                KafkaError(
+                    KafkaError._QUEUE_FULL,
+                    str(self._queue_full_error(waited=self._waited_out)),
+                )
                 if self._refusal is None
                 else KafkaError(KafkaError._DESTROY, "the producer closed before it was sent")
             )
@@ -658,21 +663,34 @@ class AIOProducer:
 
     # -- a full queue ----------------------------------------------------------------------
 
-    def _queue_full_error(self, undelivered: int | None = None) -> QueueFullError:
+    @property
+    def _waited_out(self) -> str:
+        return f"waited queue_full_timeout ({self._queue_full_timeout:g}s) for room"
+
+    def _queue_full_error(
+        self, undelivered: int | None = None, *, waited: str | None = None
+    ) -> QueueFullError:
+        """`waited`: how an awaited produce already waited for room (None: it did not)."""
         if undelivered is None:
             undelivered = self._undelivered()
+        advice = (
+            "Await produce() to wait for room, slow down, or raise"
+            if waited is None
+            else f"It {waited}. Slow down, or raise queue_full_timeout, max_waiting,"
+        )
         return QueueFullError(
             f"librdkafka's local queue is full ({undelivered} messages not yet "
             "delivered): Kafka is slow or unreachable, or messages come faster than it takes "
-            "them. Await produce() to wait for room, slow down, or raise "
-            "queue.buffering.max.messages / queue.buffering.max.kbytes."
+            f"them. {advice} queue.buffering.max.messages / queue.buffering.max.kbytes."
         )
 
     def _wait_for_room(
         self, message: tuple[Any, ...], extra: dict[str, Any], future: asyncio.Future[Any]
     ) -> None:
         if len(self._waiting) >= self._max_waiting:
-            raise self._queue_full_error()
+            raise self._queue_full_error(
+                waited=f"found max_waiting ({self._max_waiting}) produce() calls already waiting"
+            )
         deadline = self._loop.time() + self._queue_full_timeout
         self._waiting.append(_Waiting(message, extra, future, deadline))
         self._produced += 1
@@ -693,7 +711,7 @@ class AIOProducer:
         while self._waiting and self._waiting[0].deadline <= now:
             waiting = self._waiting.popleft()
             self._failed_loop += 1
-            error = self._queue_full_error(undelivered)
+            error = self._queue_full_error(undelivered, waited=self._waited_out)
             if not waiting.future.done():
                 waiting.future.set_exception(error)
             else:
@@ -917,26 +935,45 @@ class AIOProducer:
 
     async def init_transactions(self, timeout: float = 30.0) -> None:
         """Register ``transactional.id`` with the coordinator (once, before the first one)."""
-        await self._bridge.run_blocking(self._producer.init_transactions, timeout)
+        await self._transaction_call(
+            "init_transactions()", self._producer.init_transactions, timeout
+        )
 
     async def begin_transaction(self) -> None:
         """Start a transaction."""
-        await self._bridge.run_blocking(self._producer.begin_transaction)
+        await self._transaction_call("begin_transaction()", self._producer.begin_transaction)
 
     async def send_offsets_to_transaction(
         self, offsets: list[TopicPartition], group_metadata: Any, timeout: float = 30.0
     ) -> None:
         """Commit a consumer's offsets as part of the current transaction."""
-        await self._bridge.run_blocking(
-            self._producer.send_offsets_to_transaction, offsets, group_metadata, timeout
+        await self._transaction_call(
+            "send_offsets_to_transaction()",
+            self._producer.send_offsets_to_transaction,
+            offsets,
+            group_metadata,
+            timeout,
         )
 
     async def commit_transaction(self, timeout: float = 30.0) -> None:
         """Flush and commit the current transaction."""
-        await self._bridge.run_blocking(self._producer.commit_transaction, timeout)
+        await self._transaction_call(
+            "commit_transaction()", self._producer.commit_transaction, timeout
+        )
         self._bridge.drain()
 
     async def abort_transaction(self, timeout: float = 30.0) -> None:
-        """Abort the current transaction; its messages are never shown to read_committed."""
-        await self._bridge.run_blocking(self._producer.abort_transaction, timeout)
+        """Abort the current transaction; its messages are never shown to read_committed.
+
+        Its messages not yet delivered fail (``_PURGE_QUEUE`` / ``_PURGE_INFLIGHT``)."""
+        await self._transaction_call(
+            "abort_transaction()", self._producer.abort_transaction, timeout
+        )
         self._bridge.drain()
+
+    async def _transaction_call(self, operation: str, call: Callable[..., Any], *args: Any) -> None:
+        """`call` on a thread; librdkafka's KafkaException raised as a TransactionError."""
+        try:
+            await self._bridge.run_blocking(call, *args)
+        except KafkaException as exc:
+            raise TransactionError(operation, kafka_error_of(exc)) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import re
 import sys
@@ -192,6 +193,17 @@ _at_least_one = _whole_number(1, sys.maxsize, "a whole number, at least 1")
 _port = _whole_number(0, 65535, "not a port number (0-65535)")
 
 
+def _seconds(value: str) -> float:
+    """An argparse type: a positive, finite number of seconds."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a number of seconds, above 0") from None
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError("a number of seconds, above 0")
+    return seconds
+
+
 def _port_from_env(variable: str, default: int) -> int:
     """The port `variable` names (unset or empty: `default`), or ConfigurationError."""
     try:
@@ -303,13 +315,16 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--heap", default=None, help="JVM heap per node (default $KAFKALOOP_BROKER_HEAP or 512m)"
     )
-    up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
+    up.add_argument("--timeout", type=_seconds, default=120.0, help="seconds to wait for readiness")
     up.set_defaults(handler=_broker_up)
 
     down = actions.add_parser("down", parents=[common], help="stop the local cluster")
     down.add_argument("--purge", action="store_true", help="also delete its data and logs")
     down.add_argument(
-        "--timeout", type=float, default=20.0, help="seconds to wait after SIGTERM before SIGKILL"
+        "--timeout",
+        type=_seconds,
+        default=20.0,
+        help="seconds to wait after SIGTERM before SIGKILL",
     )
     down.set_defaults(handler=_broker_down)
 
@@ -329,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, default=None, help="default: $KAFKALOOP_PORT or 8000")
     serve.add_argument(
         "--workers",
-        type=int,
+        type=_at_least_one,
         default=1,
         help="processes; each has its own producer and fan-out consumer",
     )
@@ -350,9 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
         "smoke", help="produce messages and consume them back ($KAFKA_BOOTSTRAP_SERVERS or local)"
     )
     smoke.add_argument("--topic", default="kafkaloop-smoke")
-    smoke.add_argument("--count", type=int, default=1000)
+    smoke.add_argument("--count", type=_at_least_one, default=1000)
     smoke.add_argument("--name", default="default", help=argparse.SUPPRESS)
-    smoke.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
+    smoke.add_argument("--port", type=_port, default=None, help=argparse.SUPPRESS)
     smoke.set_defaults(handler=_smoke)
     return parser
 
