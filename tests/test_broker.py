@@ -342,6 +342,49 @@ def test_stopping_a_cluster_of_another_version_keeps_its_state_file_as_it_was(
     assert json.loads((tmp_path / "cluster.json").read_text()) == state
 
 
+def _stopped_cluster(state_dir: Path, version: str) -> None:
+    state_dir.mkdir(parents=True)
+    node = {"index": 0, "broker_port": 1, "controller_port": 2, "pid": None, "sasl_port": None}
+    state = {"version": version, "cluster_id": "x", "nodes": [node]}
+    (state_dir / "cluster.json").write_text(json.dumps(state))
+
+
+@pytest.mark.parametrize("name", ["default", "three"])
+def test_a_cluster_of_another_shape_is_refused_with_the_command_for_that_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv("KAFKALOOP_CACHE_DIR", str(tmp_path))
+    state_dir = tmp_path / "clusters" / name
+    _stopped_cluster(state_dir, "3.9.1")
+
+    with pytest.raises(LocalKafkaError) as caught:
+        LocalKafka(3, state_dir=state_dir).start()  # `kafkaloop broker up --nodes 3 --name ...`
+
+    flag = "" if name == "default" else f" --name {name}"
+    assert f"Delete it first (`kafkaloop broker down{flag} --purge`)" in str(caught.value)
+
+
+def test_a_cluster_outside_the_cache_is_refused_with_advice_for_python(tmp_path: Path) -> None:
+    _stopped_cluster(tmp_path / "mine", "3.9.1")
+
+    with pytest.raises(LocalKafkaError) as caught:
+        LocalKafka(3, state_dir=tmp_path / "mine").start()
+
+    assert "kafkaloop broker" not in str(caught.value)
+    assert "use another state_dir" in str(caught.value)
+
+
+def test_down_of_a_cluster_never_made_says_so_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KAFKALOOP_CACHE_DIR", str(tmp_path))
+
+    assert cli.main(["broker", "down", "--name", "never-made"]) == 0
+
+    assert "No local cluster named 'never-made'" in capsys.readouterr().err
+    assert not (tmp_path / "clusters" / "never-made").exists()
+
+
 @pytest.mark.cluster
 @pytest.mark.parametrize("failure", ["port-taken", "not-ready-in-time"])
 def test_a_failed_start_of_a_degraded_cluster_leaves_its_running_nodes_running(

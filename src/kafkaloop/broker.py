@@ -383,15 +383,26 @@ class LocalKafka:
             raise LocalKafkaError(
                 f"A {len(state['nodes'])}-node Kafka {state.get('version')} cluster "
                 f"{'is running' if alive else 'keeps its data'} in {self.state_dir}. "
-                + (
-                    "Stop it first (`kafkaloop broker down`), or"
-                    if alive
-                    else "Delete it first (`kafkaloop broker down --purge`), or"
-                )
-                + " use another --name."
+                + self._make_way(alive)
             )
         self._cluster_id = state["cluster_id"]
         self._nodes = [_Node(**node) for node in state["nodes"]]
+
+    def _make_way(self, alive: bool) -> str:
+        """How to make way for a cluster of another shape where this one's state is."""
+        if self.state_dir.parent == cache_dir() / "clusters":  # a cluster the CLI names
+            name = self.state_dir.name
+            down = "kafkaloop broker down" + ("" if name == "default" else f" --name {name}")
+            return (
+                f"Stop it first (`{down}`), or"
+                if alive
+                else f"Delete it first (`{down} --purge`), or"
+            ) + " use another --name (from Python: another state_dir)."
+        return (
+            "Stop it first (stop() on a LocalKafka of that state_dir), or"
+            if alive
+            else "Delete that directory first, or"
+        ) + " use another state_dir."
 
     def _save(self) -> None:
         state = {

@@ -61,6 +61,9 @@ def _broker_up(args: argparse.Namespace) -> int:
 
 def _broker_down(args: argparse.Namespace) -> int:
     kafka = _cluster(args)
+    if not kafka.state_dir.exists():  # (a mistyped --name says so, and leaves nothing behind)
+        print_progress(f"No local cluster named {args.name!r}: nothing in {kafka.state_dir}.")
+        return 0
     running = kafka.is_running()
     if args.purge:
         kafka.purge()
