@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from kafkaloop import _smoke, cli
+from kafkaloop import KafkaloopError, _smoke, cli
 
 
 def test_smoke_produces_and_reads_every_message_back(
@@ -84,3 +84,18 @@ def test_smoke_takes_what_kafkaloops_producer_takes(
 
     assert _smoke.run_smoke(producer, {"bootstrap.servers": kafka_bootstrap}, topic_name, 5) == 0
     assert "consumed all 5 back" in capsys.readouterr().out
+
+
+def test_a_cluster_that_never_answers_fails_every_message_and_says_why(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    unreachable = {"bootstrap.servers": "127.0.0.1:1"}
+
+    with pytest.raises(KafkaloopError) as caught:
+        _smoke.run_smoke(unreachable, unreachable, "kafkaloop-smoke", 5, timeout=1)
+
+    assert str(caught.value) == (
+        "5 of 5 messages to 'kafkaloop-smoke' on 127.0.0.1:1 were not delivered "
+        "(no acknowledgement within 1s: is the cluster reachable?)"
+    )
+    assert "TERMINATE" not in capfd.readouterr().err  # no message left to warn about

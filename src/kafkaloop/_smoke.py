@@ -41,10 +41,19 @@ def run_smoke(
     for i in range(count):
         producer.produce(topic, f"{run_id}:{i}".encode(), on_delivery=on_delivery)
         producer.poll(0)
-    if producer.flush(timeout) or failures:
+    unacknowledged = producer.flush(timeout)
+    if unacknowledged:  # withdrawn, so they fail here (not in a warning as the client goes)
+        producer.purge()
+        producer.flush(timeout)
+    if failures:
+        why = (
+            f"no acknowledgement within {timeout:g}s: is the cluster reachable?"
+            if unacknowledged
+            else str(failures[0])
+        )
         raise KafkaloopError(
-            f"{len(failures)} of {count} messages to {topic!r} on {bootstrap} were not delivered"
-            + (f": {failures[0]}" if failures else "")
+            f"{len(failures)} of {count} messages to {topic!r} on {bootstrap} were not "
+            f"delivered ({why})"
         )
     produced = time.monotonic() - started
     print(f"produced {count} messages to {topic!r} on {bootstrap} in {produced:.2f}s")
