@@ -10,6 +10,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer
 
 from kafkaloop._config import make_client
 from kafkaloop._exceptions import KafkaloopError
+from kafkaloop._logging import librdkafka_logger
 
 _NOT_FOR_SMOKE = ("transactional.id", "delivery.report.only.error")
 """The user's producer properties that the smoke's plain producer leaves out: it opens no
@@ -29,6 +30,7 @@ def run_smoke(
     configuration librdkafka refuses raises :class:`ConfigurationError`."""
     bootstrap = producer_config["bootstrap.servers"]
     producer_config = {k: v for k, v in producer_config.items() if k not in _NOT_FOR_SMOKE}
+    producer_config.setdefault("logger", librdkafka_logger)  # (rate-limited while unreachable)
     run_id = uuid.uuid4().hex
     failures: list[KafkaError] = []
 
@@ -59,6 +61,7 @@ def run_smoke(
     print(f"produced {count} messages to {topic!r} on {bootstrap} in {produced:.2f}s")
 
     consumer_config = {
+        "logger": librdkafka_logger,
         **consumer_config,
         "group.id": f"kafkaloop-smoke-{run_id}",
         "auto.offset.reset": "earliest",
