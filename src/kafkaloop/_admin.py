@@ -85,6 +85,12 @@ class AIOAdminClient:
     def __init__(self, config: Mapping[str, Any], *, operation_timeout: float = 30.0) -> None:
         self._bridge = LoopBridge.for_running_loop("AIOAdminClient")
         self._operation_timeout = operation_timeout
+        # For the calls the broker works on: its time, and the request's (which includes
+        # finding the controller: librdkafka's 60 s otherwise, with the cluster unreachable).
+        self._timeouts = {
+            "operation_timeout": operation_timeout,
+            "request_timeout": operation_timeout,
+        }
         self._error_log = RateLimitedLog(logger)
         conf = dict(config)
         conf.setdefault("logger", librdkafka_logger)
@@ -145,7 +151,7 @@ class AIOAdminClient:
         """
         self._check_open()
         futures = self._admin.create_topics(
-            list(new_topics), operation_timeout=self._operation_timeout, validate_only=validate_only
+            list(new_topics), validate_only=validate_only, **self._timeouts
         )
         try:
             created = list(await self._settle("create_topics", futures, many=len(futures) > 1))
@@ -160,7 +166,7 @@ class AIOAdminClient:
         """Delete topics by name; returns once the metadata a broker returns no longer lists
         them (about ``operation_timeout`` at most), so the names can be created again."""
         self._check_open()
-        futures = self._admin.delete_topics(list(topics), operation_timeout=self._operation_timeout)
+        futures = self._admin.delete_topics(list(topics), **self._timeouts)
         try:
             deleted = list(await self._settle("delete_topics", futures, many=len(futures) > 1))
         except AdminErrorGroup as group:
@@ -255,8 +261,7 @@ class AIOAdminClient:
         """
         self._check_open()
         futures = self._admin.create_partitions(
-            [NewPartitions(topic, total) for topic, total in new_totals.items()],
-            operation_timeout=self._operation_timeout,
+            [NewPartitions(topic, total) for topic, total in new_totals.items()], **self._timeouts
         )
         try:
             grown = list(await self._settle("create_partitions", futures, many=len(new_totals) > 1))
@@ -339,7 +344,7 @@ class AIOAdminClient:
             if isinstance(before, Mapping)
             else list(before)
         )
-        futures = self._admin.delete_records(partitions, operation_timeout=self._operation_timeout)
+        futures = self._admin.delete_records(partitions, **self._timeouts)
         by_name = {f"{tp.topic}[{tp.partition}]": fut for tp, fut in futures.items()}
         settled = await self._settle("delete_records", by_name, many=len(partitions) > 1)
         return {
