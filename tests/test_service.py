@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 import websockets
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from pydantic import ValidationError
@@ -241,6 +242,11 @@ def test_what_starts_a_local_broker_and_the_settings_agree_on_the_cluster(
             '{"linger.ms": 1000000, "sasl.password": "hunter2"}',
             "outside allowed range 0..900000. Check",
         ),
+        (
+            "KAFKA_BOOTSTRAP_SERVERS",
+            "127.0.0.1:9092,localhost:notaport",
+            "KAFKA_BOOTSTRAP_SERVERS: Value error, 'localhost:notaport' is not host:port",
+        ),
     ],
     ids=[
         "not-a-number",
@@ -252,6 +258,7 @@ def test_what_starts_a_local_broker_and_the_settings_agree_on_the_cluster(
         "conflicting-properties",
         "consumer-property",
         "out-of-range",
+        "bootstrap-servers",
     ],
 )
 def test_serve_says_which_setting_is_wrong_without_echoing_values(
@@ -270,6 +277,34 @@ def test_serve_says_which_setting_is_wrong_without_echoing_values(
     assert error.count("\n") == 1
     assert says in error
     assert "hunter2" not in error
+
+
+def test_serve_gives_up_on_a_cluster_that_does_not_answer_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")  # nothing listens there
+    monkeypatch.setenv("KAFKALOOP_CLIENT_CONFIG", '{"sasl.password": "hunter2"}')
+    monkeypatch.setattr(cli, "KAFKA_WAIT", 1.0)
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: pytest.fail("it served"))
+
+    assert cli.main(["serve"]) == 2
+
+    error = capsys.readouterr().err
+    assert error.startswith("kafkaloop: Kafka at 127.0.0.1:1 did not answer within 1s (")
+    assert "set KAFKA_BOOTSTRAP_SERVERS or KAFKALOOP_BOOTSTRAP_SERVERS" in error
+    assert error.count("\n") == 1
+    assert "hunter2" not in error
+
+
+@pytest.mark.parametrize(
+    "servers", ["127.0.0.1:9092", "kafka", "[::1]:9092", "[::1]", "SSL://a:9093, b:9094"]
+)
+def test_bootstrap_servers_librdkafka_takes_are_taken(
+    monkeypatch: pytest.MonkeyPatch, servers: str
+) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", servers)
+
+    assert ServiceSettings().bootstrap_servers == servers
 
 
 def test_the_configuration_check_accepts_what_the_clients_accept_and_says_nothing(

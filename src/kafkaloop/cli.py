@@ -25,6 +25,9 @@ _Settings = TypeVar("_Settings", bound="KafkaSettings")
 
 DEFAULT_PORT = 9092
 
+KAFKA_WAIT = 30.0
+"""How long `kafkaloop serve` waits for the cluster to answer before it gives up."""
+
 
 def _cluster(args: argparse.Namespace, *, nodes: int | None = None) -> LocalKafka:
     port = getattr(args, "port", None) or _port_from_env("KAFKALOOP_BROKER_PORT", DEFAULT_PORT)
@@ -249,6 +252,8 @@ def _serve(args: argparse.Namespace) -> int:
     # What librdkafka refuses, said here once: in the app's start-up it would be a traceback
     # per worker.
     settings.check(consumers=settings.item_cache or settings.live_push)
+    # Said here once, in a line: in the app's start-up it would be a traceback per worker.
+    _reach(settings, KAFKA_WAIT)
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     http = http_protocol(settings.write_batching)
     print_progress(
@@ -271,6 +276,30 @@ def _serve(args: argparse.Namespace) -> int:
         http=http,
     )
     return 0
+
+
+def _reach(settings: KafkaSettings, timeout: float) -> None:
+    """Raise a KafkaloopError unless the cluster answers a metadata request within `timeout`."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    from kafkaloop._config import make_client
+    from kafkaloop._exceptions import kafka_error_of
+    from kafkaloop._logging import librdkafka_logger
+    from kafkaloop.settings import BOOTSTRAP_VARIABLES
+
+    config = settings.admin()
+    admin = make_client(
+        AdminClient, {"logger": librdkafka_logger, **config}, config, "admin client"
+    )
+    try:
+        admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise KafkaloopError(
+            f"Kafka at {settings.bootstrap_servers} did not answer within {timeout:g}s "
+            f"({kafka_error_of(exc).str()}). Start it (`kafkaloop broker up`), "
+            f"or set {' or '.join(BOOTSTRAP_VARIABLES)} to a cluster that runs."
+        ) from None
 
 
 def _bench(args: argparse.Namespace) -> int:  # noqa: RET503 (execv does not return)

@@ -107,6 +107,21 @@ class KafkaSettings(BaseSettings):
             **extra,
         }
 
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _servers(cls, value: str) -> str:
+        for server in value.split(","):
+            address = server.strip().rpartition("://")[2]  # (a listener's scheme may lead)
+            host, colon, port = address.rpartition(":")
+            if address.endswith("]") or not colon:  # "[::1]", "kafka": librdkafka's port
+                host, port = address, "9092"
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(
+                    f"{server.strip()!r} is not host:port (a port is a number, 1-65535); "
+                    "several are separated by commas"
+                )
+        return value
+
     def admin(self) -> dict[str, Any]:
         """The admin client's librdkafka configuration."""
         return {"bootstrap.servers": self.bootstrap_servers, **self.client_config}
