@@ -377,7 +377,8 @@ async def kafka_ready(
             async with asyncio.timeout(timeout):
                 cluster = await kafka.admin.describe_cluster()
         except (TimeoutError, KafkaloopError) as exc:
-            ready, reason = False, f"the cluster did not answer within {timeout:g}s ({exc})"
+            said = f" ({exc})" if str(exc) else ""  # (a TimeoutError says nothing)
+            ready, reason = False, f"the cluster did not answer within {timeout:g}s{said}"
         else:
             refusing = [
                 f"the {name} refuses messages: {producer.fatal_error.str()}"
