@@ -594,6 +594,29 @@ async def test_lag_counts_what_is_left_to_read(
     assert lag == {TopicPartition(topic_name, 0): 40}
 
 
+async def test_lag_does_not_wait_for_a_read_that_waits_for_records(
+    producer: AIOProducer, kafka_bootstrap: str, topic_name: str
+) -> None:
+    await producer.produce_many(topic_name, [b"x"] * 3)
+    async with AIOConsumer(consumer_config(kafka_bootstrap, f"g-{topic_name}")) as consumer:
+        consumer.assign([TopicPartition(topic_name, 0, OFFSET_BEGINNING)])
+        await read(consumer, 3)
+        await asyncio.sleep(0.1)  # (the prefetch after the last batch finds nothing)
+        caught_up = consumer.lag()
+        waiting = asyncio.create_task(consumer.getmany(timeout=3))
+        await asyncio.sleep(0.3)  # in librdkafka's poll, on the consumer's thread
+
+        started = time.monotonic()
+        during = consumer.lag()
+        took = time.monotonic() - started
+        # (confluent-kafka holds a call from another thread until a poll returns: 3 s here)
+        assert took < 0.1
+        assert await waiting == []
+        after = consumer.lag()
+
+    assert caught_up == during == after == {TopicPartition(topic_name, 0): 0}
+
+
 def test_consumer_outside_a_running_loop_is_refused() -> None:
     with pytest.raises(NoRunningLoopError):
         AIOConsumer({"bootstrap.servers": "127.0.0.1:1", "group.id": "g"})

@@ -30,6 +30,7 @@ import collections
 import contextlib
 import enum
 import operator
+import threading
 import uuid
 from collections.abc import (
     AsyncIterator,
@@ -229,6 +230,13 @@ class AIOConsumer:
         # How many partitions are assigned, as of which change of the assignment.
         self._assignment_changes = 0
         self._assigned = (-1, 0)
+        # confluent-kafka makes a call from one thread wait while another is in a poll: lag()
+        # asked while a read waits for records is measured by that read as it returns, and
+        # handed over here. The lock keeps a read from starting its wait while lag() measures.
+        self._lag_lock = threading.Lock()
+        self._waiting = False
+        self._lag_asked = False
+        self._lag_seen: dict[TopicPartition, int] = {}
         self._state = _State.OPEN
         self._close_task: asyncio.Task[None] | None = None
         self._inflight: asyncio.Future[tuple[list[Message], bool]] | None = None
@@ -588,9 +596,19 @@ class AIOConsumer:
         consumer = self._consumer
         messages: list[Message] = consumer.consume(count, 0)
         if not messages and timeout > 0:
-            first = consumer.poll(timeout)
+            with self._lag_lock:
+                self._waiting = True
+            try:
+                first = consumer.poll(timeout)
+            finally:
+                with self._lag_lock:
+                    self._waiting = False
             if first is not None:
                 messages = [first, *consumer.consume(count - 1, 0)] if count > 1 else [first]
+            if self._lag_asked:
+                self._lag_asked = False
+                with contextlib.suppress(ConsumerCallError):  # (the read's records come first)
+                    self._lag_seen = self._measure_lag()
         # One partition assigned (manual assignment, or a group of one): every batch is from
         # it, and the last record alone says how far the batch was handed over. Asking costs
         # tens of microseconds, so the answer is kept until the assignment changes.
@@ -815,8 +833,19 @@ class AIOConsumer:
             self._consumer.resume(list(partitions))
 
     def lag(self) -> dict[TopicPartition, int]:
-        """Messages behind the end of each assigned partition (from cached watermarks)."""
+        """Messages behind the end of each assigned partition (from cached watermarks).
+
+        Never waits for a read: while one waits for records, what was measured last (the
+        read measures it again as its wait ends, within its timeout)."""
         self._check_open()
+        with self._lag_lock:
+            if self._waiting:
+                self._lag_asked = True
+            else:
+                self._lag_seen = self._measure_lag()
+        return dict(self._lag_seen)
+
+    def _measure_lag(self) -> dict[TopicPartition, int]:
         result: dict[TopicPartition, int] = {}
         with _calling("lag()"):
             assigned = self._consumer.assignment()
