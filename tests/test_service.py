@@ -243,6 +243,11 @@ def test_what_starts_a_local_broker_and_the_settings_agree_on_the_cluster(
             "outside allowed range 0..900000. Check",
         ),
         (
+            "KAFKALOOP_SHUTDOWN_TIMEOUT",
+            "6",
+            "KAFKALOOP_REQUEST_DEADLINE (5s) must be under half of KAFKALOOP_SHUTDOWN_TIMEOUT (6s)",
+        ),
+        (
             "KAFKA_BOOTSTRAP_SERVERS",
             "127.0.0.1:9092,localhost:notaport",
             "KAFKA_BOOTSTRAP_SERVERS: Value error, 'localhost:notaport' is not host:port",
@@ -258,6 +263,7 @@ def test_what_starts_a_local_broker_and_the_settings_agree_on_the_cluster(
         "conflicting-properties",
         "consumer-property",
         "out-of-range",
+        "deadline-past-the-stop",
         "bootstrap-servers",
     ],
 )

@@ -270,7 +270,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         access_log=args.access_log,
         # Half the shutdown budget to finish requests, half to flush the producer.
-        timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout / 2)),
+        timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_timeout / 2)),
         ws="websockets-sansio",
         loop=loop,
         http=http,

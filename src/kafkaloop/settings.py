@@ -238,6 +238,17 @@ class ServiceSettings(KafkaSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _requests_finish_before_the_stop(self) -> Self:
+        # Half the stop is for requests in flight: an awaited one may take the whole deadline.
+        if self.request_deadline >= self.shutdown_timeout / 2:
+            raise ValueError(
+                f"KAFKALOOP_REQUEST_DEADLINE ({self.request_deadline:g}s) must be under half of "
+                f"KAFKALOOP_SHUTDOWN_TIMEOUT ({self.shutdown_timeout:g}s), the time requests in "
+                "flight get to finish when the service stops (else they are cut off with a 500)"
+            )
+        return self
+
     @field_validator("items_topic")
     @classmethod
     def _topic_name(cls, value: str) -> str:
