@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from kafkaloop import (
     DeserializationError,
     NoRunningLoopError,
 )
+from kafkaloop.broker import LocalKafka
 
 
 @pytest.fixture
@@ -578,6 +580,47 @@ async def test_a_getmany_waiting_when_close_begins_returns_nothing(
 
     assert await waiting == []  # not ClientClosedError: like async for, it just ends
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.slow
+async def test_a_fan_out_consumer_reads_on_after_an_outage_longer_than_a_session(
+    tmp_path: Path, topic_name: str
+) -> None:
+    """No group: nothing to time out while the cluster is down, nothing skipped after (a
+    group of one, its session expired, would rejoin at the latest offset)."""
+    kafka = LocalKafka(1, state_dir=tmp_path / "kafka")
+    await asyncio.to_thread(kafka.start)
+    config = {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "session.timeout.ms": 6000,  # (the broker's least) were there a group
+        "heartbeat.interval.ms": 1000,
+    }
+    try:
+        async with (
+            AIOProducer({"bootstrap.servers": kafka.bootstrap_servers}) as producer,
+            AIOConsumer.fan_out(config, [topic_name]) as consumer,
+        ):
+            await create(kafka.bootstrap_servers, topic_name, 1)
+            while not consumer.assignment():
+                await consumer.getmany(timeout=0.2)
+            for _ in range(50):  # read from the end once it has asked where that is
+                await producer.produce(topic_name, b"before")
+                if await consumer.getmany(timeout=0.5):
+                    break
+            else:
+                pytest.fail("the fan-out consumer never read from the end")
+            await asyncio.to_thread(kafka.stop_node, 0, hard=True)
+            during = [producer.produce(topic_name, b"%d" % i) for i in range(5)]
+            down_until = time.monotonic() + 10  # longer than a session
+            while time.monotonic() < down_until:
+                await consumer.getmany(timeout=0.5)
+            await asyncio.to_thread(kafka.start_node, 0)
+            await asyncio.gather(*during)
+            records = await read(consumer, 5, timeout=30)
+    finally:
+        await asyncio.to_thread(kafka.stop)
+
+    assert [r.value for r in records] == [b"0", b"1", b"2", b"3", b"4"]
 
 
 async def test_lag_counts_what_is_left_to_read(

@@ -29,7 +29,9 @@ import asyncio
 import collections
 import contextlib
 import enum
+import inspect
 import operator
+import re
 import threading
 import uuid
 from collections.abc import (
@@ -239,6 +241,7 @@ class AIOConsumer:
         self._lag_seen: dict[TopicPartition, int] = {}
         self._state = _State.OPEN
         self._close_task: asyncio.Task[None] | None = None
+        self._fan_out: asyncio.Task[None] | None = None  # fan_out()'s assignment
         self._inflight: asyncio.Future[tuple[list[Message], bool]] | None = None
         # Fetched messages not yet converted: those carried past a bad one (it comes first),
         # then the rest of the consumed batch from _raw_pos on. Records are made a chunk at a
@@ -265,14 +268,18 @@ class AIOConsumer:
 
     @classmethod
     def fan_out(cls, config: Mapping[str, Any], topics: Sequence[str], **kwargs: Any) -> Self:
-        """A consumer that sees every new message of `topics`, whatever other processes do.
+        """A consumer that sees every new message of `topics` (names, or ``^regex``
+        patterns), whatever other processes do.
 
-        For live push (WebSocket, SSE): a consumer group of its own (so no other process
-        shares its partitions), starting from the latest offset, committing nothing. Its
-        assignment is incremental (``cooperative-sticky``, unless the configuration picks an
-        assignor or the ``consumer`` group protocol): a partition the topics gain is added
-        alone while the others read on, where an eager assignor would take every partition
-        back and assign them again.
+        For live push (WebSocket, SSE): it assigns itself every partition of the topics, with
+        no consumer group, so no other process shares them and no group session can time
+        out while the cluster is down (a group of one would rejoin afterwards, at the latest
+        offset, skipping what came meanwhile). Each partition starts at the latest offset
+        unless ``on_assign`` sets one; it commits nothing. A partition the topics gain is
+        found with the cluster's metadata, asked every ``topic.metadata.refresh.interval.ms``
+        (every second while a topic named is not there, or the cluster does not answer), and
+        assigned alone while the others read on, ``on_assign`` called first. ``on_revoke``
+        and ``on_lost`` are never called.
         """
         prefix = config.get("group.id", "kafkaloop")
         conf = {
@@ -281,9 +288,53 @@ class AIOConsumer:
             "auto.offset.reset": "latest",
             "enable.auto.commit": False,
         }
-        if str(conf.get("group.protocol", "classic")).lower() != "consumer":
-            conf.setdefault("partition.assignment.strategy", "cooperative-sticky")
-        return cls(conf, topics, **kwargs)
+        consumer = cls(conf, **kwargs)
+        every = float(conf.get("topic.metadata.refresh.interval.ms", 300_000)) / 1000
+        consumer._fan_out = consumer._loop.create_task(
+            consumer._assign_fan_out(list(topics), every), name="kafkaloop-fan-out"
+        )
+        return consumer
+
+    async def _assign_fan_out(self, topics: list[str], every: float) -> None:
+        """fan_out()'s assignment: every partition of `topics`, as the metadata shows them."""
+        patterns = [re.compile(topic[1:]) for topic in topics if topic.startswith("^")]
+        names = {topic for topic in topics if not topic.startswith("^")}
+        assigned: set[tuple[str, int]] = set()
+        failures = RateLimitedLog(logger)
+        soon = True  # no answer yet, or a topic named is not there (yet)
+        while self._state is _State.OPEN:
+            try:
+                found = await self.topics()
+                soon = any(not found.get(name) for name in names)
+                new = [
+                    TopicPartition(topic, partition)  # (offset unset: auto.offset.reset's)
+                    for topic, partitions in sorted(found.items())
+                    if topic in names or any(p.match(topic) for p in patterns)
+                    for partition in partitions
+                    if (topic, partition) not in assigned
+                ]
+                if new:
+                    await self._call_on_assign(new)
+                    if self._state is not _State.OPEN:
+                        return
+                    self.incremental_assign(new)
+                    assigned.update((tp.topic, tp.partition) for tp in new)
+            except ClientClosedError:
+                return
+            except Exception as exc:  # asked again at the next turn
+                failures.warning("The fan-out consumer could not look for partitions: %r", exc)
+            await asyncio.sleep(min(every, 1.0) if soon else every)
+
+    async def _call_on_assign(self, partitions: list[TopicPartition]) -> None:
+        callback = self._rebalance_callbacks["on_assign"]
+        if callback is None:
+            return
+        try:
+            result = callback(self, partitions)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            logger.exception("The consumer's on_assign callback raised; the assignment goes on")
 
     def __repr__(self) -> str:
         return (
@@ -907,6 +958,9 @@ class AIOConsumer:
         await asyncio.shield(self._close_task)
 
     async def _close(self) -> None:
+        if self._fan_out is not None:
+            self._fan_out.cancel()
+            await asyncio.gather(self._fan_out, return_exceptions=True)
         # Not async for's current record: its processing may have been cut short (a task
         # cancelled at shutdown); it is read again, rather than lost.
         self._note_upto(self._cursor.next - 1 if self._holding() else self._cursor.next)
