@@ -112,7 +112,28 @@ _UNREACHABLE = frozenset(
 _PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 
 
-class DeliveryError(ProduceError, KafkaException):
+class _Facts:
+    """What librdkafka's ``error`` says, on the errors that carry one."""
+
+    error: KafkaError
+
+    @property
+    def code(self) -> int:
+        """librdkafka's error code (``KafkaError.<NAME>``)."""
+        return int(self.error.code())
+
+    @property
+    def retriable(self) -> bool:
+        """Whether the same call (a produce: the same message) may succeed if made again."""
+        return bool(self.error.retriable())
+
+    @property
+    def fatal(self) -> bool:
+        """Whether the client itself is unusable (e.g. an idempotence violation)."""
+        return bool(self.error.fatal())
+
+
+class DeliveryError(_Facts, ProduceError, KafkaException):
     """Kafka reported that a message was not delivered.
 
     Also a ``confluent_kafka.KafkaException``: ``args[0]`` is the librdkafka ``KafkaError``,
@@ -126,21 +147,6 @@ class DeliveryError(ProduceError, KafkaException):
         self.error = error
         self.topic = topic
         self.partition = partition
-
-    @property
-    def code(self) -> int:
-        """librdkafka's error code (``KafkaError.<NAME>``)."""
-        return int(self.error.code())
-
-    @property
-    def retriable(self) -> bool:
-        """Whether producing the message again may succeed."""
-        return bool(self.error.retriable())
-
-    @property
-    def fatal(self) -> bool:
-        """Whether the producer itself is unusable (e.g. an idempotence violation)."""
-        return bool(self.error.fatal())
 
     @property
     def persistence(self) -> Persistence:
@@ -183,7 +189,7 @@ class QueueFullError(ProduceError, BufferError):
     """librdkafka's local queue stayed full (the broker is slow, down, or being outpaced)."""
 
 
-class TransactionError(ProduceError, KafkaException):
+class TransactionError(_Facts, ProduceError, KafkaException):
     """A transaction call failed (init, begin, send offsets, commit, abort).
 
     Also a ``confluent_kafka.KafkaException`` whose ``args[0]`` is librdkafka's ``KafkaError``,
@@ -198,15 +204,8 @@ class TransactionError(ProduceError, KafkaException):
         self.error = error
 
     @property
-    def retriable(self) -> bool:
-        return bool(self.error.retriable())
-
-    @property
-    def fatal(self) -> bool:
-        return bool(self.error.fatal())
-
-    @property
     def requires_abort(self) -> bool:
+        """Whether the transaction must be aborted (then another begun)."""
         return bool(self.error.txn_requires_abort())
 
     def __str__(self) -> str:
@@ -332,7 +331,7 @@ _CONSUMER_ADVICE = {
 }
 
 
-class ConsumerCallError(ConsumerError, KafkaException):
+class ConsumerCallError(_Facts, ConsumerError, KafkaException):
     """librdkafka failed a consumer call (``seek()``, ``partitions()``, ``commit()``, ...) or
     reported an error while consuming; ``operation`` says which, ``error`` is its KafkaError.
 
@@ -346,11 +345,6 @@ class ConsumerCallError(ConsumerError, KafkaException):
         super().__init__(operation, error=error)
         self.args = (error,)
         self.operation = operation
-
-    @property
-    def code(self) -> int:
-        """librdkafka's error code (``KafkaError.<NAME>``)."""
-        return int(self.error.code())
 
     def __str__(self) -> str:
         error = self.error
