@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -582,6 +583,52 @@ async def test_a_getmany_waiting_when_close_begins_returns_nothing(
     assert time.monotonic() - started < 5
 
 
+async def test_a_fan_out_consumer_with_a_bad_pattern_is_refused_at_once() -> None:
+    with pytest.raises(re.error):
+        AIOConsumer.fan_out({"bootstrap.servers": "127.0.0.1:1"}, ["^items-("])
+
+
+async def test_a_fan_out_consumer_closes_at_once_while_its_cluster_does_not_answer() -> None:
+    consumer = AIOConsumer.fan_out({"bootstrap.servers": "127.0.0.1:1"}, ["items"])
+    await asyncio.sleep(0.5)  # its metadata client waits for an answer
+    started = time.monotonic()
+    await consumer.close()
+
+    assert time.monotonic() - started < 2
+
+
+async def test_a_fan_out_consumer_assigns_on_a_raising_on_assign_and_drops_a_deleted_topic(
+    kafka_bootstrap: str, topic_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    await create(kafka_bootstrap, topic_name, 2)
+    revoked: list[list[tuple[str, int]]] = []
+
+    def on_assign(_consumer: AIOConsumer, _partitions: list[TopicPartition]) -> None:
+        raise RuntimeError("the application's mistake")
+
+    async def on_revoke(_consumer: AIOConsumer, partitions: list[TopicPartition]) -> None:
+        revoked.append([(tp.topic, tp.partition) for tp in partitions])
+
+    config = {"bootstrap.servers": kafka_bootstrap, "topic.metadata.refresh.interval.ms": 500}
+    async with AIOConsumer.fan_out(
+        config, [topic_name], on_assign=on_assign, on_revoke=on_revoke
+    ) as consumer:
+        deadline = time.monotonic() + 30
+        while len(consumer.assignment()) < 2 and time.monotonic() < deadline:
+            await consumer.getmany(timeout=0.2)
+        assigned = sorted(tp.partition for tp in consumer.assignment())
+        async with AIOAdminClient({"bootstrap.servers": kafka_bootstrap}) as admin:
+            await admin.delete_topics([topic_name])
+        while consumer.assignment() and time.monotonic() < deadline:
+            await consumer.getmany(timeout=0.2)
+        left = consumer.assignment()
+
+    assert assigned == [0, 1]
+    assert "The consumer's on_assign callback raised; the change goes on" in caplog.text
+    assert revoked == [[(topic_name, 0), (topic_name, 1)]]
+    assert left == []
+
+
 @pytest.mark.slow
 async def test_a_fan_out_consumer_reads_on_after_an_outage_longer_than_a_session(
     tmp_path: Path, topic_name: str
@@ -644,8 +691,7 @@ async def test_lag_does_not_wait_for_a_read_that_waits_for_records(
     async with AIOConsumer(consumer_config(kafka_bootstrap, f"g-{topic_name}")) as consumer:
         consumer.assign([TopicPartition(topic_name, 0, OFFSET_BEGINNING)])
         await read(consumer, 3)
-        await asyncio.sleep(0.1)  # (the prefetch after the last batch finds nothing)
-        caught_up = consumer.lag()
+        caught_up = consumer.lag()  # measured: no other call in progress
         waiting = asyncio.create_task(consumer.getmany(timeout=3))
         await asyncio.sleep(0.3)  # in librdkafka's poll, on the consumer's thread
 
@@ -657,6 +703,7 @@ async def test_lag_does_not_wait_for_a_read_that_waits_for_records(
         assert await waiting == []
         after = consumer.lag()
 
+    # During the read, what was measured last; after it, measured again.
     assert caught_up == during == after == {TopicPartition(topic_name, 0): 0}
 
 

@@ -336,8 +336,8 @@ async def test_a_partition_the_topic_gains_is_pushed_whole_and_the_others_read_o
     try:
         await hub.start()
         # The others read on: the new partition is assigned alone, none is taken back (no
-        # group: the consumer assigns itself every partition).
-        assert hub._consumer._fan_out is not None
+        # group: the consumer assigns itself every partition, and never joins one).
+        assert hub._consumer._consumer.memberid() is None
         subscription = hub.subscribe()
         async with AIOAdminClient(config) as admin, AIOProducer(config) as producer:
             await admin.create_partitions({topic_name: 2})

@@ -40,6 +40,7 @@ from kafkaloop._exceptions import (
     TopicAlreadyExistsError,
     TopicMismatchError,
     UnknownTopicError,
+    kafka_error_of,
 )
 from kafkaloop._logging import RateLimitedLog, librdkafka_logger, logger
 from kafkaloop._models import BrokerInfo, ClusterInfo, PartitionInfo, TopicInfo
@@ -63,12 +64,6 @@ def _led(topic: Any, partitions: int = 1) -> bool:
     )
 
 
-def _kafka_error(exc: BaseException) -> KafkaError:
-    if isinstance(exc, KafkaException) and isinstance(exc.args[0], KafkaError):
-        return exc.args[0]
-    return KafkaError(KafkaError._FAIL, str(exc))
-
-
 class AIOAdminClient:
     """Kafka admin operations as coroutines. Create it inside a running event loop.
 
@@ -89,7 +84,7 @@ class AIOAdminClient:
         # finding the controller: librdkafka's 60 s otherwise, with the cluster unreachable).
         self._timeouts = {
             "operation_timeout": operation_timeout,
-            "request_timeout": operation_timeout,
+            "request_timeout": operation_timeout + 1.0,  # (the broker's answer, in time)
         }
         self._error_log = RateLimitedLog(logger)
         conf = dict(config)
@@ -125,7 +120,7 @@ class AIOAdminClient:
         errors: list[AdminError] = []
         for name, outcome in zip(names, outcomes, strict=True):
             if isinstance(outcome, BaseException):
-                errors.append(AdminError.from_kafka(_kafka_error(outcome), operation, name))
+                errors.append(AdminError.from_kafka(kafka_error_of(outcome), operation, name))
             else:
                 results[name] = outcome
         if errors:
@@ -219,6 +214,20 @@ class AIOAdminClient:
         """Names of the cluster's topics, sorted; ``internal`` includes ``__consumer_offsets``."""
         metadata = await self._metadata(None)
         return sorted(name for name in metadata.topics if internal or not name.startswith("__"))
+
+    async def topic_partitions(
+        self, *, internal: bool = False, timeout: float | None = None
+    ) -> dict[str, list[int]]:
+        """Every topic and its partitions, sorted, in one metadata request (``timeout``:
+        ``operation_timeout`` unless given); a topic the broker reports an error for (its
+        leader not yet elected, say) comes with none listed. ``internal`` includes
+        ``__consumer_offsets``."""
+        metadata = await self._metadata(None, timeout=timeout)
+        return {
+            name: [] if topic.error is not None else sorted(topic.partitions)
+            for name, topic in metadata.topics.items()
+            if internal or not name.startswith("__")
+        }
 
     async def describe_topics(self, topics: Iterable[str]) -> dict[str, TopicInfo]:
         """Partitions, leaders and replicas of each topic; :class:`UnknownTopicError` if absent."""
@@ -458,7 +467,7 @@ class AIOAdminClient:
         try:
             return await self._bridge.wrap_future(future)
         except KafkaException as exc:
-            raise AdminError.from_kafka(_kafka_error(exc), operation, None) from None
+            raise AdminError.from_kafka(kafka_error_of(exc), operation, None) from None
 
     async def _metadata(self, topic: str | None, *, timeout: float | None = None) -> Any:
         self._check_open()
@@ -474,7 +483,7 @@ class AIOAdminClient:
                 threads=_METADATA_THREADS,
             )
         except KafkaException as exc:
-            raise AdminError.from_kafka(_kafka_error(exc), "metadata request", topic) from None
+            raise AdminError.from_kafka(kafka_error_of(exc), "metadata request", topic) from None
 
     async def close(self) -> None:
         """Stop the poll thread. Idempotent."""

@@ -44,7 +44,7 @@ from collections.abc import (
     Sequence,
 )
 from types import TracebackType
-from typing import Any, Literal, Self, TypeAlias, cast
+from typing import Any, Literal, Self, TypeAlias, TypeVar, cast
 
 from confluent_kafka import (
     Consumer,
@@ -55,6 +55,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import ClusterMetadata
 
+from kafkaloop._admin import AIOAdminClient
 from kafkaloop._bridge import LoopBridge
 from kafkaloop._config import config_flag, make_client
 from kafkaloop._exceptions import (
@@ -69,6 +70,39 @@ from kafkaloop._logging import RateLimitedLog, librdkafka_logger, logger
 from kafkaloop._models import ConsumerRecord, Cursor, RecordStream, make_records, new_record
 
 __all__ = ["AIOConsumer", "Deserializer", "RebalanceCallback"]
+
+R = TypeVar("R")
+
+# What fan_out()'s metadata client takes of the consumer's configuration: where the cluster is
+# and how to reach it (the consumer's own properties would be warned about, and ignored).
+_REACH = (
+    "bootstrap.servers",
+    "security.protocol",
+    "sasl.",
+    "ssl.",
+    "ssl_",
+    "enable.ssl.",
+    "enable.sasl.",
+    "oauth",
+    "https.",
+    "client.",
+    "socket.",
+    "broker.",
+    "api.version",
+    "connections.max.idle.ms",
+    "reconnect.",
+    "retry.backoff",
+    "resolve_cb",
+    "plugin.library.paths",
+    "debug",
+    "log_level",
+    "logger",
+    "log.",
+    "metadata.",
+    "topic.metadata.",
+)
+_FAN_OUT_LOOK = 5.0
+"""Seconds fan_out()'s metadata client waits for an answer."""
 
 Deserializer: TypeAlias = Callable[[bytes], Any]
 """Turns a key or value's bytes into an object (None, a missing key or a tombstone, stays None)."""
@@ -232,11 +266,13 @@ class AIOConsumer:
         # How many partitions are assigned, as of which change of the assignment.
         self._assignment_changes = 0
         self._assigned = (-1, 0)
-        # confluent-kafka makes a call from one thread wait while another is in a poll: lag()
-        # asked while a read waits for records is measured by that read as it returns, and
-        # handed over here. The lock keeps a read from starting its wait while lag() measures.
+        # confluent-kafka makes a call from one thread wait while another thread's call to the
+        # same consumer is in progress (a poll() waiting for records, a metadata request, one
+        # serving a rebalance callback that waits for the loop). lag(), on the loop, measures
+        # only while no other thread is in a call (_busy, counted under the lock), else hands
+        # over what the consume thread measured last, and asks it to measure again.
         self._lag_lock = threading.Lock()
-        self._waiting = False
+        self._busy = 0
         self._lag_asked = False
         self._lag_seen: dict[TopicPartition, int] = {}
         self._state = _State.OPEN
@@ -268,19 +304,23 @@ class AIOConsumer:
 
     @classmethod
     def fan_out(cls, config: Mapping[str, Any], topics: Sequence[str], **kwargs: Any) -> Self:
-        """A consumer that sees every new message of `topics` (names, or ``^regex``
-        patterns), whatever other processes do.
+        """A consumer that sees every new message of `topics` (names, or patterns: a regular
+        expression starting with ``^``, in Python's syntax), whatever other processes do.
 
         For live push (WebSocket, SSE): it assigns itself every partition of the topics, with
         no consumer group, so no other process shares them and no group session can time
         out while the cluster is down (a group of one would rejoin afterwards, at the latest
         offset, skipping what came meanwhile). Each partition starts at the latest offset
-        unless ``on_assign`` sets one; it commits nothing. A partition the topics gain is
-        found with the cluster's metadata, asked every ``topic.metadata.refresh.interval.ms``
-        (every second while a topic named is not there, or the cluster does not answer), and
-        assigned alone while the others read on, ``on_assign`` called first. ``on_revoke``
-        and ``on_lost`` are never called.
+        unless ``on_assign`` sets one; it commits nothing. The topics' partitions are found
+        in the cluster's metadata, asked by a client of their own (an admin client on the
+        connection settings of `config`) every ``topic.metadata.refresh.interval.ms``, sooner
+        (from 1 s, doubling) while a topic named is missing or the cluster does not answer.
+        A partition found is assigned alone while the others read on, ``on_assign`` called
+        first; those of a topic deleted are unassigned, ``on_revoke`` called first.
+        ``on_lost`` is never called. An invalid pattern raises ``re.error`` here.
         """
+        patterns = [re.compile(topic) for topic in topics if topic.startswith("^")]
+        names = frozenset(topic for topic in topics if not topic.startswith("^"))
         prefix = config.get("group.id", "kafkaloop")
         conf = {
             **config,
@@ -288,53 +328,86 @@ class AIOConsumer:
             "auto.offset.reset": "latest",
             "enable.auto.commit": False,
         }
-        consumer = cls(conf, **kwargs)
-        every = float(conf.get("topic.metadata.refresh.interval.ms", 300_000)) / 1000
+        refresh_ms = float(conf.get("topic.metadata.refresh.interval.ms", 300_000))
+        every = refresh_ms / 1000 if refresh_ms > 0 else 300.0  # (-1: librdkafka's "never")
+        consumer = cls(conf, **kwargs)  # (it starts no thread: dropped if what follows fails)
+        metadata = AIOAdminClient(
+            {key: value for key, value in config.items() if key.startswith(_REACH)},
+            operation_timeout=_FAN_OUT_LOOK,
+        )
         consumer._fan_out = consumer._loop.create_task(
-            consumer._assign_fan_out(list(topics), every), name="kafkaloop-fan-out"
+            consumer._assign_fan_out(metadata, names, patterns, every), name="kafkaloop-fan-out"
         )
         return consumer
 
-    async def _assign_fan_out(self, topics: list[str], every: float) -> None:
-        """fan_out()'s assignment: every partition of `topics`, as the metadata shows them."""
-        patterns = [re.compile(topic[1:]) for topic in topics if topic.startswith("^")]
-        names = {topic for topic in topics if not topic.startswith("^")}
+    async def _assign_fan_out(
+        self,
+        metadata: AIOAdminClient,
+        names: frozenset[str],
+        patterns: list[re.Pattern[str]],
+        every: float,
+    ) -> None:
+        """fan_out()'s assignment: every partition of the topics, as the metadata shows them."""
         assigned: set[tuple[str, int]] = set()
         failures = RateLimitedLog(logger)
-        soon = True  # no answer yet, or a topic named is not there (yet)
-        while self._state is _State.OPEN:
-            try:
-                found = await self.topics()
-                soon = any(not found.get(name) for name in names)
-                new = [
-                    TopicPartition(topic, partition)  # (offset unset: auto.offset.reset's)
-                    for topic, partitions in sorted(found.items())
-                    if topic in names or any(p.match(topic) for p in patterns)
-                    for partition in partitions
-                    if (topic, partition) not in assigned
-                ]
-                if new:
-                    await self._call_on_assign(new)
-                    if self._state is not _State.OPEN:
-                        return
-                    self.incremental_assign(new)
-                    assigned.update((tp.topic, tp.partition) for tp in new)
-            except ClientClosedError:
-                return
-            except Exception as exc:  # asked again at the next turn
-                failures.warning("The fan-out consumer could not look for partitions: %r", exc)
-            await asyncio.sleep(min(every, 1.0) if soon else every)
-
-    async def _call_on_assign(self, partitions: list[TopicPartition]) -> None:
-        callback = self._rebalance_callbacks["on_assign"]
-        if callback is None:
-            return
+        soon = 1.0
         try:
-            result = callback(self, partitions)
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            logger.exception("The consumer's on_assign callback raised; the assignment goes on")
+            while self._state is _State.OPEN:
+                try:
+                    found = await metadata.topic_partitions()
+                    wanted = {
+                        (topic, partition)
+                        for topic, partitions in found.items()
+                        if topic in names or any(p.search(topic) for p in patterns)
+                        for partition in partitions
+                    }
+                    gone = sorted(w for w in assigned - wanted if w[0] not in found)
+                    new = sorted(wanted - assigned)
+                    if gone and await self._fan_out_change("on_revoke", gone):
+                        assigned.difference_update(gone)
+                    if new and await self._fan_out_change("on_assign", new):
+                        assigned.update(new)
+                    missing = any(not found.get(name) for name in names)
+                except Exception as exc:  # tried again soon
+                    failures.warning(
+                        "The fan-out consumer could not assign its partitions: %r", exc
+                    )
+                    missing = True
+                if missing:
+                    await asyncio.sleep(min(soon, every))
+                    soon *= 2
+                else:
+                    await asyncio.sleep(every)
+                    soon = 1.0
+        finally:
+            await metadata.close()
+
+    async def _fan_out_change(self, name: str, partitions: list[tuple[str, int]]) -> bool:
+        """Call the rebalance callback `name`, then assign or unassign the partitions (on the
+        calls thread: the consumer may be in a read's poll()). False if closed meanwhile."""
+        listed = [TopicPartition(topic, partition) for topic, partition in partitions]
+        callback = self._rebalance_callbacks[name]
+        if callback is not None:
+            try:
+                result = callback(self, listed)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                logger.exception("The consumer's %s callback raised; the change goes on", name)
+        if self._state is not _State.OPEN:
+            return False
+        if name == "on_revoke":  # (nothing to store: a fan-out consumer commits nothing)
+            self._drop(set(partitions))
+            for key in partitions:
+                self._handed_out.pop(key, None)
+        change = (
+            self._consumer.incremental_assign
+            if name == "on_assign"
+            else self._consumer.incremental_unassign
+        )
+        await self._bridge.run_blocking_on("calls", self._off_loop, change, listed)
+        self._assignment_changes += 1
+        return True
 
     def __repr__(self) -> str:
         return (
@@ -402,7 +475,7 @@ class AIOConsumer:
         self._check_open()
         with _calling("Asking for the cluster's metadata"):
             metadata: ClusterMetadata = await self._bridge.run_blocking_here(
-                "calls", self._consumer.list_topics, topic, timeout
+                "calls", self._off_loop, self._consumer.list_topics, topic, timeout
             )
         return metadata
 
@@ -595,7 +668,9 @@ class AIOConsumer:
             self._inflight = asyncio.ensure_future(
                 # A lane of its own: consume() blocks for long (and, during a rebalance, until
                 # the loop ran the callbacks, which may themselves need a blocking call).
-                self._bridge.run_blocking_on("consume", self._consume_batch, count, timeout)
+                self._bridge.run_blocking_on(
+                    "consume", self._off_loop, self._consume_batch, count, timeout
+                )
             )
         result = await self._take_inflight(self._inflight)
         if (
@@ -606,7 +681,9 @@ class AIOConsumer:
         ):
             # Prefetch: the next batch is fetched while this one is handed over.
             self._inflight = asyncio.ensure_future(
-                self._bridge.run_blocking_on("consume", self._consume_batch, count, 0.0)
+                self._bridge.run_blocking_on(
+                    "consume", self._off_loop, self._consume_batch, count, 0.0
+                )
             )
         return result
 
@@ -647,19 +724,9 @@ class AIOConsumer:
         consumer = self._consumer
         messages: list[Message] = consumer.consume(count, 0)
         if not messages and timeout > 0:
-            with self._lag_lock:
-                self._waiting = True
-            try:
-                first = consumer.poll(timeout)
-            finally:
-                with self._lag_lock:
-                    self._waiting = False
+            first = consumer.poll(timeout)
             if first is not None:
                 messages = [first, *consumer.consume(count - 1, 0)] if count > 1 else [first]
-            if self._lag_asked:
-                self._lag_asked = False
-                with contextlib.suppress(ConsumerCallError):  # (the read's records come first)
-                    self._lag_seen = self._measure_lag()
         # One partition assigned (manual assignment, or a group of one): every batch is from
         # it, and the last record alone says how far the batch was handed over. Asking costs
         # tens of microseconds, so the answer is kept until the assignment changes.
@@ -668,7 +735,21 @@ class AIOConsumer:
             changes = self._assignment_changes
             assigned = len(consumer.assignment())
             self._assigned = (changes, assigned)
+        if self._lag_asked:
+            self._lag_asked = False
+            with contextlib.suppress(ConsumerCallError):  # (the read's records come first)
+                self._lag_seen = self._measure_lag()
         return messages, assigned == 1
+
+    def _off_loop(self, call: Callable[..., R], *args: Any) -> R:
+        """`call(*args)`, made on a thread of the bridge's: counted as a call in progress."""
+        with self._lag_lock:
+            self._busy += 1
+        try:
+            return call(*args)
+        finally:
+            with self._lag_lock:
+                self._busy -= 1
 
     def _convert_fast(self, messages: list[Message]) -> list[ConsumerRecord] | None:
         """Records for a clean batch in one go; None if any message needs the slow path."""
@@ -809,9 +890,11 @@ class AIOConsumer:
             self._store_handed_out()
         try:
             if partitions:
-                await self._bridge.run_blocking_here("calls", self._commit_offsets, partitions)
+                await self._bridge.run_blocking_here(
+                    "calls", self._off_loop, self._commit_offsets, partitions
+                )
             else:
-                await self._bridge.run_blocking_here("calls", self._commit_stored)
+                await self._bridge.run_blocking_here("calls", self._off_loop, self._commit_stored)
         except KafkaException as exc:
             failed = _call_failed("Commit", exc)
             if failed.code == KafkaError._NO_OFFSET:
@@ -831,7 +914,7 @@ class AIOConsumer:
         self._check_open()
         with _calling("committed()"):
             result: list[TopicPartition] = await self._bridge.run_blocking_here(
-                "calls", self._consumer.committed, list(partitions), timeout
+                "calls", self._off_loop, self._consumer.committed, list(partitions), timeout
             )
         return result
 
@@ -844,7 +927,7 @@ class AIOConsumer:
         self._check_open()
         with _calling("offsets_for_times()"):
             result: list[TopicPartition] = await self._bridge.run_blocking_here(
-                "calls", self._consumer.offsets_for_times, list(partitions), timeout
+                "calls", self._off_loop, self._consumer.offsets_for_times, list(partitions), timeout
             )
         return result
 
@@ -857,7 +940,9 @@ class AIOConsumer:
         self._drop({key})
         self._handed_out.pop(key, None)
         with _calling(f"seek() to {partition.topic}[{partition.partition}]"):
-            await self._bridge.run_blocking_here("calls", self._consumer.seek, partition)
+            await self._bridge.run_blocking_here(
+                "calls", self._off_loop, self._consumer.seek, partition
+            )
 
     async def pause(self, partitions: Sequence[TopicPartition]) -> None:
         """Stop reading `partitions` until :meth:`resume`; nothing fetched is lost.
@@ -874,7 +959,10 @@ class AIOConsumer:
             # to the first record not yet handed over, so resume() starts exactly there.
             for (topic, part), offset in rewind.items():
                 await self._bridge.run_blocking_here(
-                    "calls", self._consumer.seek, TopicPartition(topic, part, offset)
+                    "calls",
+                    self._off_loop,
+                    self._consumer.seek,
+                    TopicPartition(topic, part, offset),
                 )
 
     async def resume(self, partitions: Sequence[TopicPartition]) -> None:
@@ -886,11 +974,11 @@ class AIOConsumer:
     def lag(self) -> dict[TopicPartition, int]:
         """Messages behind the end of each assigned partition (from cached watermarks).
 
-        Never waits for a read: while one waits for records, what was measured last (the
-        read measures it again as its wait ends, within its timeout)."""
+        Never waits for another thread's call to the consumer (a read waiting for records,
+        say): meanwhile, what was measured last (the next read measures it again)."""
         self._check_open()
         with self._lag_lock:
-            if self._waiting:
+            if self._busy:
                 self._lag_asked = True
             else:
                 self._lag_seen = self._measure_lag()
@@ -913,7 +1001,7 @@ class AIOConsumer:
         self._check_open()
         with _calling(f"watermarks() of {partition.topic}[{partition.partition}]"):
             result: tuple[int, int] = await self._bridge.run_blocking_here(
-                "calls", self._consumer.get_watermark_offsets, partition, timeout
+                "calls", self._off_loop, self._consumer.get_watermark_offsets, partition, timeout
             )
         return result
 
@@ -970,7 +1058,7 @@ class AIOConsumer:
             logger.debug("The last batch before close failed: %s", exc)
         self._store_handed_out()
         try:
-            await self._bridge.run_blocking_here("calls", self._consumer.close)
+            await self._bridge.run_blocking_here("calls", self._off_loop, self._consumer.close)
         finally:
             self._bridge.close()
             self._state = _State.CLOSED

@@ -37,9 +37,9 @@ from collections.abc import Sequence
 from confluent_kafka import KafkaError, KafkaException
 
 
-def kafka_error_of(exc: KafkaException) -> KafkaError:
+def kafka_error_of(exc: BaseException) -> KafkaError:
     """librdkafka's KafkaError a KafkaException carries (``args[0]``), or one that says it."""
-    found = exc.args[0] if exc.args else None
+    found = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
     return found if isinstance(found, KafkaError) else KafkaError(KafkaError._FAIL, str(exc))
 
 
@@ -168,6 +168,8 @@ class DeliveryError(_Facts, ProduceError, KafkaException):
                 "the producer withdrew it (closed, or its transaction aborted) before Kafka "
                 "acknowledged it; produce it again if it is still wanted"
             )
+            if self.persistence is Persistence.POSSIBLY_PERSISTED:
+                advice += " (it may be stored already: without idempotence, a duplicate)"
         elif self.error.code() in _UNREACHABLE:
             advice = "Kafka did not acknowledge it in time; check the brokers are reachable"
         elif self.retriable:

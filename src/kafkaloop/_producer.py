@@ -24,7 +24,7 @@ import inspect
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias, cast
 
 from confluent_kafka import (
     KafkaError,
@@ -491,7 +491,7 @@ class AIOProducer:
             full = (
                 KafkaError(
                     KafkaError._QUEUE_FULL,
-                    str(self._queue_full_error(waited=self._waited_out)),
+                    str(self._queue_full_error(waited="out")),
                 )
                 if self._refusal is None
                 else KafkaError(KafkaError._DESTROY, "the producer closed before it was sent")
@@ -663,21 +663,25 @@ class AIOProducer:
 
     # -- a full queue ----------------------------------------------------------------------
 
-    @property
-    def _waited_out(self) -> str:
-        return f"waited queue_full_timeout ({self._queue_full_timeout:g}s) for room"
-
     def _queue_full_error(
-        self, undelivered: int | None = None, *, waited: str | None = None
+        self, undelivered: int | None = None, *, waited: Literal["out", "crowded"] | None = None
     ) -> QueueFullError:
-        """`waited`: how an awaited produce already waited for room (None: it did not)."""
+        """`waited`: an awaited produce waited out queue_full_timeout, or found max_waiting
+        others already waiting (None: a produce_nowait())."""
         if undelivered is None:
             undelivered = self._undelivered()
-        advice = (
-            "Await produce() to wait for room, slow down, or raise"
-            if waited is None
-            else f"It {waited}. Slow down, or raise queue_full_timeout, max_waiting,"
-        )
+        if waited == "out":
+            advice = (
+                f"It waited queue_full_timeout ({self._queue_full_timeout:g}s) for room. Slow "
+                "down, or raise queue_full_timeout,"
+            )
+        elif waited == "crowded":
+            advice = (
+                f"It found max_waiting ({self._max_waiting}) produce() calls already waiting. "
+                "Slow down, or raise max_waiting,"
+            )
+        else:
+            advice = "Await produce() to wait for room, slow down, or raise"
         return QueueFullError(
             f"librdkafka's local queue is full ({undelivered} messages not yet "
             "delivered): Kafka is slow or unreachable, or messages come faster than it takes "
@@ -688,9 +692,7 @@ class AIOProducer:
         self, message: tuple[Any, ...], extra: dict[str, Any], future: asyncio.Future[Any]
     ) -> None:
         if len(self._waiting) >= self._max_waiting:
-            raise self._queue_full_error(
-                waited=f"found max_waiting ({self._max_waiting}) produce() calls already waiting"
-            )
+            raise self._queue_full_error(waited="crowded")
         deadline = self._loop.time() + self._queue_full_timeout
         self._waiting.append(_Waiting(message, extra, future, deadline))
         self._produced += 1
@@ -711,7 +713,7 @@ class AIOProducer:
         while self._waiting and self._waiting[0].deadline <= now:
             waiting = self._waiting.popleft()
             self._failed_loop += 1
-            error = self._queue_full_error(undelivered, waited=self._waited_out)
+            error = self._queue_full_error(undelivered, waited="out")
             if not waiting.future.done():
                 waiting.future.set_exception(error)
             else:

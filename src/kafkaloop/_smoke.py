@@ -48,10 +48,11 @@ def run_smoke(
         producer.purge()
         producer.flush(timeout)
     if failures:
+        refused = [f for f in failures if f.code() != KafkaError._PURGE_QUEUE]
         why = (
-            f"no acknowledgement within {timeout:g}s: is the cluster reachable?"
-            if unacknowledged
-            else str(failures[0])
+            str(refused[0])
+            if refused
+            else f"no acknowledgement within {timeout:g}s: is the cluster reachable?"
         )
         raise KafkaloopError(
             f"{len(failures)} of {count} messages to {topic!r} on {bootstrap} were not "

@@ -296,7 +296,7 @@ def _reach(settings: KafkaSettings, timeout: float) -> None:
         admin.list_topics(timeout=timeout)
     except KafkaException as exc:
         raise KafkaloopError(
-            f"Kafka at {settings.bootstrap_servers} did not answer within {timeout:g}s "
+            f"Kafka at {config['bootstrap.servers']} did not answer within {timeout:g}s "
             f"({kafka_error_of(exc).str()}). Start it (`kafkaloop broker up`), "
             f"or set {' or '.join(BOOTSTRAP_VARIABLES)} to a cluster that runs."
         ) from None

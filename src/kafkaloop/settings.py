@@ -115,7 +115,10 @@ class KafkaSettings(BaseSettings):
             host, colon, port = address.rpartition(":")
             if address.endswith("]") or not colon:  # "[::1]", "kafka": librdkafka's port
                 host, port = address, "9092"
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            bracketed = host.startswith("[") and host.endswith("]")
+            if not host or (":" in host and not bracketed) or not port.isdigit():
+                port = "0"
+            if not 0 < int(port) < 65536:
                 raise ValueError(
                     f"{server.strip()!r} is not host:port (a port is a number, 1-65535); "
                     "several are separated by commas"
