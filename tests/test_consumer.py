@@ -784,6 +784,10 @@ async def test_rebalance_callbacks_can_commit_read_watermarks_and_choose_offsets
     async def on_assign(consumer: AIOConsumer, partitions: list[TopicPartition]) -> None:
         low, high = await consumer.watermarks(partitions[0])
         calls.append(f"watermarks {low} {high}")
+        # Calls that do not wait, made while the consumer's thread is inside its call to
+        # librdkafka (it waits for this callback): they run there, not on the loop.
+        calls.append(f"position {len(consumer.position(partitions))}")
+        consumer.assignment()
         for partition in partitions:
             partition.offset = 7  # start here, not at the beginning
 
@@ -799,6 +803,6 @@ async def test_rebalance_callbacks_can_commit_read_watermarks_and_choose_offsets
         await consumer.seek(TopicPartition(topic_name, 0, 8))
         again = await read(consumer, 2)
 
-    assert calls == ["watermarks 0 10", "committed"]
+    assert calls == ["watermarks 0 10", "position 1", "committed"]
     assert [r.offset for r in records] == [7, 8, 9]
     assert [r.offset for r in again] == [8, 9]

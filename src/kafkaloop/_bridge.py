@@ -455,6 +455,18 @@ class LoopBridge:
         inbox = _callback_inbox.get()
         return inbox is not None and inbox.is_open
 
+    def call_here(self, func: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
+        """``func(*args)``, from the loop. Inside a callback that a librdkafka thread waits for
+        (:meth:`call_and_wait`), it runs on that very thread, the loop blocking until it
+        returns (that thread only waits meanwhile): a client's call made on the loop would
+        itself wait for that thread's call, which waits for the loop. Elsewhere, here."""
+        inbox = _callback_inbox.get()
+        if inbox is not None:
+            outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
+            if inbox.put((func, args, outcome)):
+                return outcome.result()
+        return func(*args)
+
     async def run_blocking_here(self, lane: str, func: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
         """Like :meth:`run_blocking_on`, but from inside a callback that a librdkafka thread
         waits for (:meth:`call_and_wait`), on that very thread: a rebalance callback may then

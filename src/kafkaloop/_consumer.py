@@ -29,6 +29,7 @@ import asyncio
 import collections
 import contextlib
 import enum
+import functools
 import inspect
 import operator
 import re
@@ -278,6 +279,7 @@ class AIOConsumer:
         self._state = _State.OPEN
         self._close_task: asyncio.Task[None] | None = None
         self._fan_out: asyncio.Task[None] | None = None  # fan_out()'s assignment
+        self._fan_out_client: AIOAdminClient | None = None  # and its metadata client
         self._inflight: asyncio.Future[tuple[list[Message], bool]] | None = None
         # Fetched messages not yet converted: those carried past a bad one (it comes first),
         # then the rest of the consumed batch from _raw_pos on. Records are made a chunk at a
@@ -327,6 +329,7 @@ class AIOConsumer:
             "group.id": f"{prefix}-fanout-{uuid.uuid4().hex[:12]}",
             "auto.offset.reset": "latest",
             "enable.auto.commit": False,
+            "enable.auto.offset.store": False,  # (nothing to store: it commits nothing)
         }
         refresh_ms = float(conf.get("topic.metadata.refresh.interval.ms", 300_000))
         every = refresh_ms / 1000 if refresh_ms > 0 else 300.0  # (-1: librdkafka's "never")
@@ -335,6 +338,7 @@ class AIOConsumer:
             {key: value for key, value in config.items() if key.startswith(_REACH)},
             operation_timeout=_FAN_OUT_LOOK,
         )
+        consumer._fan_out_client = metadata
         consumer._fan_out = consumer._loop.create_task(
             consumer._assign_fan_out(metadata, names, patterns, every), name="kafkaloop-fan-out"
         )
@@ -351,36 +355,31 @@ class AIOConsumer:
         assigned: set[tuple[str, int]] = set()
         failures = RateLimitedLog(logger)
         soon = 1.0
-        try:
-            while self._state is _State.OPEN:
-                try:
-                    found = await metadata.topic_partitions()
-                    wanted = {
-                        (topic, partition)
-                        for topic, partitions in found.items()
-                        if topic in names or any(p.search(topic) for p in patterns)
-                        for partition in partitions
-                    }
-                    gone = sorted(w for w in assigned - wanted if w[0] not in found)
-                    new = sorted(wanted - assigned)
-                    if gone and await self._fan_out_change("on_revoke", gone):
-                        assigned.difference_update(gone)
-                    if new and await self._fan_out_change("on_assign", new):
-                        assigned.update(new)
-                    missing = any(not found.get(name) for name in names)
-                except Exception as exc:  # tried again soon
-                    failures.warning(
-                        "The fan-out consumer could not assign its partitions: %r", exc
-                    )
-                    missing = True
-                if missing:
-                    await asyncio.sleep(min(soon, every))
-                    soon *= 2
-                else:
-                    await asyncio.sleep(every)
-                    soon = 1.0
-        finally:
-            await metadata.close()
+        while self._state is _State.OPEN:
+            try:
+                found = await metadata.topic_partitions(internal=True)
+                wanted = {
+                    (topic, partition)
+                    for topic, partitions in found.items()
+                    if topic in names or any(p.search(topic) for p in patterns)
+                    for partition in partitions
+                }
+                gone = sorted(w for w in assigned - wanted if w[0] not in found)
+                new = sorted(wanted - assigned)
+                if gone and await self._fan_out_change("on_revoke", gone):
+                    assigned.difference_update(gone)
+                if new and await self._fan_out_change("on_assign", new):
+                    assigned.update(new)
+                missing = any(not found.get(name) for name in names)
+            except Exception as exc:  # tried again soon
+                failures.warning("The fan-out consumer could not assign its partitions: %r", exc)
+                missing = True
+            if missing:
+                await asyncio.sleep(min(soon, every))
+                soon *= 2
+            else:
+                await asyncio.sleep(every)
+                soon = 1.0
 
     async def _fan_out_change(self, name: str, partitions: list[tuple[str, int]]) -> bool:
         """Call the rebalance callback `name`, then assign or unassign the partitions (on the
@@ -405,8 +404,8 @@ class AIOConsumer:
             if name == "on_assign"
             else self._consumer.incremental_unassign
         )
+        self._assignment_changes += 1  # (before: a batch read meanwhile may span the change)
         await self._bridge.run_blocking_on("calls", self._off_loop, change, listed)
-        self._assignment_changes += 1
         return True
 
     def __repr__(self) -> str:
@@ -421,7 +420,8 @@ class AIOConsumer:
         """Join the consumer group for `topics` (names, or ``^regex`` patterns)."""
         self._check_open()
         with _calling("subscribe()"):
-            self._consumer.subscribe(
+            self._here(
+                self._consumer.subscribe,
                 list(topics),
                 on_assign=self._rebalance("on_assign"),
                 on_revoke=self._rebalance("on_revoke"),
@@ -432,14 +432,14 @@ class AIOConsumer:
         """Leave the subscription (and the group's assignment)."""
         self._check_open()
         with _calling("unsubscribe()"):
-            self._consumer.unsubscribe()
+            self._here(self._consumer.unsubscribe)
         self._assignment_changes += 1
 
     def assign(self, partitions: Sequence[TopicPartition]) -> None:
         """Read these partitions, without group management (offsets from each TopicPartition)."""
         self._check_open()
         with _calling("assign()"):
-            self._consumer.assign(list(partitions))
+            self._here(self._consumer.assign, list(partitions))
         self._assignment_changes += 1
 
     def incremental_assign(self, partitions: Sequence[TopicPartition]) -> None:
@@ -448,7 +448,7 @@ class AIOConsumer:
         keep their positions."""
         self._check_open()
         with _calling("incremental_assign()"):
-            self._consumer.incremental_assign(list(partitions))
+            self._here(self._consumer.incremental_assign, list(partitions))
         self._assignment_changes += 1
 
     async def partitions(self, topic: str, timeout: float = 10.0) -> list[int]:
@@ -483,13 +483,13 @@ class AIOConsumer:
         """The partitions currently assigned."""
         self._check_open()
         with _calling("assignment()"):
-            return list(self._consumer.assignment())
+            return list(self._here(self._consumer.assignment))
 
     def position(self, partitions: Sequence[TopicPartition]) -> list[TopicPartition]:
         """The next offset to be fetched for each partition (-1001 while unknown)."""
         self._check_open()
         with _calling("position()"):
-            return list(self._consumer.position(list(partitions)))
+            return list(self._here(self._consumer.position, list(partitions)))
 
     def _rebalance(self, name: str) -> Callable[[Consumer, list[TopicPartition]], None]:
         def on_rebalance(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -741,6 +741,12 @@ class AIOConsumer:
                 self._lag_seen = self._measure_lag()
         return messages, assigned == 1
 
+    def _here(self, call: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        """`call(*args, **kwargs)` from the loop, inside a rebalance callback on the thread
+        that waits for it (:meth:`LoopBridge.call_here`): else it would wait for that
+        thread's call to the consumer, which waits for the loop."""
+        return self._bridge.call_here(functools.partial(call, *args, **kwargs))
+
     def _off_loop(self, call: Callable[..., R], *args: Any) -> R:
         """`call(*args)`, made on a thread of the bridge's: counted as a call in progress."""
         with self._lag_lock:
@@ -854,7 +860,7 @@ class AIOConsumer:
         if self._store_on_handout and chosen:
             offsets = [TopicPartition(t, p, off + 1) for (t, p), off in chosen.items()]
             try:
-                self._consumer.store_offsets(offsets=offsets)
+                self._here(self._consumer.store_offsets, offsets=offsets)
             except KafkaException as exc:  # e.g. partitions just revoked: nothing to store
                 logger.debug("store_offsets: %s", exc)
         for key in list(chosen):
@@ -870,7 +876,7 @@ class AIOConsumer:
         partitions = _next_offsets(records, offsets)
         if partitions:
             try:
-                self._consumer.store_offsets(offsets=partitions)
+                self._here(self._consumer.store_offsets, offsets=partitions)
             except KafkaException as exc:
                 raise _call_failed("store_offsets()", exc) from None
 
@@ -954,7 +960,7 @@ class AIOConsumer:
         await self._settle_inflight()
         rewind = self._drop({(tp.topic, tp.partition) for tp in partitions})
         with _calling("pause()"):
-            self._consumer.pause(list(partitions))
+            self._here(self._consumer.pause, list(partitions))
             # librdkafka drops what it had fetched for paused partitions; so do we, and rewind
             # to the first record not yet handed over, so resume() starts exactly there.
             for (topic, part), offset in rewind.items():
@@ -969,7 +975,7 @@ class AIOConsumer:
         """Read paused partitions again."""
         self._check_open()
         with _calling("resume()"):
-            self._consumer.resume(list(partitions))
+            self._here(self._consumer.resume, list(partitions))
 
     def lag(self) -> dict[TopicPartition, int]:
         """Messages behind the end of each assigned partition (from cached watermarks).
@@ -1049,6 +1055,8 @@ class AIOConsumer:
         if self._fan_out is not None:
             self._fan_out.cancel()
             await asyncio.gather(self._fan_out, return_exceptions=True)
+        if self._fan_out_client is not None:
+            await self._fan_out_client.close()
         # Not async for's current record: its processing may have been cut short (a task
         # cancelled at shutdown); it is read again, rather than lost.
         self._note_upto(self._cursor.next - 1 if self._holding() else self._cursor.next)

@@ -183,9 +183,9 @@ class Broadcaster:
 
     async def _on_assign(self, consumer: AIOConsumer, partitions: list[TopicPartition]) -> None:
         """Where each partition starts (the consumer assigns them with the offsets set here):
-        one assigned before (its topic deleted and made again, say), where the push left off
-        (within the partition's offsets now), or, if the hub paused and resumed since, at the
-        first record stamped since the resume's subscriber came; one the topics had at
+        one assigned before (unassigned and assigned again), where the push left off (within
+        the partition's offsets now), or, if the hub paused and resumed since, at the first
+        record stamped since the resume's subscriber came; one the topics had at
         start(), at its end as of now, explicitly ("latest" would be resolved only at the
         first fetch, and a message produced in between would be missed); one they gained
         since (heard of at the consumer's next metadata refresh, after some of it may have
@@ -256,7 +256,16 @@ class Broadcaster:
         return high if self._old(where) else low
 
     async def _on_revoke(self, _consumer: AIOConsumer, partitions: list[TopicPartition]) -> None:
-        self._unsettled.difference_update((tp.topic, tp.partition) for tp in partitions)
+        """Partitions taken away (their topic deleted): forgotten, so a topic made again under
+        the name is pushed whole, as any new one."""
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        self._unsettled -= gone
+        self._stale -= gone
+        for where in gone:
+            self._next.pop(where, None)
+        if self._at_start is not None:
+            for topic, _partition in gone:
+                self._at_start.pop(topic, None)
 
     async def _settle(self) -> None:
         """Pause or resume the partitions assigned since the last turn, as the hub is: a
