@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import threading
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +25,6 @@ from kafkaloop import (
     DeserializationError,
     NoRunningLoopError,
 )
-from kafkaloop.broker import LocalKafka
 
 
 @pytest.fixture
@@ -581,93 +578,6 @@ async def test_a_getmany_waiting_when_close_begins_returns_nothing(
 
     assert await waiting == []  # not ClientClosedError: like async for, it just ends
     assert time.monotonic() - started < 5
-
-
-async def test_a_fan_out_consumer_with_a_bad_pattern_is_refused_at_once() -> None:
-    with pytest.raises(re.error):
-        AIOConsumer.fan_out({"bootstrap.servers": "127.0.0.1:1"}, ["^items-("])
-
-
-async def test_a_fan_out_consumer_closes_at_once_while_its_cluster_does_not_answer() -> None:
-    consumer = AIOConsumer.fan_out({"bootstrap.servers": "127.0.0.1:1"}, ["items"])
-    await asyncio.sleep(0.5)  # its metadata client waits for an answer
-    started = time.monotonic()
-    await consumer.close()
-
-    assert time.monotonic() - started < 2
-
-
-async def test_a_fan_out_consumer_assigns_on_a_raising_on_assign_and_drops_a_deleted_topic(
-    kafka_bootstrap: str, topic_name: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    await create(kafka_bootstrap, topic_name, 2)
-    revoked: list[list[tuple[str, int]]] = []
-
-    def on_assign(_consumer: AIOConsumer, _partitions: list[TopicPartition]) -> None:
-        raise RuntimeError("the application's mistake")
-
-    async def on_revoke(_consumer: AIOConsumer, partitions: list[TopicPartition]) -> None:
-        revoked.append([(tp.topic, tp.partition) for tp in partitions])
-
-    config = {"bootstrap.servers": kafka_bootstrap, "topic.metadata.refresh.interval.ms": 500}
-    async with AIOConsumer.fan_out(
-        config, [topic_name], on_assign=on_assign, on_revoke=on_revoke
-    ) as consumer:
-        deadline = time.monotonic() + 30
-        while len(consumer.assignment()) < 2 and time.monotonic() < deadline:
-            await consumer.getmany(timeout=0.2)
-        assigned = sorted(tp.partition for tp in consumer.assignment())
-        async with AIOAdminClient({"bootstrap.servers": kafka_bootstrap}) as admin:
-            await admin.delete_topics([topic_name])
-        while consumer.assignment() and time.monotonic() < deadline:
-            await consumer.getmany(timeout=0.2)
-        left = consumer.assignment()
-
-    assert assigned == [0, 1]
-    assert "The consumer's on_assign callback raised; the change goes on" in caplog.text
-    assert revoked == [[(topic_name, 0), (topic_name, 1)]]
-    assert left == []
-
-
-@pytest.mark.slow
-async def test_a_fan_out_consumer_reads_on_after_an_outage_longer_than_a_session(
-    tmp_path: Path, topic_name: str
-) -> None:
-    """No group: nothing to time out while the cluster is down, nothing skipped after (a
-    group of one, its session expired, would rejoin at the latest offset)."""
-    kafka = LocalKafka(1, state_dir=tmp_path / "kafka")
-    await asyncio.to_thread(kafka.start)
-    config = {
-        "bootstrap.servers": kafka.bootstrap_servers,
-        "session.timeout.ms": 6000,  # (the broker's least) were there a group
-        "heartbeat.interval.ms": 1000,
-    }
-    try:
-        async with (
-            AIOProducer({"bootstrap.servers": kafka.bootstrap_servers}) as producer,
-            AIOConsumer.fan_out(config, [topic_name]) as consumer,
-        ):
-            await create(kafka.bootstrap_servers, topic_name, 1)
-            while not consumer.assignment():
-                await consumer.getmany(timeout=0.2)
-            for _ in range(50):  # read from the end once it has asked where that is
-                await producer.produce(topic_name, b"before")
-                if await consumer.getmany(timeout=0.5):
-                    break
-            else:
-                pytest.fail("the fan-out consumer never read from the end")
-            await asyncio.to_thread(kafka.stop_node, 0, hard=True)
-            during = [producer.produce(topic_name, b"%d" % i) for i in range(5)]
-            down_until = time.monotonic() + 10  # longer than a session
-            while time.monotonic() < down_until:
-                await consumer.getmany(timeout=0.5)
-            await asyncio.to_thread(kafka.start_node, 0)
-            await asyncio.gather(*during)
-            records = await read(consumer, 5, timeout=30)
-    finally:
-        await asyncio.to_thread(kafka.stop)
-
-    assert [r.value for r in records] == [b"0", b"1", b"2", b"3", b"4"]
 
 
 async def test_lag_counts_what_is_left_to_read(

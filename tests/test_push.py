@@ -263,13 +263,12 @@ async def test_an_idle_hub_stops_fetching_and_resumes_from_its_next_subscriber(
 async def test_partitions_given_back_while_a_client_waits_resume_from_when_it_came(
     kafka_bootstrap: str, topic_name: str
 ) -> None:
-    """A paused hub's partitions are taken away, a client comes, and they are given back
-    (assigned again, as the fan-out consumer assigns: on_assign first): librdkafka would keep
-    them paused; the hub reads them from the first record stamped since the client came."""
+    """The group takes a paused hub's partitions away (a lost session, say), a client comes,
+    and the group gives them back: librdkafka would keep them paused; the hub reads them from
+    the first record stamped since the client came."""
     async with paused_hub(kafka_bootstrap, topic_name) as (hub, producer):
         consumer = hub._consumer
-        partitions = consumer.assignment()
-        consumer.assign([])  # every partition taken away while paused
+        consumer.unsubscribe()  # every partition taken away while paused
         await eventually(lambda: not consumer.assignment())
         await producer.produce_many(topic_name, [f"old{i}".encode() for i in range(30)])
         await asyncio.sleep(0.05)  # (records are stamped in milliseconds)
@@ -279,8 +278,7 @@ async def test_partitions_given_back_while_a_client_waits_resume_from_when_it_ca
         await producer.produce_many(
             topic_name, [(str(i).encode(), f"new{i}".encode()) for i in range(10)]
         )
-        await hub._on_assign(consumer, partitions)  # and given back
-        consumer.incremental_assign(partitions)
+        consumer.subscribe([topic_name])  # and given back
         pushed = [await asyncio.wait_for(subscription.get(), 20) for _ in range(10)]
         await asyncio.sleep(0.5)
 
@@ -335,9 +333,8 @@ async def test_a_partition_the_topic_gains_is_pushed_whole_and_the_others_read_o
     )
     try:
         await hub.start()
-        # The others read on: the new partition is assigned alone, none is taken back (no
-        # group: the consumer assigns itself every partition, and never joins one).
-        assert hub._consumer._consumer.memberid() is None
+        # The others read on: the assignment is incremental, no partition is taken back.
+        assert hub._consumer._cooperative
         subscription = hub.subscribe()
         async with AIOAdminClient(config) as admin, AIOProducer(config) as producer:
             await admin.create_partitions({topic_name: 2})

@@ -215,20 +215,6 @@ class AIOAdminClient:
         metadata = await self._metadata(None)
         return sorted(name for name in metadata.topics if internal or not name.startswith("__"))
 
-    async def topic_partitions(
-        self, *, internal: bool = False, timeout: float | None = None
-    ) -> dict[str, list[int]]:
-        """Every topic and its partitions, sorted, in one metadata request (``timeout``:
-        ``operation_timeout`` unless given); a topic the broker reports an error for (its
-        leader not yet elected, say) comes with none listed. ``internal`` includes
-        ``__consumer_offsets``."""
-        metadata = await self._metadata(None, timeout=timeout)
-        return {
-            name: [] if topic.error is not None else sorted(topic.partitions)
-            for name, topic in metadata.topics.items()
-            if internal or not name.startswith("__")
-        }
-
     async def describe_topics(self, topics: Iterable[str]) -> dict[str, TopicInfo]:
         """Partitions, leaders and replicas of each topic; :class:`UnknownTopicError` if absent."""
         wanted = list(topics)

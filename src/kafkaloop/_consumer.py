@@ -30,9 +30,7 @@ import collections
 import contextlib
 import enum
 import functools
-import inspect
 import operator
-import re
 import threading
 import uuid
 from collections.abc import (
@@ -56,7 +54,6 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import ClusterMetadata
 
-from kafkaloop._admin import AIOAdminClient
 from kafkaloop._bridge import LoopBridge
 from kafkaloop._config import config_flag, make_client
 from kafkaloop._exceptions import (
@@ -74,36 +71,6 @@ __all__ = ["AIOConsumer", "Deserializer", "RebalanceCallback"]
 
 R = TypeVar("R")
 
-# What fan_out()'s metadata client takes of the consumer's configuration: where the cluster is
-# and how to reach it (the consumer's own properties would be warned about, and ignored).
-_REACH = (
-    "bootstrap.servers",
-    "security.protocol",
-    "sasl.",
-    "ssl.",
-    "ssl_",
-    "enable.ssl.",
-    "enable.sasl.",
-    "oauth",
-    "https.",
-    "client.",
-    "socket.",
-    "broker.",
-    "api.version",
-    "connections.max.idle.ms",
-    "reconnect.",
-    "retry.backoff",
-    "resolve_cb",
-    "plugin.library.paths",
-    "debug",
-    "log_level",
-    "logger",
-    "log.",
-    "metadata.",
-    "topic.metadata.",
-)
-_FAN_OUT_LOOK = 5.0
-"""Seconds fan_out()'s metadata client waits for an answer."""
 
 Deserializer: TypeAlias = Callable[[bytes], Any]
 """Turns a key or value's bytes into an object (None, a missing key or a tombstone, stays None)."""
@@ -278,8 +245,6 @@ class AIOConsumer:
         self._lag_seen: dict[TopicPartition, int] = {}
         self._state = _State.OPEN
         self._close_task: asyncio.Task[None] | None = None
-        self._fan_out: asyncio.Task[None] | None = None  # fan_out()'s assignment
-        self._fan_out_client: AIOAdminClient | None = None  # and its metadata client
         self._inflight: asyncio.Future[tuple[list[Message], bool]] | None = None
         # Fetched messages not yet converted: those carried past a bad one (it comes first),
         # then the rest of the consumed batch from _raw_pos on. Records are made a chunk at a
@@ -306,107 +271,25 @@ class AIOConsumer:
 
     @classmethod
     def fan_out(cls, config: Mapping[str, Any], topics: Sequence[str], **kwargs: Any) -> Self:
-        """A consumer that sees every new message of `topics` (names, or patterns: a regular
-        expression starting with ``^``, in Python's syntax), whatever other processes do.
+        """A consumer that sees every new message of `topics`, whatever other processes do.
 
-        For live push (WebSocket, SSE): it assigns itself every partition of the topics, with
-        no consumer group, so no other process shares them and no group session can time
-        out while the cluster is down (a group of one would rejoin afterwards, at the latest
-        offset, skipping what came meanwhile). Each partition starts at the latest offset
-        unless ``on_assign`` sets one; it commits nothing. The topics' partitions are found
-        in the cluster's metadata, asked by a client of their own (an admin client on the
-        connection settings of `config`) every ``topic.metadata.refresh.interval.ms``, sooner
-        (from 1 s, doubling) while a topic named is missing or the cluster does not answer.
-        A partition found is assigned alone while the others read on, ``on_assign`` called
-        first; those of a topic deleted are unassigned, ``on_revoke`` called first.
-        ``on_lost`` is never called. An invalid pattern raises ``re.error`` here.
+        For live push (WebSocket, SSE): a consumer group of its own (so no other process
+        shares its partitions), starting from the latest offset, committing nothing. Its
+        assignment is incremental (``cooperative-sticky``, unless the configuration picks an
+        assignor or the ``consumer`` group protocol): a partition the topics gain is added
+        alone while the others read on, where an eager assignor would take every partition
+        back and assign them again.
         """
-        patterns = [re.compile(topic) for topic in topics if topic.startswith("^")]
-        names = frozenset(topic for topic in topics if not topic.startswith("^"))
         prefix = config.get("group.id", "kafkaloop")
         conf = {
             **config,
             "group.id": f"{prefix}-fanout-{uuid.uuid4().hex[:12]}",
             "auto.offset.reset": "latest",
             "enable.auto.commit": False,
-            "enable.auto.offset.store": False,  # (nothing to store: it commits nothing)
         }
-        refresh_ms = float(conf.get("topic.metadata.refresh.interval.ms", 300_000))
-        every = refresh_ms / 1000 if refresh_ms > 0 else 300.0  # (-1: librdkafka's "never")
-        consumer = cls(conf, **kwargs)  # (it starts no thread: dropped if what follows fails)
-        metadata = AIOAdminClient(
-            {key: value for key, value in config.items() if key.startswith(_REACH)},
-            operation_timeout=_FAN_OUT_LOOK,
-        )
-        consumer._fan_out_client = metadata
-        consumer._fan_out = consumer._loop.create_task(
-            consumer._assign_fan_out(metadata, names, patterns, every), name="kafkaloop-fan-out"
-        )
-        return consumer
-
-    async def _assign_fan_out(
-        self,
-        metadata: AIOAdminClient,
-        names: frozenset[str],
-        patterns: list[re.Pattern[str]],
-        every: float,
-    ) -> None:
-        """fan_out()'s assignment: every partition of the topics, as the metadata shows them."""
-        assigned: set[tuple[str, int]] = set()
-        failures = RateLimitedLog(logger)
-        soon = 1.0
-        while self._state is _State.OPEN:
-            try:
-                found = await metadata.topic_partitions(internal=True)
-                wanted = {
-                    (topic, partition)
-                    for topic, partitions in found.items()
-                    if topic in names or any(p.search(topic) for p in patterns)
-                    for partition in partitions
-                }
-                gone = sorted(w for w in assigned - wanted if w[0] not in found)
-                new = sorted(wanted - assigned)
-                if gone and await self._fan_out_change("on_revoke", gone):
-                    assigned.difference_update(gone)
-                if new and await self._fan_out_change("on_assign", new):
-                    assigned.update(new)
-                missing = any(not found.get(name) for name in names)
-            except Exception as exc:  # tried again soon
-                failures.warning("The fan-out consumer could not assign its partitions: %r", exc)
-                missing = True
-            if missing:
-                await asyncio.sleep(min(soon, every))
-                soon *= 2
-            else:
-                await asyncio.sleep(every)
-                soon = 1.0
-
-    async def _fan_out_change(self, name: str, partitions: list[tuple[str, int]]) -> bool:
-        """Call the rebalance callback `name`, then assign or unassign the partitions (on the
-        calls thread: the consumer may be in a read's poll()). False if closed meanwhile."""
-        listed = [TopicPartition(topic, partition) for topic, partition in partitions]
-        callback = self._rebalance_callbacks[name]
-        if callback is not None:
-            try:
-                result = callback(self, listed)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                logger.exception("The consumer's %s callback raised; the change goes on", name)
-        if self._state is not _State.OPEN:
-            return False
-        if name == "on_revoke":  # (nothing to store: a fan-out consumer commits nothing)
-            self._drop(set(partitions))
-            for key in partitions:
-                self._handed_out.pop(key, None)
-        change = (
-            self._consumer.incremental_assign
-            if name == "on_assign"
-            else self._consumer.incremental_unassign
-        )
-        self._assignment_changes += 1  # (before: a batch read meanwhile may span the change)
-        await self._bridge.run_blocking_on("calls", self._off_loop, change, listed)
-        return True
+        if str(conf.get("group.protocol", "classic")).lower() != "consumer":
+            conf.setdefault("partition.assignment.strategy", "cooperative-sticky")
+        return cls(conf, topics, **kwargs)
 
     def __repr__(self) -> str:
         return (
@@ -1052,11 +935,6 @@ class AIOConsumer:
         await asyncio.shield(self._close_task)
 
     async def _close(self) -> None:
-        if self._fan_out is not None:
-            self._fan_out.cancel()
-            await asyncio.gather(self._fan_out, return_exceptions=True)
-        if self._fan_out_client is not None:
-            await self._fan_out_client.close()
         # Not async for's current record: its processing may have been cut short (a task
         # cancelled at shutdown); it is read again, rather than lost.
         self._note_upto(self._cursor.next - 1 if self._holding() else self._cursor.next)

@@ -31,8 +31,8 @@ __all__ = ["GOING_AWAY", "TOO_SLOW", "Broadcaster", "SlowClientError", "Subscrip
 _READ = 500
 """Most records offered per read: the encoding and offering run on the loop."""
 _PAUSED_READ = 0.25
-"""Seconds one read waits while paused: a subscriber waits about this long for the resume to
-begin."""
+"""Seconds one read waits while paused: reads of nothing keep the consumer in its group, and
+a subscriber waits about this long for the resume to begin."""
 METADATA_REFRESH_MS = 30_000
 """How often the push consumer asks for its topics' partitions (librdkafka's default: 5
 minutes): a partition the topics gain is pushed from, at most, about this long after it came."""
@@ -163,8 +163,8 @@ class Broadcaster:
         self._next: dict[tuple[str, int], int] = {}  # where each partition's reading is
         # Partitions a resume must seek before they are read again (their place in _next, if
         # any, is from before the last pause), and partitions assigned whose pause state the
-        # hub has yet to set: librdkafka keeps a partition paused through its being unassigned
-        # and assigned again, and reads a new one at once, whatever the hub is doing.
+        # hub has yet to set: librdkafka keeps a partition paused through the group taking it
+        # away and giving it back, and reads a new one at once, whatever the hub is doing.
         self._stale: set[tuple[str, int]] = set()
         self._unsettled: set[tuple[str, int]] = set()
         self._stopping = False
@@ -183,17 +183,16 @@ class Broadcaster:
 
     async def _on_assign(self, consumer: AIOConsumer, partitions: list[TopicPartition]) -> None:
         """Where each partition starts (the consumer assigns them with the offsets set here):
-        one assigned before (unassigned and assigned again), where the push left off (within
-        the partition's offsets now), or, if the hub paused and resumed since, at the first
-        record stamped since the resume's subscriber came; one the topics had at
-        start(), at its end as of now, explicitly ("latest" would be resolved only at the
-        first fetch, and a message produced in between would be missed); one they gained
-        since (heard of at the consumer's next metadata refresh, after some of it may have
-        come), at its beginning. The next turn of the reading
+        one assigned before (the group lost it, say), where the push left off, or, if the hub
+        paused and resumed since, at the first record stamped since the resume's subscriber
+        came; one the topics had at start(), at its end as of now, explicitly ("latest" would
+        be resolved only at the first fetch, and a message produced in between would be
+        missed); one they gained since (heard of at the consumer's next metadata refresh,
+        after some of it may have come), at its beginning. The next turn of the reading
         pauses or resumes them as the hub is (:meth:`_settle`).
 
         Once the broker fails to answer, the rest start without asking it (:meth:`_fallback`),
-        so an assignment waits for one question's timeout, not one per partition."""
+        so a rebalance waits for one question's timeout, not one per partition."""
         broker_answers = True
         try:
             for partition in partitions:
@@ -256,16 +255,7 @@ class Broadcaster:
         return high if self._old(where) else low
 
     async def _on_revoke(self, _consumer: AIOConsumer, partitions: list[TopicPartition]) -> None:
-        """Partitions taken away (their topic deleted): forgotten, so a topic made again under
-        the name is pushed whole, as any new one."""
-        gone = {(tp.topic, tp.partition) for tp in partitions}
-        self._unsettled -= gone
-        self._stale -= gone
-        for where in gone:
-            self._next.pop(where, None)
-        if self._at_start is not None:
-            for topic, _partition in gone:
-                self._at_start.pop(topic, None)
+        self._unsettled.difference_update((tp.topic, tp.partition) for tp in partitions)
 
     async def _settle(self) -> None:
         """Pause or resume the partitions assigned since the last turn, as the hub is: a
@@ -274,7 +264,7 @@ class Broadcaster:
         assigned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
         ready = [where for where in self._unsettled if where in assigned]
         if not ready:
-            return  # (assigned just after the on_assign callback: on a later turn)
+            return  # (assigned just after the rebalance callback: on a later turn)
         self._unsettled.difference_update(ready)
         partitions = [TopicPartition(*where) for where in ready]
         try:
@@ -372,7 +362,7 @@ class Broadcaster:
                 records = await self._consumer.getmany(
                     max_records=_READ, timeout=_PAUSED_READ if self._paused else 1.0
                 )
-                reached = self._next  # (at once: an assignment may come during any await)
+                reached = self._next  # (at once: a rebalance may come during any await)
                 for record in records:
                     reached[record.topic, record.partition] = record.offset + 1
                 if self._paused and records:
@@ -427,7 +417,8 @@ class Broadcaster:
             self._unsettled -= paused
 
     async def _try_resume(self) -> None:
-        """Resume, or log why not: the next turn tries again."""
+        """Resume, or log why not: the read that follows keeps the consumer in its group, and
+        the next turn tries again."""
         try:
             await self._resume()
         except Exception as exc:
@@ -435,7 +426,7 @@ class Broadcaster:
 
     async def _resume(self) -> None:
         """Start each partition at its first record stamped since the first subscriber came
-        (:meth:`_starts`) and resume it. A partition assigned again later starts there
+        (:meth:`_starts`) and resume it. A partition the group gives back later starts there
         too (:meth:`_on_assign`)."""
         since = self._wanted_since_ms
         if since is None:
