@@ -117,10 +117,6 @@ def _call_failed(operation: str, exc: KafkaException) -> ConsumerCallError:
     return ConsumerCallError(operation, kafka_error_of(exc))
 
 
-def _consume_failed(exc: KafkaException) -> ConsumerCallError:
-    return _call_failed("Consuming", exc)
-
-
 @contextlib.contextmanager
 def _calling(operation: str) -> Iterator[None]:
     """librdkafka's KafkaException from a consumer call, raised as a ConsumerCallError."""
@@ -544,7 +540,7 @@ class AIOConsumer:
                 try:
                     queued = self._consume_batch(count, 0.0)
                 except KafkaException as exc:
-                    raise _consume_failed(exc) from None
+                    raise _call_failed("Consuming", exc) from None
                 if queued[0] or timeout <= 0:
                     return queued
         if self._inflight is None:
@@ -583,7 +579,7 @@ class AIOConsumer:
             if self._inflight is not inflight:
                 return [], False
             self._inflight = None
-            raise _consume_failed(exc) from None
+            raise _call_failed("Consuming", exc) from None
         except Exception as exc:
             if self._inflight is not inflight:
                 return [], False
